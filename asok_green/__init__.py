@@ -1,0 +1,35 @@
+"""asok_green: Asok's WebSocket API and its pages on one port, from one gevent process.
+
+Importing the package imports nothing heavy, so ``python -m asok_green`` can
+monkey-patch the process first; the public names load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["WebSocketServer", "Connection", "serve", "make_server", "__version__"]
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .hub import WebSocketServer
+    from .server import make_server, serve
+
+_LAZY = {
+    "WebSocketServer": "hub",
+    "Connection": "connection",
+    "serve": "server",
+    "make_server": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asok_green' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"asok_green.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,60 @@
+"""Make a process ready to serve: check gevent's patches, swap in the green server, load the app."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+
+class BootstrapError(RuntimeError):
+    """The process cannot serve: a message for the person who started it."""
+
+
+def require_monkey_patched() -> None:
+    """Refuse to run in a process that gevent has not monkey-patched."""
+    from gevent import monkey
+
+    if not (monkey.is_module_patched("socket") and monkey.is_module_patched("threading")):
+        raise BootstrapError(
+            "gevent has not monkey-patched this process: start it with "
+            "`python -m asok_green serve` or `asok serve --gevent`, or call "
+            "gevent.monkey.patch_all() before importing anything else"
+        )
+
+
+def install_dropin() -> None:
+    """Make ``from asok import WebSocketServer`` (and ``asok.ws``'s) give asok_green's classes."""
+    import asok
+    import asok.ws
+    import asok.ws.server
+
+    from .connection import Connection
+    from .hub import WebSocketServer
+
+    for module in (asok, asok.ws, asok.ws.server):
+        module.WebSocketServer = WebSocketServer
+    asok.ws.Connection = Connection
+
+
+def load_app(spec: str, directory: str | None = None) -> Any:
+    """Import ``module:attribute`` (default attribute ``app``) from ``directory`` (default: cwd)."""
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    directory = os.path.abspath(directory or os.getcwd())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise BootstrapError(f"cannot import {module_name!r} from {directory}: no such module") from exc
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise BootstrapError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not callable(app):
+        raise BootstrapError(f"{spec} is not a WSGI application (not callable)")
+    return app

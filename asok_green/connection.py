@@ -1,0 +1,359 @@
+"""Connection: one client's WebSocket, as a handler sees it, with its own outbound queue.
+
+Writes never block the caller. ``send_frame`` first tries a non-blocking write
+straight to the socket; whatever the kernel does not take goes on this
+connection's bounded queue, drained by a writer greenlet that exists only while
+there is something to drain. A client whose queue passes its limit is closed
+(1008) instead of slowing anyone else down.
+
+Reads happen in the greenlet that accepted the connection (``run``), which also
+runs the handlers, so a slow handler only delays its own connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.socket
+
+from .frames import (
+    CLOSE_ABNORMAL,
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    Message,
+    MessageReader,
+    Ping,
+    ProtocolError,
+    encode_close,
+    encode_frame,
+)
+
+if TYPE_CHECKING:
+    from .hub import WebSocketServer
+
+logger = logging.getLogger("asok_green")
+
+OPEN, CLOSING, CLOSED = "open", "closing", "closed"
+
+#: How many queued bytes one write may coalesce into a single ``send``.
+_COALESCE_LIMIT = 64 * 1024
+
+
+def encode_message(message: str | bytes | bytearray | memoryview) -> bytes:
+    """One complete frame for ``message``: text for ``str``, binary for bytes-like."""
+    if isinstance(message, str):
+        return encode_frame(OP_TEXT, message.encode("utf-8"))
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return encode_frame(OP_BINARY, bytes(message))
+    raise TypeError(f"WebSocket messages are str or bytes, not {type(message).__name__}")
+
+
+def nonblocking_send(sock: socket.socket) -> Callable[[bytes], int]:
+    """A ``send`` for ``sock`` that never waits: it raises BlockingIOError instead.
+
+    For a plain gevent socket that is the kernel socket's own ``send`` (one
+    syscall, no greenlet switch); for anything else, gevent's ``send`` with a
+    zero timeout.
+    """
+    if type(sock) is gevent.socket.socket:
+        return sock._sock.send
+    return functools.partial(sock.send, flags=0, timeout=0.0)
+
+
+class Connection:
+    """One WebSocket client, as handlers see it.
+
+    Attributes of the Asok contract: ``user`` (the logged-in User model instance or
+    None), ``session``, ``params`` (the ``[param]`` captures of the route), ``path``,
+    ``headers`` (the handshake's headers, lower-case keys) and ``addr``
+    (``(ip, port)``). Handlers may set attributes of their own on it.
+    """
+
+    __slots__ = (
+        "server",
+        "path",
+        "params",
+        "headers",
+        "addr",
+        "user",
+        "session",
+        "state",
+        "close_code",
+        "close_reason",
+        "_sock",
+        "_try_send",
+        "_reader",
+        "_leftover",
+        "_pending",
+        "_pending_bytes",
+        "_writer",
+        "_closer",
+        "_room_set",
+        "_live",
+        "__dict__",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        server: WebSocketServer,
+        sock: socket.socket,
+        addr: tuple,
+        path: str,
+        headers: dict[str, str],
+        params: dict[str, str] | None = None,
+        user: Any = None,
+        session: Any = None,
+        leftover: bytes = b"",
+    ):
+        """Wrap an upgraded socket; ``leftover`` is data the client sent right after its handshake."""
+        self.server = server
+        self.path = path
+        self.params = params or {}
+        self.headers = headers
+        self.addr = addr
+        self.user = user
+        self.session = session
+        self.state = OPEN
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._sock = sock
+        self._try_send = nonblocking_send(sock)
+        self._reader = MessageReader(max_message_size=server.limits.max_message_size)
+        self._leftover = leftover
+        self._pending: deque | None = None
+        self._pending_bytes = 0
+        self._writer: gevent.Greenlet | None = None
+        self._closer: gevent.Greenlet | None = None
+        self._room_set: set | None = None
+        self._live: dict | None = None
+
+    # -- what handlers call ------------------------------------------------
+
+    def send(self, message: str | bytes) -> bool:
+        """Send a text message (``str``) or a binary one (bytes). False once closing."""
+        return self.send_frame(encode_message(message))
+
+    def send_json(self, obj: Any) -> bool:
+        """Send ``obj`` serialised as JSON in a text message."""
+        return self.send_frame(encode_frame(OP_TEXT, json.dumps(obj).encode("utf-8")))
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the closing handshake: queued messages go first, then the close frame.
+
+        The socket is dropped when the client answers, or after the server's
+        ``close_timeout`` if it never does.
+        """
+        if self.state is not OPEN:
+            return
+        self.state = CLOSING
+        self.close_code, self.close_reason = code, reason
+        self._enqueue(encode_frame(OP_CLOSE, encode_close(code, reason)))
+        self._closer = gevent.spawn_later(self.server.limits.close_timeout, self.abort)
+
+    def join(self, room: str) -> bool:
+        """Join ``room`` if its name is valid and the room authorizer allows it."""
+        return self.server.join_room(self, room)
+
+    def leave(self, room: str) -> None:
+        """Leave ``room`` (no-op if not a member)."""
+        self.server.leave_room(self, room)
+
+    @property
+    def rooms(self) -> frozenset:
+        """The rooms this connection has joined."""
+        return frozenset(self._room_set or ())
+
+    @property
+    def closed(self) -> bool:
+        """True once the closing handshake has started."""
+        return self.state is not OPEN
+
+    @property
+    def _rooms(self) -> set:
+        # Asok's live-component helpers read ``conn._rooms`` directly.
+        if self._room_set is None:
+            self._room_set = set()
+        return self._room_set
+
+    @property
+    def _live_comps(self) -> dict:
+        # Asok's live-component helpers keep their per-connection state here.
+        if self._live is None:
+            self._live = {}
+        return self._live
+
+    # -- outbound ------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Send one already-encoded frame without ever blocking the caller.
+
+        This is the path of every broadcast: the frame is built once and handed
+        to each recipient. False if the connection is closing or gone.
+        """
+        if self.state is not OPEN:
+            return False
+        return self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> bool:
+        if self._writer is None:
+            try:
+                sent = self._try_send(frame)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                sent = 0
+            except OSError:
+                self.abort()
+                return False
+            if sent == len(frame):
+                return True
+            frame = memoryview(frame)[sent:]
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes > self.server.limits.max_queue and self.state is OPEN:
+            self._close_slow_consumer()
+        elif self._writer is None:
+            self._writer = gevent.spawn(self._drain)
+        return True
+
+    def _close_slow_consumer(self) -> None:
+        """Drop what is queued, keep only the close frame: the client is not reading."""
+        queued = self._pending_bytes
+        self.server.stats["slow_consumers_closed"] += 1
+        logger.warning(
+            "closing slow consumer %s on %s: %d bytes queued (limit %d)",
+            self.addr,
+            self.path,
+            queued,
+            self.server.limits.max_queue,
+        )
+        self._pending.clear()
+        self._pending_bytes = 0
+        # A frame already half written by the writer stays; the close frame follows it.
+        self.close(CLOSE_POLICY, "send queue over limit: client too slow")
+
+    def _drain(self) -> None:
+        pending = self._pending
+        try:
+            while pending:
+                chunk = pending.popleft()
+                if pending and len(chunk) < _COALESCE_LIMIT:
+                    parts = [chunk]
+                    size = len(chunk)
+                    while pending and size < _COALESCE_LIMIT:
+                        part = pending.popleft()
+                        parts.append(part)
+                        size += len(part)
+                    chunk = b"".join(parts)
+                self._sock.sendall(chunk)  # yields while the client's window is full
+                self._pending_bytes -= len(chunk)
+        except OSError:
+            pending.clear()
+            self._pending_bytes = 0
+            self.abort()
+        finally:
+            self._writer = None
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for queued frames to reach the kernel."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+        return self._writer is None
+
+    def abort(self) -> None:
+        """Drop the TCP connection now; the reading greenlet sees end of stream."""
+        if self.state is OPEN:
+            self.close_code = CLOSE_ABNORMAL
+        self.state = CLOSED
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- inbound (runs in the connection's own greenlet) ----------------------
+
+    def run(self, on_message: Callable | None) -> None:
+        """Read until the connection ends, dispatching each message to ``on_message``."""
+        recv = self._sock.recv
+        reader = self._reader
+        data, self._leftover = self._leftover, b""
+        while True:
+            if not data:
+                try:
+                    data = recv(65536)  # the one place a connection waits for its client
+                except OSError:
+                    break
+                if not data:
+                    break
+            try:
+                events = reader.feed(data)
+            except ProtocolError as exc:
+                logger.info("protocol error from %s on %s: %s", self.addr, self.path, exc)
+                self.close(exc.code, exc.reason)
+                break
+            data = b""
+            for event in events:
+                if type(event) is Message:
+                    if self.state is OPEN and on_message is not None:
+                        self._dispatch(on_message, event.data)
+                elif type(event) is Ping:
+                    if self.state is OPEN:
+                        self._enqueue(encode_frame(OP_PONG, event.payload))
+                elif type(event) is Close:
+                    self._peer_closed(event)
+                    return
+        if self.state is OPEN:
+            self.state = CLOSED
+            self.close_code = CLOSE_ABNORMAL
+
+    def _dispatch(self, handler: Callable, data: str | bytes) -> None:
+        try:
+            handler(self, data)
+        except Exception:
+            logger.exception("error in message handler for %s (from %s)", self.path, self.addr)
+
+    def _peer_closed(self, event: Close) -> None:
+        if self.state is OPEN:
+            # Echo the client's code, as RFC 6455 section 5.5.1 asks.
+            self.state = CLOSING
+            self.close_code, self.close_reason = event.code, event.reason
+            payload = b"" if event.code is None else encode_close(event.code)
+            self._enqueue(encode_frame(OP_CLOSE, payload))
+
+    def finish(self, flush_timeout: float) -> None:
+        """After ``run``: flush what is queued (bounded), then release the socket."""
+        if self.state is not CLOSED:
+            self.flush(flush_timeout)
+        self.state = CLOSED
+        if self._closer is not None:
+            self._closer.kill(block=False)
+            self._closer = None
+        writer = self._writer
+        if writer is not None:
+            writer.kill(block=False)
+        self._pending = None
+        self._pending_bytes = 0
+
+    def going_away(self, reason: str = "server shutting down") -> None:
+        """Close with 1001, as the server does when it stops."""
+        self.close(CLOSE_GOING_AWAY, reason)
+
+    def __repr__(self) -> str:
+        user = getattr(self.user, "id", None)
+        return f"<Connection {self.path} from {self.addr} user={user} {self.state}>"

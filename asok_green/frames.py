@@ -1,0 +1,427 @@
+"""Sans-I/O codec for RFC 6455 WebSocket frames, server side.
+
+:class:`MessageReader` turns the bytes a client sends (masked frames) into
+events; :func:`encode_frame` and :func:`encode_close` turn values into the
+bytes a server sends (unmasked frames). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "CLOSE_ABNORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_INVALID_DATA",
+    "CLOSE_NORMAL",
+    "CLOSE_NO_STATUS",
+    "CLOSE_POLICY",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
+    "CLOSE_UNSUPPORTED",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "Close",
+    "Event",
+    "Message",
+    "MessageReader",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "accept_key",
+    "encode_close",
+    "encode_frame",
+    "is_valid_client_key",
+    "is_valid_close_code",
+]
+
+# Opcodes (RFC 6455 section 5.2).
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+# Close codes (RFC 6455 section 7.4.1 and the IANA registry).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED = 1003
+CLOSE_NO_STATUS = 1005  # never on the wire: "the close frame had no code"
+CLOSE_ABNORMAL = 1006  # never on the wire: "the connection dropped"
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN = 1013
+
+_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_DATA_OPCODES = (OP_TEXT, OP_BINARY)
+_CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
+_MAX_CONTROL_PAYLOAD = 125
+_MAX_CLOSE_REASON = _MAX_CONTROL_PAYLOAD - 2
+
+_HEADER_SHORT = struct.Struct("!BB")
+_HEADER_MEDIUM = struct.Struct("!BBH")
+_HEADER_LONG = struct.Struct("!BBQ")
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol.
+
+    ``code`` is the close code to send back (1002, 1007 or 1009) and
+    ``reason`` a short text suitable for the close frame.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{reason} ({code})")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Message:
+    """A complete data message.
+
+    ``data`` is ``str`` for ``OP_TEXT`` and ``bytes`` for ``OP_BINARY``.
+    ``compressed`` is the RSV1 bit of the first frame; it can only be true
+    when the reader was built with ``allow_rsv1=True``, and then ``data`` is
+    the raw (still compressed, not UTF-8 checked) payload as ``bytes`` even
+    for ``OP_TEXT``: the extension must inflate and decode it.
+    """
+
+    opcode: int
+    data: str | bytes
+    compressed: bool = False
+
+
+@dataclass(slots=True)
+class Ping:
+    """A ping control frame; answer with a pong carrying the same payload."""
+
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Pong:
+    """A pong control frame."""
+
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Close:
+    """A close control frame; ``code`` is None when it had no payload."""
+
+    code: int | None
+    reason: str
+
+
+Event = Message | Ping | Pong | Close
+"""Anything :meth:`MessageReader.feed` returns."""
+
+
+class MessageReader:
+    """Turns the bytes a client sends into events.
+
+    Feed it whatever the socket returned, in any split; it keeps only the
+    unconsumed tail. Data messages larger than ``max_message_size`` bytes
+    (counted over all fragments, before any decompression) are refused with
+    close code 1009 as soon as a frame header announces them.
+
+    ``allow_rsv1`` accepts the RSV1 bit on the first frame of a data message,
+    for when permessage-deflate has been negotiated; see :class:`Message`.
+
+    After a :class:`Close` event or a :class:`ProtocolError`, the reader is
+    finished and :meth:`feed` ignores its input.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_compressed",
+        "_decoder",
+        "_done",
+        "_need",
+        "_opcode",
+        "_parts",
+        "_size",
+        "allow_rsv1",
+        "max_message_size",
+    )
+
+    def __init__(
+        self, max_message_size: int = 1 << 20, allow_rsv1: bool = False
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.allow_rsv1 = allow_rsv1
+        self._buf = bytearray()
+        # Bytes the buffer must hold before parsing is worth trying again, so
+        # a large frame arriving in small pieces is parsed once, not per piece.
+        self._need = 2
+        self._done = False
+        # The fragmented data message in progress, if any.
+        self._opcode: int | None = None
+        self._compressed = False
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume ``data``; return every event now complete.
+
+        Raises :class:`ProtocolError` when the client breaks the protocol;
+        events completed earlier in the same call are then discarded.
+        """
+        if self._done:
+            return []
+        buf = self._buf
+        buf += data
+        if len(buf) < self._need:
+            return []
+        try:
+            return self._parse()
+        except ProtocolError:
+            self._finish()
+            raise
+
+    def _parse(self) -> list[Event]:
+        buf = self._buf
+        end = len(buf)
+        pos = 0
+        events: list[Event] = []
+        while True:
+            avail = end - pos
+            if avail < 2:
+                need = 2
+                break
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            self._check_first_bytes(b0, b1)
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            if length == 126:
+                header_len = 2 + 2 + 4
+            elif length == 127:
+                header_len = 2 + 8 + 4
+            else:
+                header_len = 2 + 4
+            if avail < header_len:
+                need = header_len
+                break
+            if length == 126:
+                (length,) = _U16.unpack_from(buf, pos + 2)
+            elif length == 127:
+                (length,) = _U64.unpack_from(buf, pos + 2)
+                if length >> 63:
+                    raise ProtocolError(
+                        CLOSE_PROTOCOL_ERROR, "frame length has top bit set"
+                    )
+            if opcode < OP_CLOSE and self._size + length > self.max_message_size:
+                raise ProtocolError(CLOSE_TOO_BIG, "message too big")
+            if avail < header_len + length:
+                need = header_len + length
+                break
+
+            start = pos + header_len
+            pos = start + length
+            payload = _unmask(buf, start, pos, bytes(buf[start - 4 : start]))
+            event = self._on_frame(b0 & 0x80, b0 & 0x40, opcode, payload)
+            if event is not None:
+                events.append(event)
+                if type(event) is Close:
+                    self._finish()
+                    return events
+
+        del buf[:pos]
+        self._need = need
+        return events
+
+    def _check_first_bytes(self, b0: int, b1: int) -> None:
+        """Apply every rule that the first two bytes of a frame decide."""
+        opcode = b0 & 0x0F
+        if not b1 & 0x80:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frame not masked")
+        rsv = b0 & 0x70
+        # The only place RSV bits are judged: RSV1 may mark the first frame
+        # of a compressed message once an extension allows it (RFC 7692).
+        if rsv and not (rsv == 0x40 and self.allow_rsv1 and opcode in _DATA_OPCODES):
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+        if opcode in _CONTROL_OPCODES:
+            if not b0 & 0x80:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            if b1 & 0x7F > _MAX_CONTROL_PAYLOAD:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame too long")
+        elif opcode == OP_CONT:
+            if self._opcode is None:
+                raise ProtocolError(
+                    CLOSE_PROTOCOL_ERROR, "unexpected continuation frame"
+                )
+        elif opcode in _DATA_OPCODES:
+            if self._opcode is not None:
+                raise ProtocolError(
+                    CLOSE_PROTOCOL_ERROR, "expected a continuation frame"
+                )
+        else:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+
+    def _on_frame(
+        self, fin: int, rsv1: int, opcode: int, payload: bytes
+    ) -> Event | None:
+        """Turn one checked, unmasked frame into an event, or None mid-message."""
+        if opcode >= OP_CLOSE:
+            if opcode == OP_PING:
+                return Ping(payload)
+            if opcode == OP_PONG:
+                return Pong(payload)
+            return _parse_close(payload)
+
+        if opcode != OP_CONT:
+            if fin:
+                # Unfragmented message: the common case, no state to keep.
+                if opcode == OP_TEXT and not rsv1:
+                    return Message(OP_TEXT, _decode_text(payload))
+                return Message(opcode, payload, bool(rsv1))
+            self._opcode = opcode
+            self._compressed = bool(rsv1)
+            if opcode == OP_TEXT and not rsv1:
+                self._decoder = _utf8_decoder()
+
+        self._size += len(payload)
+        if self._decoder is not None:
+            # Decoding per fragment fails fast on the fragment that holds an
+            # invalid sequence; final=fin catches a message ending mid-character.
+            try:
+                self._parts.append(self._decoder.decode(payload, bool(fin)))
+            except UnicodeDecodeError:
+                raise ProtocolError(
+                    CLOSE_INVALID_DATA, "invalid UTF-8 in text message"
+                ) from None
+        else:
+            self._parts.append(payload)
+        if not fin:
+            return None
+
+        opcode, parts = self._opcode, self._parts
+        data: str | bytes = (
+            "".join(parts) if self._decoder is not None else b"".join(parts)
+        )
+        message = Message(opcode, data, self._compressed)
+        self._opcode = None
+        self._compressed = False
+        self._parts = []
+        self._size = 0
+        self._decoder = None
+        return message
+
+    def _finish(self) -> None:
+        self._done = True
+        self._buf = bytearray()
+        self._parts = []
+
+
+def _unmask(buf: bytearray, start: int, stop: int, mask: bytes) -> bytes:
+    """Return buf[start:stop] XORed with the repeated 4-byte mask."""
+    # One big-integer XOR instead of a Python loop over the bytes.
+    n = stop - start
+    key = int.from_bytes(mask * (n >> 2) + mask[: n & 3], "little")
+    value = int.from_bytes(buf[start:stop], "little")
+    return (value ^ key).to_bytes(n, "little")
+
+
+def _decode_text(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            CLOSE_INVALID_DATA, "invalid UTF-8 in text message"
+        ) from None
+
+
+def _parse_close(payload: bytes) -> Close:
+    if not payload:
+        return Close(None, "")
+    if len(payload) == 1:
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "close frame payload of one byte")
+    (code,) = _U16.unpack_from(payload)
+    if not is_valid_close_code(code):
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            CLOSE_INVALID_DATA, "invalid UTF-8 in close reason"
+        ) from None
+    return Close(code, reason)
+
+
+def encode_frame(
+    opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False
+) -> bytes:
+    """One unmasked server frame (header + payload) as a single bytes object.
+
+    Raises ValueError for a control frame that is fragmented or whose payload
+    exceeds 125 bytes, which no peer would accept.
+    """
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    n = len(payload)
+    if opcode >= OP_CLOSE and (n > _MAX_CONTROL_PAYLOAD or not fin):
+        raise ValueError("control frames must be final and carry at most 125 bytes")
+    if n < 126:
+        header = _HEADER_SHORT.pack(b0, n)
+    elif n < 1 << 16:
+        header = _HEADER_MEDIUM.pack(b0, 126, n)
+    else:
+        header = _HEADER_LONG.pack(b0, 127, n)
+    return header + payload
+
+
+def encode_close(code: int, reason: str = "") -> bytes:
+    """The payload of a close frame.
+
+    The reason is truncated to 123 UTF-8 bytes without splitting a character,
+    so the payload fits the 125-byte limit of control frames.
+    """
+    data = reason.encode("utf-8")
+    if len(data) > _MAX_CLOSE_REASON:
+        # A cut inside a character leaves only an incomplete tail to drop.
+        data = data[:_MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+    return _U16.pack(code) + data
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame.
+
+    Accepts 1000-1003, 1007-1014 and 3000-4999; 1004 is reserved, 1005,
+    1006 and 1015 are for local use only, the rest is unassigned.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def accept_key(sec_websocket_key: str) -> str:
+    """The Sec-WebSocket-Accept value for a client's Sec-WebSocket-Key."""
+    digest = hashlib.sha1((sec_websocket_key + _GUID).encode("ascii")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def is_valid_client_key(key: str) -> bool:
+    """Whether ``key`` is base64 that decodes to exactly 16 bytes."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False

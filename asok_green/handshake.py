@@ -1,0 +1,76 @@
+"""The opening handshake as decisions on a WSGI environ: is it an upgrade, is it valid.
+
+Pure functions: the server does the I/O and asks these what to answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from .frames import accept_key, is_valid_client_key
+
+WEBSOCKET_VERSION = "13"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An HTTP answer that declines an upgrade request: status, a one-line reason, extra headers."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def status_line(self) -> str:
+        """``"403 Forbidden"`` and the like."""
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
+
+
+def _tokens(value: str) -> set[str]:
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+def is_upgrade_request(environ: Mapping[str, str]) -> bool:
+    """True when the request asks to become a WebSocket (``Upgrade: websocket``)."""
+    return "websocket" in _tokens(environ.get("HTTP_UPGRADE", ""))
+
+
+def check_upgrade(environ: Mapping[str, str]) -> Refusal | None:
+    """Why an upgrade request is not a valid RFC 6455 handshake, or None if it is."""
+    if environ.get("REQUEST_METHOD") != "GET":
+        return Refusal(405, "a WebSocket handshake must be a GET", (("Allow", "GET"),))
+    if environ.get("SERVER_PROTOCOL", "") < "HTTP/1.1":
+        return Refusal(400, "a WebSocket handshake needs HTTP/1.1")
+    if "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
+        return Refusal(400, "the Connection header must include 'upgrade'")
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != WEBSOCKET_VERSION:
+        return Refusal(
+            426,
+            "unsupported Sec-WebSocket-Version (this server speaks 13)",
+            (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
+        )
+    if not is_valid_client_key(environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()):
+        return Refusal(400, "missing or invalid Sec-WebSocket-Key")
+    return None
+
+
+def response_headers(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The headers of the ``101 Switching Protocols`` answer to a valid handshake."""
+    return [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_key(environ["HTTP_SEC_WEBSOCKET_KEY"].strip())),
+    ]
+
+
+def request_headers(environ: Mapping[str, str]) -> dict[str, str]:
+    """The request's headers as Asok gives them to handlers: lower-case, dash-separated keys."""
+    headers = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").lower()] = value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            headers[key.replace("_", "-").lower()] = value
+    return headers

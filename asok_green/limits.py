@@ -1,0 +1,77 @@
+"""The server's limits: what each one defaults to and where it may be set.
+
+A limit comes from, in order: the ``WebSocketServer(...)`` keyword, the app's
+``config``, the environment, then the default below.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: Descriptors the process keeps for itself (listener, logs, database, ...).
+_RESERVED_FILES = 64
+
+
+def open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+@dataclass
+class Limits:
+    """Per-process bounds; every one has a production default."""
+
+    #: Largest message a client may send, in bytes (close 1009 beyond).
+    max_message_size: int = 1 << 20
+    #: Bytes queued for one client before it is closed as too slow (1008).
+    max_queue: int = 1 << 20
+    #: Open WebSockets per process (503 before the handshake beyond); 0 means
+    #: "as many as the open-files limit allows".
+    max_connections: int = 0
+    #: Seconds to wait for the client's close frame after sending ours.
+    close_timeout: float = 5.0
+    #: Seconds a closing connection may spend flushing what is queued.
+    flush_timeout: float = 5.0
+    #: Seconds graceful shutdown waits for clients before dropping them.
+    shutdown_timeout: float = 4.0
+
+    @classmethod
+    def resolve(
+        cls,
+        overrides: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Limits:
+        """Limits from keyword ``overrides``, then ``config["WS_<NAME>"]``, then ``$WS_<NAME>``."""
+        environ = os.environ if environ is None else environ
+        config = config or {}
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            key = "WS_" + field.name.upper()
+            for source in (overrides.get(field.name), config.get(key), environ.get(key)):
+                if source is not None:
+                    values[field.name] = _cast(field.default, source)
+                    break
+        return cls(**values)
+
+    def connection_cap(self, open_files: int) -> int:
+        """The effective connection limit for a process allowed ``open_files`` descriptors."""
+        by_files = max(1, open_files - _RESERVED_FILES)
+        return min(self.max_connections, by_files) if self.max_connections > 0 else by_files
+
+
+def _cast(default: Any, value: Any) -> Any:
+    if isinstance(default, float):
+        return float(value)
+    return int(value)

@@ -1,0 +1,236 @@
+"""The one-port server: pages go to the WSGI app, WebSocket upgrades to the hub.
+
+``GreenHandler`` extends gevent-websocket's ``WebSocketHandler`` by overriding one
+hook, ``run_application``; ``GreenServer`` is a ``gevent.pywsgi.WSGIServer`` that
+uses it and knows how to stop gracefully. Each connection is served by the
+greenlet that accepted it, for its whole life.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+
+from .connection import Connection
+from .handshake import Refusal, check_upgrade, is_upgrade_request, request_headers, response_headers
+from .hub import WebSocketServer
+from .limits import open_files_limit
+from .routing import Route
+
+logger = logging.getLogger("asok_green")
+access_logger = logging.getLogger("asok_green.access")
+
+
+def take_buffered(rfile: Any, sock: Any) -> bytes:
+    """Bytes the client sent right behind its handshake, already read into ``rfile``'s buffer."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        return rfile.read1(65536) or b""
+    except OSError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
+    """Own ``conn`` from registration to release: on_connect, messages, on_disconnect."""
+    hub.register(conn)
+    try:
+        if route.on_connect is not None:
+            _call_handler(route.on_connect, conn, "connect")
+        conn.run(route.on_message)
+    finally:
+        hub.unregister(conn)
+        if route.on_disconnect is not None:
+            _call_handler(route.on_disconnect, conn, "disconnect")
+        conn.finish(hub.limits.flush_timeout)
+
+
+def _call_handler(handler: Any, conn: Connection, what: str) -> None:
+    try:
+        handler(conn)
+    except Exception:
+        logger.exception("error in %s handler for %s (from %s)", what, conn.path, conn.addr)
+
+
+class GreenHandler(WebSocketHandler):
+    """A pywsgi handler: plain HTTP runs the app; ``Upgrade: websocket`` runs the hub.
+
+    The hubs are the server's ``hubs`` attribute when it has one (``GreenServer``),
+    otherwise every :class:`WebSocketServer` created in the process (so the class
+    also works under gunicorn's gevent workers).
+    """
+
+    def run_application(self) -> None:
+        """Answer one request: the WSGI app for pages, the WebSocket hub for upgrades."""
+        if not is_upgrade_request(self.environ):
+            return WSGIHandler.run_application(self)
+        self._upgrade()
+
+    def _hubs(self) -> Iterable[WebSocketServer]:
+        return getattr(self.server, "hubs", None) or WebSocketServer.instances()
+
+    def _find_route(self, path: str) -> tuple[WebSocketServer | None, Route | None, dict]:
+        for hub in self._hubs():
+            route, params = hub.match(path)
+            if route is not None:
+                return hub, route, params
+        return None, None, {}
+
+    def _admit(self, path: str) -> tuple[Any, Any, dict, Refusal | None]:
+        env = self.environ
+        refusal = check_upgrade(env)
+        if refusal is not None:
+            return None, None, {}, refusal
+        hub, route, params = self._find_route(path)
+        if hub is None:
+            return None, None, {}, Refusal(404, f"no WebSocket route matches {path}")
+        origin = env.get("HTTP_ORIGIN")
+        if not hub.origins.allows(origin, env.get("HTTP_HOST")):
+            return None, None, {}, Refusal(403, f"origin {origin!r} is not allowed")
+        if not hub.has_room_for_another():
+            hub.stats["refused_capacity"] += 1
+            return None, None, {}, Refusal(503, "too many WebSocket connections", (("Retry-After", "5"),))
+        return hub, route, params, None
+
+    def _upgrade(self) -> None:
+        env = self.environ
+        path = env.get("PATH_INFO") or "/"
+        hub, route, params, refusal = self._admit(path)
+        if refusal is not None:
+            self._refuse(refusal, path)
+            return
+        headers = request_headers(env)
+        try:
+            user, session = hub.auth.authenticate(headers.get("cookie"))
+        except Exception:
+            logger.exception("session lookup failed for %s: serving as guest", path)
+            user, session = None, None
+        # gevent-websocket's start_response turns a response into a raw 101
+        # (no Content-Length, no chunking, connection owned by us) when it sees this key.
+        env["wsgi.websocket"] = True
+        self.start_response("101 Switching Protocols", response_headers(env))
+        self.write(b"")
+        leftover = take_buffered(self.rfile, self.socket)
+        conn = Connection(hub, self.socket, self.client_address, path, headers, params, user, session, leftover)
+        env["wsgi.websocket"] = None
+        serve_connection(hub, conn, route)
+
+    def _refuse(self, refusal: Refusal, path: str) -> None:
+        logger.warning(
+            "refused WebSocket %s from %s: %s (%s)",
+            path,
+            self.client_address,
+            refusal.status_line,
+            refusal.reason,
+        )
+        body = (refusal.reason + "\n").encode("utf-8")
+        self.close_connection = True
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            *refusal.headers,
+        ]
+        self.start_response(refusal.status_line, headers)
+        self.write(body)
+
+    def log_request(self) -> None:
+        """Log finished HTTP requests; an upgraded connection is logged when it opens, not here."""
+        if self.code != 101:
+            WSGIHandler.log_request(self)
+
+
+class GreenServer(WSGIServer):
+    """``gevent.pywsgi.WSGIServer`` serving ``application`` and ``hubs`` on one listener."""
+
+    handler_class = GreenHandler
+
+    def __init__(self, listener: Any, application: Any, hubs: Iterable[WebSocketServer], **kwargs: Any):
+        """Listen on ``listener`` (an address or a socket); nothing is accepted before ``start``."""
+        kwargs.setdefault("log", LoggingLogAdapter(access_logger, logging.INFO))
+        kwargs.setdefault("error_log", LoggingLogAdapter(logging.getLogger("asok_green.error"), logging.ERROR))
+        super().__init__(listener, application, **kwargs)
+        self.hubs = list(hubs)
+        self.stopped = Event()
+
+    def connection_count(self) -> int:
+        """WebSockets open across every hub."""
+        return sum(hub.connection_count for hub in self.hubs)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, close every WebSocket with 1001, wait for them (bounded), then stop."""
+        if self.stopped.is_set() or getattr(self, "_shutting_down", False):
+            return
+        self._shutting_down = True
+        if timeout is None:
+            timeout = max(hub.limits.shutdown_timeout for hub in self.hubs) if self.hubs else 1.0
+        logger.info("shutting down: closing %d WebSocket(s) with 1001", self.connection_count())
+        self.close()
+        for hub in self.hubs:
+            hub.stop()
+        with gevent.Timeout(timeout, False):
+            while self.connection_count():
+                gevent.sleep(0.02)
+        left = self.connection_count()
+        if left:
+            logger.warning("shutdown: dropping %d WebSocket(s) that did not close in %.1fs", left, timeout)
+        self.stopped.set()
+
+
+def make_server(
+    app: Any,
+    ws: WebSocketServer | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **kwargs: Any,
+) -> GreenServer:
+    """A started server for ``app`` and its WebSocket handlers, listening on ``host:port``.
+
+    ``ws`` defaults to every ``WebSocketServer`` created so far (a new one bound
+    to ``app`` if there is none). The app's ``WS_PORT`` is set to the serving
+    port, so Asok's ``window.asokWS`` connects to this same port.
+    """
+    open_files_limit()
+    hubs = [ws] if ws is not None else WebSocketServer.instances() or [WebSocketServer(app=app)]
+    server = GreenServer((host, port), app, hubs, **kwargs)
+    server.init_socket()
+    port = server.server_port
+    config = getattr(app, "config", None)
+    if isinstance(config, dict) or hasattr(config, "__setitem__"):
+        config["WS_PORT"] = port
+    for hub in hubs:
+        hub.attach(app, port)
+    server.start()
+    return server
+
+
+def serve(
+    app: Any,
+    ws: WebSocketServer | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **kwargs: Any,
+) -> None:
+    """Serve ``app`` and its WebSockets on ``host:port`` until SIGINT or SIGTERM.
+
+    The process must have been monkey-patched by gevent first
+    (``python -m asok_green serve`` and ``asok serve --gevent`` do it for you).
+    """
+    server = make_server(app, ws, host, port, **kwargs)
+    url = f"http://{host}:{server.server_port}"
+    print(f"asok_green: serving {url} (HTTP and WebSocket on the same port)", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, gevent.spawn, server.shutdown)
+    server.stopped.wait()
+    logger.info("stopped")
+    sys.stdout.flush()
