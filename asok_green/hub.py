@@ -164,7 +164,8 @@ class WebSocketServer:
         if self.secret_key is None and self.app is not None:
             config = getattr(self.app, "config", None) or {}
             self.secret_key = getattr(self.app, "secret_key", None) or config.get("SECRET_KEY")
-        self.origins  # noqa: B018 - builds the policy now, so a bad one fails at start-up
+        # Built now, so a policy refused for production fails at start-up, not at the first client.
+        logger.info("%s", self.origins.describe())
 
     @property
     def origins(self):

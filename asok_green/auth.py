@@ -1,0 +1,240 @@
+"""Who is on the other end of a WebSocket: the Asok session cookies to a user.
+
+Asok's ``request.login(user)`` sets two signed cookies:
+
+* ``asok_session`` = sign(``"<user_id>:<sid>"``): who logged in, bound to
+  the server-side session ``sid`` so that logging out or revoking that
+  session also disowns the cookie;
+* ``asok_sid`` = sign(``"<sid>"``): the server-side session itself.
+
+A signature is ``value + "." + hex(HMAC-SHA256(SECRET_KEY, value))``.
+:class:`SessionAuth` checks both cookies of a handshake against the app's
+session store and user model. It is pure logic over the app object: the
+store and the model do whatever I/O they do, this module adds none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+__all__ = ["SessionAuth", "parse_cookie_header", "user_id_of"]
+
+logger = logging.getLogger("asok_green.auth")
+
+#: Name of the cookie that says who logged in (``"user_id:sid"``, signed).
+LOGIN_COOKIE = "asok_session"
+#: Name of the cookie that carries the server-side session id (signed).
+SESSION_COOKIE = "asok_sid"
+#: Cookie headers longer than this are ignored as a whole.
+MAX_COOKIE_HEADER = 8 * 1024
+
+_MAX_ID_LENGTH = 256
+_HEX_DIGITS = frozenset(string.hexdigits)
+_SHA256_HEX_LENGTH = 64
+_SESSION_ENDED = ("_logged_out", "_revoked")
+
+
+def parse_cookie_header(header: str | bytes | None) -> dict[str, str]:
+    """Parse a ``Cookie`` header into a dict; never raises.
+
+    Tolerant like Asok's request parser: ``name=value`` pairs split on ``;``,
+    surrounding double quotes dropped, ``%XX`` decoded, the last duplicate
+    wins, pairs without ``=`` skipped. Headers over 8 KiB give ``{}``.
+    """
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    if not isinstance(header, str) or len(header) > MAX_COOKIE_HEADER:
+        return {}
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if sep and name:
+            cookies[name] = _cookie_value(value.strip())
+    return cookies
+
+
+def _cookie_value(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        raw = raw[1:-1]
+    return unquote(raw) if "%" in raw else raw
+
+
+def user_id_of(user: Any) -> int | str | None:
+    """Return the ``id`` of a user object, or None for a guest."""
+    return getattr(user, "id", None) if user is not None else None
+
+
+@dataclass(frozen=True)
+class _Login:
+    """A verified ``asok_session`` cookie: the user id and its live session."""
+
+    user_id: Any
+    sid: str | None = None
+    data: Mapping[str, Any] | None = None
+
+
+class SessionAuth:
+    """Resolves the Asok session cookies of a handshake to ``(user, session)``.
+
+    ``app`` is the Asok app (its ``_unsign``, ``_session_store`` and
+    ``config`` are used); ``auth_model`` names the user model in Asok's
+    ``MODELS_REGISTRY``; ``secret_key`` is only used when the app has no
+    ``_unsign`` of its own (defaults to ``app.config["SECRET_KEY"]``).
+    """
+
+    def __init__(self, app: Any, auth_model: str = "User", secret_key: str | None = None) -> None:
+        """Remember the app, the name of its user model and the signing key."""
+        self.app = app
+        self.auth_model = auth_model
+        self.secret_key = secret_key
+
+    def authenticate(self, cookie_header: str | None) -> tuple[Any | None, Any | None]:
+        """Return ``(user, session)`` for a handshake's Cookie header; never raises.
+
+        A guest gets ``(None, session)`` or ``(None, None)``. The session is
+        the one named by ``asok_sid``, or else the one the login cookie is
+        bound to, as an ``asok.session.Session`` with ``sid`` set.
+        """
+        try:
+            cookies = parse_cookie_header(cookie_header)
+            login = self._verified_login(cookies.get(LOGIN_COOKIE))
+            session = self._session_for(cookies.get(SESSION_COOKIE), login)
+        except Exception:
+            logger.debug("could not read the session cookies", exc_info=True)
+            return None, None
+        return self._find_user(login), session
+
+    def session_is_live(self, session_id: str, user_id: Any) -> bool:
+        """Return True if the session still exists, is not ended, and is ``user_id``'s.
+
+        Used to re-check an open connection, e.g. after a logout elsewhere.
+        """
+        try:
+            return _is_live_for(self._load(session_id), user_id)
+        except Exception:
+            logger.debug("could not re-check session", exc_info=True)
+            return False
+
+    # --- the login cookie ---
+
+    def _verified_login(self, signed: str | None) -> _Login | None:
+        value = self._unsign(signed)
+        if value is None:
+            return None
+        user_part, colon, sid = value.partition(":")
+        if not colon:
+            return self._bare_login(user_part)
+        if not sid or len(sid) > _MAX_ID_LENGTH:
+            return None
+        data = self._load(sid)
+        if not _is_live_for(data, user_part):
+            return None
+        # The session's own value is canonical (an int for Asok's models).
+        return _Login(data["user_id"], sid, data)
+
+    def _bare_login(self, user_part: str) -> _Login | None:
+        # Old-style cookie with no session to check: Asok honours it only in
+        # DEBUG, since it cannot be logged out or revoked.
+        if not self._config().get("DEBUG"):
+            return None
+        if not (0 < len(user_part) <= _MAX_ID_LENGTH and _is_ascii_digits(user_part)):
+            return None
+        return _Login(int(user_part))
+
+    def _find_user(self, login: _Login | None) -> Any | None:
+        if login is None:
+            return None
+        try:
+            # Imported late: asok must be imported after gevent patches the world.
+            from asok.orm import MODELS_REGISTRY
+
+            model = MODELS_REGISTRY.get(self.auth_model)
+            return model.find(id=login.user_id) if model is not None else None
+        except Exception:
+            logger.debug("could not load user %r", login.user_id, exc_info=True)
+            return None
+
+    # --- the session cookie ---
+
+    def _session_for(self, signed_sid: str | None, login: _Login | None) -> Any | None:
+        sid = self._unsign(signed_sid)
+        data = None
+        if sid and login is not None and sid == login.sid:
+            data = login.data
+        elif sid and len(sid) <= _MAX_ID_LENGTH:
+            data = self._load(sid)
+        if data is None and login is not None and login.sid:
+            sid, data = login.sid, login.data
+        return _as_session(sid, data) if data is not None else None
+
+    # --- access to the app ---
+
+    def _config(self) -> Mapping[str, Any]:
+        config = getattr(self.app, "config", None)
+        return config if isinstance(config, Mapping) else {}
+
+    def _load(self, sid: str) -> Mapping[str, Any] | None:
+        store = getattr(self.app, "_session_store", None)
+        if store is None or not sid:
+            return None
+        try:
+            data = store.load(sid)
+        except Exception:
+            # e.g. the file backend refuses a sid that is not hex: no session.
+            logger.debug("could not load session", exc_info=True)
+            return None
+        return data if isinstance(data, Mapping) else None
+
+    def _unsign(self, signed: str | None) -> str | None:
+        if not signed or "." not in signed:
+            return None
+        app_unsign = getattr(self.app, "_unsign", None)
+        if app_unsign is not None:
+            return app_unsign(signed)
+        key = self.secret_key or self._config().get("SECRET_KEY")
+        return _verify_signed(signed, key) if key else None
+
+
+def _verify_signed(signed: str, secret_key: str) -> str | None:
+    """Return the value of an Asok-signed string, or None if the HMAC is wrong.
+
+    Same format and check as ``asok.core.security``: ``value.hexdigest`` with
+    HMAC-SHA256 over ``value``, compared in constant time.
+    """
+    value, _, signature = signed.rpartition(".")
+    if len(signature) != _SHA256_HEX_LENGTH or not _HEX_DIGITS.issuperset(signature):
+        return None
+    try:
+        expected = hmac.new(secret_key.encode(), value.encode(), hashlib.sha256).hexdigest()
+    except UnicodeError:
+        return None
+    return value if hmac.compare_digest(expected, signature) else None
+
+
+def _is_ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _is_live_for(data: Mapping[str, Any] | None, user_id: Any) -> bool:
+    """True if session ``data`` exists, has not ended, and belongs to ``user_id``."""
+    if data is None or any(data.get(flag) for flag in _SESSION_ENDED):
+        return False
+    stored = data.get("user_id")
+    return stored is not None and str(stored) == str(user_id)
+
+
+def _as_session(sid: str | None, data: Mapping[str, Any]) -> Any:
+    from asok.session import Session
+
+    session = Session(data)
+    session.sid = sid
+    session.modified = False
+    return session
