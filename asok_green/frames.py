@@ -165,9 +165,7 @@ class MessageReader:
         "max_message_size",
     )
 
-    def __init__(
-        self, max_message_size: int = 1 << 20, allow_rsv1: bool = False
-    ) -> None:
+    def __init__(self, max_message_size: int = 1 << 20, allow_rsv1: bool = False) -> None:
         self.max_message_size = max_message_size
         self.allow_rsv1 = allow_rsv1
         self._buf = bytearray()
@@ -229,9 +227,7 @@ class MessageReader:
             elif length == 127:
                 (length,) = _U64.unpack_from(buf, pos + 2)
                 if length >> 63:
-                    raise ProtocolError(
-                        CLOSE_PROTOCOL_ERROR, "frame length has top bit set"
-                    )
+                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "frame length has top bit set")
             if opcode < OP_CLOSE and self._size + length > self.max_message_size:
                 raise ProtocolError(CLOSE_TOO_BIG, "message too big")
             if avail < header_len + length:
@@ -269,20 +265,14 @@ class MessageReader:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame too long")
         elif opcode == OP_CONT:
             if self._opcode is None:
-                raise ProtocolError(
-                    CLOSE_PROTOCOL_ERROR, "unexpected continuation frame"
-                )
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")
         elif opcode in _DATA_OPCODES:
             if self._opcode is not None:
-                raise ProtocolError(
-                    CLOSE_PROTOCOL_ERROR, "expected a continuation frame"
-                )
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")
         else:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
 
-    def _on_frame(
-        self, fin: int, rsv1: int, opcode: int, payload: bytes
-    ) -> Event | None:
+    def _on_frame(self, fin: int, rsv1: int, opcode: int, payload: bytes) -> Event | None:
         """Turn one checked, unmasked frame into an event, or None mid-message."""
         if opcode >= OP_CLOSE:
             if opcode == OP_PING:
@@ -309,18 +299,14 @@ class MessageReader:
             try:
                 self._parts.append(self._decoder.decode(payload, bool(fin)))
             except UnicodeDecodeError:
-                raise ProtocolError(
-                    CLOSE_INVALID_DATA, "invalid UTF-8 in text message"
-                ) from None
+                raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in text message") from None
         else:
             self._parts.append(payload)
         if not fin:
             return None
 
         opcode, parts = self._opcode, self._parts
-        data: str | bytes = (
-            "".join(parts) if self._decoder is not None else b"".join(parts)
-        )
+        data: str | bytes = "".join(parts) if self._decoder is not None else b"".join(parts)
         message = Message(opcode, data, self._compressed)
         self._opcode = None
         self._compressed = False
@@ -348,9 +334,7 @@ def _decode_text(payload: bytes) -> str:
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError(
-            CLOSE_INVALID_DATA, "invalid UTF-8 in text message"
-        ) from None
+        raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in text message") from None
 
 
 def _parse_close(payload: bytes) -> Close:
@@ -364,15 +348,11 @@ def _parse_close(payload: bytes) -> Close:
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError(
-            CLOSE_INVALID_DATA, "invalid UTF-8 in close reason"
-        ) from None
+        raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in close reason") from None
     return Close(code, reason)
 
 
-def encode_frame(
-    opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False
-) -> bytes:
+def encode_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
     """One unmasked server frame (header + payload) as a single bytes object.
 
     Raises ValueError for a control frame that is fragmented or whose payload

@@ -34,11 +34,7 @@ _DEFAULT_WS_PORT = 8001
 
 def is_valid_room_name(room: object) -> bool:
     """Room names are 1-200 characters of letters, digits and ``._:-``."""
-    return (
-        isinstance(room, str)
-        and 0 < len(room) <= _MAX_ROOM_NAME
-        and all(c in _ROOM_NAME_CHARS for c in room)
-    )
+    return isinstance(room, str) and 0 < len(room) <= _MAX_ROOM_NAME and all(c in _ROOM_NAME_CHARS for c in room)
 
 
 def _is_asok_app(app: Any) -> bool:
@@ -175,9 +171,7 @@ class WebSocketServer:
 
             config = getattr(self.app, "config", None)
             local_ports = [p for p in (self.serving_port, os.environ.get("ASOK_PORT")) if p]
-            self._origins = OriginPolicy.from_settings(
-                self._allowed_origins, config=config, local_ports=local_ports
-            )
+            self._origins = OriginPolicy.from_settings(self._allowed_origins, config=config, local_ports=local_ports)
         return self._origins
 
     @property

@@ -34,7 +34,7 @@ def on_live_message(conn: Connection, text: Any) -> None:
         return
     op = data.get("op") if isinstance(data, dict) else None
     if not isinstance(op, str) or len(op) > _MAX_OP_LENGTH:
-        conn.send_json({"op": "error", "message": "a message needs an \"op\" string"})
+        conn.send_json({"op": "error", "message": 'a message needs an "op" string'})
         return
     handler = _OPERATORS.get(op) or _asok_live_operator(op)
     if handler is None:

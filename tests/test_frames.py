@@ -118,8 +118,7 @@ def test_rsv1_allowed_marks_message_compressed():
     [
         client_frame(OP_BINARY, b"x", rsv=0b010),
         client_frame(OP_PING, b"x", rsv=0b100),
-        client_frame(OP_BINARY, b"x", fin=False)
-        + client_frame(OP_CONT, b"y", rsv=0b100),
+        client_frame(OP_BINARY, b"x", fin=False) + client_frame(OP_CONT, b"y", rsv=0b100),
     ],
     ids=["rsv2", "rsv1-on-control", "rsv1-on-continuation"],
 )
@@ -161,13 +160,9 @@ def test_data_frame_during_fragmented_message_is_protocol_error(opcode):
 
 def test_control_frames_between_fragments_are_returned_immediately():
     reader = MessageReader()
-    first = reader.feed(
-        client_frame(OP_TEXT, "Hel", fin=False) + client_frame(OP_PING, b"1")
-    )
+    first = reader.feed(client_frame(OP_TEXT, "Hel", fin=False) + client_frame(OP_PING, b"1"))
     assert first == [Ping(b"1")]
-    second = reader.feed(
-        client_frame(OP_CONT, "lo", fin=False) + client_frame(OP_PONG, b"2")
-    )
+    second = reader.feed(client_frame(OP_CONT, "lo", fin=False) + client_frame(OP_PONG, b"2"))
     assert second == [Pong(b"2")]
     assert reader.feed(client_frame(OP_CONT, "!")) == [Message(OP_TEXT, "Hello!")]
 
@@ -200,15 +195,11 @@ def test_fragmented_message_over_max_size_is_too_big():
 
 def test_message_of_exactly_max_size_is_accepted():
     reader = MessageReader(max_message_size=10)
-    frames = client_frame(OP_TEXT, "x" * 6, fin=False) + client_frame(
-        OP_PING, b"p" * 20
-    )
+    frames = client_frame(OP_TEXT, "x" * 6, fin=False) + client_frame(OP_PING, b"p" * 20)
     frames += client_frame(OP_CONT, "y" * 4)
     assert reader.feed(frames) == [Ping(b"p" * 20), Message(OP_TEXT, "xxxxxxyyyy")]
     # The size count starts again with each message.
-    assert reader.feed(client_frame(OP_BINARY, b"z" * 10)) == [
-        Message(OP_BINARY, b"z" * 10)
-    ]
+    assert reader.feed(client_frame(OP_BINARY, b"z" * 10)) == [Message(OP_BINARY, b"z" * 10)]
 
 
 def test_invalid_utf8_text_is_invalid_data():
@@ -244,9 +235,7 @@ def test_close_payload_of_one_byte_is_protocol_error():
     assert feed_error(client_frame(OP_CLOSE, b"\x03")).code == CLOSE_PROTOCOL_ERROR
 
 
-@pytest.mark.parametrize(
-    "code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]
-)
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
 def test_close_with_invalid_code_is_protocol_error(code):
     error = feed_error(client_frame(OP_CLOSE, struct.pack("!H", code)))
     assert error.code == CLOSE_PROTOCOL_ERROR
@@ -288,9 +277,7 @@ def test_reader_is_finished_after_protocol_error():
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 125, 126, 65535, 65536])
 def test_binary_round_trip(n):
     payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
-    assert MessageReader().feed(client_frame(OP_BINARY, payload)) == [
-        Message(OP_BINARY, payload)
-    ]
+    assert MessageReader().feed(client_frame(OP_BINARY, payload)) == [Message(OP_BINARY, payload)]
     assert parse_server_frame(encode_frame(OP_BINARY, payload)) == (
         True,
         False,
@@ -392,9 +379,7 @@ def test_encode_close_keeps_reason_of_123_bytes():
 # Close codes and handshake helpers.
 
 
-@pytest.mark.parametrize(
-    "code", [1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1014, 3000, 4999]
-)
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1014, 3000, 4999])
 def test_valid_close_codes(code):
     assert is_valid_close_code(code)
 

@@ -1,0 +1,157 @@
+"""Fixtures that run the real thing: a generated Asok project served by a real process."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import websocket
+
+from tests.asok_project import cookie_header, make_project, project_env
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started as its users start it, with its output kept in a log file."""
+
+    def __init__(self, argv: list[str], cwd: pathlib.Path, env: dict[str, str], port: int, log: pathlib.Path):
+        self.port = port
+        self.log_path = log
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self._log_file = open(log, "wb")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not listen within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        self._log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 5) -> str:
+        """Wait until ``text`` appears in the log; return the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in server log:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Send ``sig`` and return the exit code (kill after ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+def asok_serve(project: pathlib.Path, tmp: pathlib.Path, *extra: str, env: dict | None = None) -> ServerProcess:
+    """``asok serve --gevent`` in ``project`` on a free port."""
+    port = free_port()
+    argv = [str(BIN / "asok"), "serve", "--gevent", "--port", str(port), *extra]
+    return ServerProcess(argv, project, env or project_env(), port, tmp / f"server-{port}.log")
+
+
+def ws_connect(server: ServerProcess, path: str, cookies: dict | None = None, origin: str | None = None, **kw):
+    """A real WebSocket client (websocket-client) connected to ``server``."""
+    header = [f"Cookie: {cookie_header(cookies)}"] if cookies else None
+    return websocket.create_connection(
+        server.ws_url + path,
+        origin=origin or server.url,
+        header=header,
+        timeout=5,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> pathlib.Path:
+    """A real Asok project (wsgi.py with the doc's handlers, SQLite users alice and bob)."""
+    return make_project(tmp_path_factory.mktemp("project"), extra_wsgi=INTROSPECTION)
+
+
+@pytest.fixture(scope="module")
+def server(project, tmp_path_factory):
+    """The project served by ``asok serve --gevent`` for a whole test module."""
+    proc = asok_serve(project, tmp_path_factory.mktemp("logs"))
+    yield proc
+    proc.stop()
+
+
+#: Routes appended to the test project's wsgi.py, so tests can ask the server about itself.
+INTROSPECTION = """
+import json as _json
+
+
+@ws.on("/introspect")
+def introspect(conn, message):
+    query = _json.loads(message) if message.startswith("{") else {}
+    conn.send_json(
+        {
+            "class": f"{type(ws).__module__}.{type(ws).__name__}",
+            "user": conn.user.name if conn.user else None,
+            "params": conn.params,
+            "path": conn.path,
+            "addr": list(conn.addr),
+            "origin": conn.headers.get("origin"),
+            "online": sorted(ws.get_online_users()),
+            "is_online": {str(u): ws.is_user_online(u) for u in query.get("users", [])},
+            "connections": len(ws.connections()),
+            "on_path": {p: len(ws.connections(p)) for p in query.get("paths", [])},
+        }
+    )
+
+
+@ws.on("/exclude")
+def exclude_sender(conn, message):
+    ws.broadcast("/exclude", message, exclude=conn)
+
+
+@ws.on("/json")
+def json_broadcast(conn, message):
+    ws.broadcast_json("/json", {"echo": message})
+
+
+@ws.room_authorizer
+def authorize(conn, room):
+    if room.startswith("admin:"):
+        return bool(conn.user and conn.user.is_admin)
+    return not room.startswith("closed:")
+"""
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
