@@ -19,6 +19,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -92,6 +93,7 @@ class Connection:
         "user",
         "session",
         "state",
+        "last_seen",
         "close_code",
         "close_reason",
         "_sock",
@@ -129,6 +131,7 @@ class Connection:
         self.user = user
         self.session = session
         self.state = OPEN
+        self.last_seen = monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
         self._sock = sock
@@ -301,6 +304,7 @@ class Connection:
                     break
                 if not data:
                     break
+                self.last_seen = monotonic()
             try:
                 events = reader.feed(data)
             except ProtocolError as exc:
@@ -327,6 +331,8 @@ class Connection:
             handler(self, data)
         except Exception:
             logger.exception("error in message handler for %s (from %s)", self.path, self.addr)
+        finally:
+            self.server.after_handler()
 
     def _peer_closed(self, event: Close) -> None:
         if self.state is OPEN:

@@ -193,6 +193,18 @@ class WebSocketServer:
         for conn in self.connections():
             conn.going_away()
 
+    def after_handler(self) -> None:
+        """Release what a handler left open in this greenlet (Asok's per-greenlet DB connections).
+
+        Asok closes its database connections at the end of each HTTP request; a
+        WebSocket greenlet lives for hours, so the server does it after each
+        handler call instead of holding one connection per client.
+        """
+        if self.app is not None and _is_asok_app(self.app):
+            from asok.orm import close_all_db_connections
+
+            close_all_db_connections()
+
     # -- what the serving process asks ----------------------------------------
 
     def match(self, path: str) -> tuple[Route | None, dict[str, str]]:

@@ -60,6 +60,8 @@ def _call_handler(handler: Any, conn: Connection, what: str) -> None:
         handler(conn)
     except Exception:
         logger.exception("error in %s handler for %s (from %s)", what, conn.path, conn.addr)
+    finally:
+        conn.server.after_handler()
 
 
 class GreenHandler(WebSocketHandler):
@@ -115,6 +117,8 @@ class GreenHandler(WebSocketHandler):
         except Exception:
             logger.exception("session lookup failed for %s: serving as guest", path)
             user, session = None, None
+        finally:
+            hub.after_handler()
         # gevent-websocket's start_response turns a response into a raw 101
         # (no Content-Length, no chunking, connection owned by us) when it sees this key.
         env["wsgi.websocket"] = True

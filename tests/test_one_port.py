@@ -7,6 +7,7 @@ SQLite user table) over loopback, with a real WebSocket client.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -196,3 +197,15 @@ def test_asok_serve_without_gevent_says_what_it_supports(project):
     done = subprocess.run([str(BIN / "asok"), "serve"], cwd=project, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--gevent" in done.stderr
+
+
+def test_authenticated_connections_hold_no_database_files(server):
+    cookies = login(server.url, "alice")
+    clients = [ws_connect(server, "/chat/fds", cookies=cookies) for _ in range(20)]
+    for client in clients[:5]:
+        client.send("hi")
+    clients[0].recv()
+    fds = [os.readlink(f"/proc/{server.proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{server.proc.pid}/fd")]
+    assert sum("db.sqlite3" in target for target in fds) <= 3
+    for client in clients:
+        client.close()
