@@ -209,3 +209,44 @@ def test_authenticated_connections_hold_no_database_files(server):
     assert sum("db.sqlite3" in target for target in fds) <= 3
     for client in clients:
         client.close()
+
+
+DOC_HANDLER = """
+from asok import WebSocketServer
+
+ws = WebSocketServer(port=8001)
+
+
+@ws.on("/chat/[room]")
+def on_message(conn, message):
+    room = conn.params['room']
+    name = conn.user.name if conn.user else "Guest"
+    ws.broadcast(f"/chat/{room}", f"{name}: {message}")
+
+
+ws.start()
+"""
+
+
+def test_asok_create_project_with_the_doc_handler_pasted(tmp_path):
+    created = subprocess.run(
+        [str(BIN / "asok"), "create", "demo"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    project = tmp_path / "demo"
+    with open(project / "wsgi.py", "a") as wsgi:
+        wsgi.write(DOC_HANDLER)
+    proc = asok_serve(project, tmp_path)
+    try:
+        assert fetch(proc.url + "/").status == 200
+        first, second = ws_connect(proc, "/chat/general"), ws_connect(proc, "/chat/general")
+        first.send("hi")
+        assert first.recv() == "Guest: hi"
+        assert second.recv() == "Guest: hi"
+    finally:
+        assert proc.stop() == 0
