@@ -81,6 +81,15 @@ class _Login:
     data: Mapping[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Who a handshake is: the user (or None), the session, and the session id the login is bound to."""
+
+    user: Any = None
+    session: Any = None
+    login_sid: str | None = None
+
+
 class SessionAuth:
     """Resolves the Asok session cookies of a handshake to ``(user, session)``.
 
@@ -103,14 +112,21 @@ class SessionAuth:
         the one named by ``asok_sid``, or else the one the login cookie is
         bound to, as an ``asok.session.Session`` with ``sid`` set.
         """
+        credentials = self.resolve(cookie_header)
+        return credentials.user, credentials.session
+
+    def resolve(self, cookie_header: str | None) -> Credentials:
+        """Like :meth:`authenticate`, plus the id of the session the login is bound to."""
         try:
             cookies = parse_cookie_header(cookie_header)
             login = self._verified_login(cookies.get(LOGIN_COOKIE))
             session = self._session_for(cookies.get(SESSION_COOKIE), login)
         except Exception:
             logger.debug("could not read the session cookies", exc_info=True)
-            return None, None
-        return self._find_user(login), session
+            return Credentials()
+        user = self._find_user(login)
+        login_sid = login.sid if user is not None and login is not None else None
+        return Credentials(user, session, login_sid)
 
     def session_is_live(self, session_id: str, user_id: Any) -> bool:
         """Return True if the session still exists, is not ended, and is ``user_id``'s.

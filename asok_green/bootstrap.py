@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -36,6 +37,33 @@ def install_dropin() -> None:
     for module in (asok, asok.ws, asok.ws.server):
         module.WebSocketServer = WebSocketServer
     asok.ws.Connection = Connection
+    _close_sockets_on_logout()
+
+
+def _close_sockets_on_logout() -> None:
+    """Make ``request.logout()`` close that session's WebSockets at once (1008).
+
+    The periodic session re-check would close them anyway; this makes a logout
+    in the same process take effect immediately.
+    """
+    from asok.request.auth import AuthMixin
+
+    from .hub import WebSocketServer
+
+    original = AuthMixin.logout
+    if getattr(original, "closes_websockets", False):
+        return
+
+    @functools.wraps(original)
+    def logout(request: Any) -> None:
+        sid = getattr(request.session, "sid", None)
+        original(request)
+        if sid:
+            for server in WebSocketServer.instances():
+                server.revoke_session(sid)
+
+    logout.closes_websockets = True
+    AuthMixin.logout = logout
 
 
 def load_app(spec: str, directory: str | None = None) -> Any:

@@ -17,7 +17,7 @@ DEFAULT_APP = "wsgi:app"
 _UNSUPPORTED = (
     "asok serve: only `asok serve --gevent` is provided (by asok_green): it serves the "
     "app's pages and WebSockets from one gevent process on one port.\n"
-    "usage: asok serve --gevent [--host 127.0.0.1] [--port 8000] [--app wsgi:app]\n"
+    "usage: asok serve --gevent [--host 127.0.0.1] [--port 8000] [--app wsgi:app] [--workers N]\n"
     "For development use `asok dev`; for Asok's own server, `asok preview`."
 )
 
@@ -34,6 +34,19 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=_default_port(), help="port for HTTP and WebSocket (default 8000)")
     parser.add_argument("--app", default=DEFAULT_APP, help="WSGI app as module:attribute (default wsgi:app)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes sharing the port, joined through Redis (WS_REDIS_URL) when more than 1 (default 1)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +102,11 @@ def run_asok_serve(args: argparse.Namespace) -> None:
     env.pop("ASOK_CLI", None)
     if root:
         os.chdir(root)
+    if args.workers > 1:
+        from .supervisor import supervise
+
+        os.environ.pop("ASOK_CLI", None)  # the workers inherit this process' environment
+        sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
     argv = serve_argv(args.host, args.port, args.app, args.log_level)
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
@@ -115,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
 
         print(__version__)
         return
+    if args.workers > 1:
+        from .supervisor import supervise
+
+        sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
     configure_logging(args.log_level)
     from . import bootstrap
 
@@ -125,12 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     except bootstrap.BootstrapError as exc:
         print(f"asok_green: {exc}", file=sys.stderr)
         sys.exit(2)
+    from .cluster import ClusterConfigError
     from .origins import InsecureOriginPolicy
     from .server import serve
 
     try:
         serve(app, host=args.host, port=args.port)
-    except InsecureOriginPolicy as exc:
+    except (InsecureOriginPolicy, ClusterConfigError) as exc:
         print(f"asok_green: {exc}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:

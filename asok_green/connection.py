@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.socket
 
+from .deflate import Inflater, PerMessageDeflate, compressed_frame
 from .frames import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     OP_BINARY,
@@ -54,13 +56,88 @@ OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 _COALESCE_LIMIT = 64 * 1024
 
 
-def encode_message(message: str | bytes | bytearray | memoryview) -> bytes:
-    """One complete frame for ``message``: text for ``str``, binary for bytes-like."""
+def message_payload(message: str | bytes | bytearray | memoryview) -> tuple[int, bytes]:
+    """``(opcode, payload)`` for ``message``: text for ``str``, binary for bytes-like."""
     if isinstance(message, str):
-        return encode_frame(OP_TEXT, message.encode("utf-8"))
+        return OP_TEXT, message.encode("utf-8")
     if isinstance(message, (bytes, bytearray, memoryview)):
-        return encode_frame(OP_BINARY, bytes(message))
+        return OP_BINARY, bytes(message)
     raise TypeError(f"WebSocket messages are str or bytes, not {type(message).__name__}")
+
+
+def encode_message(message: str | bytes | bytearray | memoryview) -> bytes:
+    """One complete, uncompressed frame for ``message``: text for ``str``, binary for bytes-like."""
+    return encode_frame(*message_payload(message))
+
+
+class Outgoing:
+    """One message encoded once for any number of recipients.
+
+    ``frame`` is the plain frame, built at once. :meth:`frame_for` gives the
+    frame for one connection: the plain one, or for a connection with
+    permessage-deflate the compressed one, built the first time a window size
+    asks for it and shared after that. The server never takes compression
+    context over between messages, so the same bytes suit every such client.
+    """
+
+    __slots__ = ("opcode", "payload", "frame", "_deflated")
+
+    def __init__(self, opcode: int, payload: bytes) -> None:
+        """A message of ``opcode`` (text or binary) carrying ``payload``."""
+        self.opcode = opcode
+        self.payload = payload
+        self.frame = encode_frame(opcode, payload)
+        self._deflated: dict[int, bytes] | None = None
+
+    @classmethod
+    def of(cls, message: str | bytes | bytearray | memoryview) -> Outgoing:
+        """The message for ``str`` (text) or bytes-like (binary) ``message``."""
+        return cls(*message_payload(message))
+
+    @classmethod
+    def json(cls, obj: Any) -> Outgoing:
+        """A text message carrying ``obj`` serialised as JSON."""
+        return cls(OP_TEXT, json.dumps(obj).encode("utf-8"))
+
+    def frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
+        """The frame to send to a connection whose permessage-deflate parameters are ``deflate``."""
+        if deflate is None:
+            return self.frame
+        bits = deflate.server_max_window_bits
+        cache = self._deflated
+        if cache is None:
+            cache = self._deflated = {}
+        frame = cache.get(bits)
+        if frame is None:
+            frame = cache[bits] = compressed_frame(self.opcode, self.payload, deflate)
+        return frame
+
+
+class TokenBucket:
+    """``rate`` events a second on average, ``burst`` at once: the message-rate limit."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        """A full bucket at time ``now``."""
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    @classmethod
+    def for_limits(cls, limits: Any) -> TokenBucket | None:
+        """The bucket ``limits`` ask for, or None when messages are not rate-limited."""
+        rate = limits.max_messages_per_second
+        if rate <= 0:
+            return None
+        return cls(rate, limits.message_burst or max(1.0, rate), monotonic())
+
+    def allow(self, now: float) -> bool:
+        """Take one token if there is one."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def nonblocking_send(sock: socket.socket) -> Callable[[bytes], int]:
@@ -92,6 +169,8 @@ class Connection:
         "addr",
         "user",
         "session",
+        "login_sid",
+        "deflate",
         "state",
         "last_seen",
         "close_code",
@@ -99,6 +178,7 @@ class Connection:
         "_sock",
         "_try_send",
         "_reader",
+        "_inflater",
         "_leftover",
         "_pending",
         "_pending_bytes",
@@ -106,6 +186,7 @@ class Connection:
         "_closer",
         "_room_set",
         "_live",
+        "_rate",
         "__dict__",
         "__weakref__",
     )
@@ -121,8 +202,14 @@ class Connection:
         user: Any = None,
         session: Any = None,
         leftover: bytes = b"",
+        login_sid: str | None = None,
+        deflate: PerMessageDeflate | None = None,
     ):
-        """Wrap an upgraded socket; ``leftover`` is data the client sent right after its handshake."""
+        """Wrap an upgraded socket; ``leftover`` is data the client sent right after its handshake.
+
+        ``deflate`` holds the permessage-deflate parameters agreed in the
+        handshake, or None when the connection is not compressed.
+        """
         self.server = server
         self.path = path
         self.params = params or {}
@@ -130,13 +217,16 @@ class Connection:
         self.addr = addr
         self.user = user
         self.session = session
+        self.login_sid = login_sid
         self.state = OPEN
         self.last_seen = monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
         self._sock = sock
         self._try_send = nonblocking_send(sock)
-        self._reader = MessageReader(max_message_size=server.limits.max_message_size)
+        self.deflate = deflate
+        self._reader = MessageReader(max_message_size=server.limits.max_message_size, allow_rsv1=deflate is not None)
+        self._inflater: Inflater | None = None
         self._leftover = leftover
         self._pending: deque | None = None
         self._pending_bytes = 0
@@ -144,29 +234,36 @@ class Connection:
         self._closer: gevent.Greenlet | None = None
         self._room_set: set | None = None
         self._live: dict | None = None
+        self._rate = TokenBucket.for_limits(server.limits)
 
     # -- what handlers call ------------------------------------------------
 
     def send(self, message: str | bytes) -> bool:
         """Send a text message (``str``) or a binary one (bytes). False once closing."""
-        return self.send_frame(encode_message(message))
+        if self.deflate is None:
+            return self.send_frame(encode_message(message))
+        return self.send_frame(compressed_frame(*message_payload(message), self.deflate))
 
     def send_json(self, obj: Any) -> bool:
         """Send ``obj`` serialised as JSON in a text message."""
-        return self.send_frame(encode_frame(OP_TEXT, json.dumps(obj).encode("utf-8")))
+        payload = json.dumps(obj).encode("utf-8")
+        if self.deflate is None:
+            return self.send_frame(encode_frame(OP_TEXT, payload))
+        return self.send_frame(compressed_frame(OP_TEXT, payload, self.deflate))
 
-    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, timeout: float | None = None) -> None:
         """Start the closing handshake: queued messages go first, then the close frame.
 
-        The socket is dropped when the client answers, or after the server's
-        ``close_timeout`` if it never does.
+        The socket is dropped when the client answers, or after ``timeout``
+        seconds (default: the server's ``close_timeout``) if it never does.
         """
         if self.state is not OPEN:
             return
         self.state = CLOSING
         self.close_code, self.close_reason = code, reason
         self._enqueue(encode_frame(OP_CLOSE, encode_close(code, reason)))
-        self._closer = gevent.spawn_later(self.server.limits.close_timeout, self.abort)
+        wait = self.server.limits.close_timeout if timeout is None else timeout
+        self._closer = gevent.spawn_later(wait, self.abort)
 
     def join(self, room: str) -> bool:
         """Join ``room`` if its name is valid and the room authorizer allows it."""
@@ -307,32 +404,62 @@ class Connection:
                 self.last_seen = monotonic()
             try:
                 events = reader.feed(data)
+                error = None
             except ProtocolError as exc:
-                logger.info("protocol error from %s on %s: %s", self.addr, self.path, exc)
-                self.close(exc.code, exc.reason)
-                break
+                # What the client sent before breaking the protocol still counts.
+                events, error = exc.events, exc
             data = b""
             for event in events:
                 if type(event) is Message:
-                    if self.state is OPEN and on_message is not None:
-                        self._dispatch(on_message, event.data)
+                    if self.state is OPEN:
+                        payload = event.data
+                        if event.compressed:
+                            try:
+                                payload = self._inflate(event)
+                            except ProtocolError as exc:
+                                error = exc
+                                break
+                        if on_message is not None:
+                            self._dispatch(on_message, payload)
                 elif type(event) is Ping:
                     if self.state is OPEN:
                         self._enqueue(encode_frame(OP_PONG, event.payload))
                 elif type(event) is Close:
                     self._peer_closed(event)
                     return
+            if error is not None:
+                logger.info("protocol error from %s on %s: %s", self.addr, self.path, error)
+                self.close(error.code, error.reason)
+                break
         if self.state is OPEN:
             self.state = CLOSED
             self.close_code = CLOSE_ABNORMAL
 
     def _dispatch(self, handler: Callable, data: str | bytes) -> None:
+        if self._rate is not None and not self._rate.allow(monotonic()):
+            logger.warning("closing %s on %s: over %s messages/s", self.addr, self.path, self._rate.rate)
+            self.close(CLOSE_POLICY, "message rate limit exceeded")
+            return
         try:
             handler(self, data)
         except Exception:
             logger.exception("error in message handler for %s (from %s)", self.path, self.addr)
         finally:
             self.server.after_handler()
+
+    def _inflate(self, message: Message) -> str | bytes:
+        """The payload of a compressed message, decoded if it is text."""
+        inflater = self._inflater
+        if inflater is None:
+            limit = self.server.limits.max_message_size
+            inflater = self._inflater = Inflater(limit, self.deflate.client_no_context_takeover)
+        data = inflater.inflate(message.data)
+        if message.opcode != OP_TEXT:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in text message") from None
 
     def _peer_closed(self, event: Close) -> None:
         if self.state is OPEN:

@@ -86,13 +86,16 @@ class ProtocolError(Exception):
     """The peer broke the protocol.
 
     ``code`` is the close code to send back (1002, 1007 or 1009) and
-    ``reason`` a short text suitable for the close frame.
+    ``reason`` a short text suitable for the close frame. ``events`` holds
+    what :meth:`MessageReader.feed` completed before the error, in order:
+    the caller should handle them before failing the connection.
     """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"{reason} ({code})")
         self.code = code
         self.reason = reason
+        self.events: list[Event] = []
 
 
 @dataclass(slots=True)
@@ -154,6 +157,8 @@ class MessageReader:
 
     __slots__ = (
         "_buf",
+        "_checked",
+        "_checker",
         "_compressed",
         "_decoder",
         "_done",
@@ -179,12 +184,16 @@ class MessageReader:
         self._parts: list[str | bytes] = []
         self._size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
+        # UTF-8 check of a text frame still arriving: how many of its payload
+        # bytes have been checked, and the decoder that checked them.
+        self._checked = 0
+        self._checker: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; return every event now complete.
 
         Raises :class:`ProtocolError` when the client breaks the protocol;
-        events completed earlier in the same call are then discarded.
+        the events completed earlier in the same call are its ``events``.
         """
         if self._done:
             return []
@@ -192,17 +201,20 @@ class MessageReader:
         buf += data
         if len(buf) < self._need:
             return []
+        events: list[Event] = []
         try:
-            return self._parse()
-        except ProtocolError:
+            self._parse(events)
+        except ProtocolError as exc:
             self._finish()
+            exc.events = events
             raise
+        return events
 
-    def _parse(self) -> list[Event]:
+    def _parse(self, events: list[Event]) -> None:
+        """Append to ``events`` every event the buffer completes."""
         buf = self._buf
         end = len(buf)
         pos = 0
-        events: list[Event] = []
         while True:
             avail = end - pos
             if avail < 2:
@@ -232,8 +244,15 @@ class MessageReader:
                 raise ProtocolError(CLOSE_TOO_BIG, "message too big")
             if avail < header_len + length:
                 need = header_len + length
+                if avail > header_len + self._checked and self._is_plain_text(b0, opcode):
+                    self._check_partial_text(buf, pos + header_len, end, opcode)
+                    # Come back with the next bytes, not the whole frame.
+                    need = avail + 1
                 break
 
+            if self._checker is not None:
+                self._checker = None
+                self._checked = 0
             start = pos + header_len
             pos = start + length
             payload = _unmask(buf, start, pos, bytes(buf[start - 4 : start]))
@@ -242,11 +261,10 @@ class MessageReader:
                 events.append(event)
                 if type(event) is Close:
                     self._finish()
-                    return events
+                    return
 
         del buf[:pos]
         self._need = need
-        return events
 
     def _check_first_bytes(self, b0: int, b1: int) -> None:
         """Apply every rule that the first two bytes of a frame decide."""
@@ -271,6 +289,34 @@ class MessageReader:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")
         else:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+
+    def _is_plain_text(self, b0: int, opcode: int) -> bool:
+        """Whether a frame carries uncompressed text of a message (whose UTF-8 can be checked early)."""
+        if b0 & 0x40:
+            return False
+        return opcode == OP_TEXT or (opcode == OP_CONT and self._decoder is not None)
+
+    def _check_partial_text(self, buf: bytearray, start: int, end: int, opcode: int) -> None:
+        """Check the UTF-8 of the part of a text frame received so far, past what was checked.
+
+        A message with invalid UTF-8 is refused as soon as the bad bytes
+        arrive, even in the middle of a large frame.
+        """
+        checker = self._checker
+        if checker is None:
+            checker = self._checker = _utf8_decoder()
+            if opcode == OP_CONT:
+                # Carry over a character split by the previous fragment.
+                checker.setstate(self._decoder.getstate())
+        done = self._checked
+        mask = bytes(buf[start - 4 : start])
+        shift = done & 3
+        chunk = _unmask(buf, start + done, end, mask[shift:] + mask[:shift])
+        try:
+            checker.decode(chunk, False)
+        except UnicodeDecodeError:
+            raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in text message") from None
+        self._checked = end - start
 
     def _on_frame(self, fin: int, rsv1: int, opcode: int, payload: bytes) -> Event | None:
         """Turn one checked, unmasked frame into an event, or None mid-message."""

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from .deflate import PerMessageDeflate, negotiate
 from .frames import accept_key, is_valid_client_key
 
 WEBSOCKET_VERSION = "13"
@@ -56,13 +57,30 @@ def check_upgrade(environ: Mapping[str, str]) -> Refusal | None:
     return None
 
 
-def response_headers(environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The headers of the ``101 Switching Protocols`` answer to a valid handshake."""
-    return [
+def choose_compression(environ: Mapping[str, str], enabled: bool = True) -> PerMessageDeflate | None:
+    """The permessage-deflate parameters to accept, or None to go uncompressed.
+
+    None when compression is turned off or the client offers no valid
+    permessage-deflate (a malformed offer is declined, not refused).
+    """
+    if not enabled:
+        return None
+    return negotiate(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
+
+
+def response_headers(environ: Mapping[str, str], deflate: PerMessageDeflate | None = None) -> list[tuple[str, str]]:
+    """The headers of the ``101 Switching Protocols`` answer to a valid handshake.
+
+    With ``deflate`` the answer accepts permessage-deflate with those parameters.
+    """
+    headers = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept_key(environ["HTTP_SEC_WEBSOCKET_KEY"].strip())),
     ]
+    if deflate is not None:
+        headers.append(("Sec-WebSocket-Extensions", deflate.response_header()))
+    return headers
 
 
 def request_headers(environ: Mapping[str, str]) -> dict[str, str]:

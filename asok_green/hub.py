@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .connection import Connection, encode_message
+import gevent
+
+from .connection import Connection, Outgoing
 from .frames import OP_TEXT, encode_frame
 from .limits import Limits, open_files_limit
 from .routing import Route, RouteTable
@@ -89,8 +91,12 @@ class WebSocketServer:
         self._room_authorizer: Callable | None = None
         self._by_path: dict[str, dict[Connection, None]] = {}
         self._rooms: dict[str, dict[Connection, None]] = {}
+        self._room_users: dict[str, dict[Any, int]] = {}
         self._presence: dict[Any, int] = {}
         self._count = 0
+        self._jobs: list[gevent.Greenlet] = []
+        #: The node of a Redis cluster this server belongs to (asok_green.cluster), or None.
+        self.cluster = None
         self._started = False
         self.serving_port: int | None = None
         if app is not None:
@@ -156,12 +162,37 @@ class WebSocketServer:
                 port,
             )
         self.serving_port = port
+        # Resolved again: app.config may have been set after the constructor ran.
+        self.limits = Limits.resolve(self._limit_overrides, getattr(self.app, "config", None))
         self.limits.max_connections = self.limits.connection_cap(open_files_limit())
         if self.secret_key is None and self.app is not None:
             config = getattr(self.app, "config", None) or {}
             self.secret_key = getattr(self.app, "secret_key", None) or config.get("SECRET_KEY")
         # Built now, so a policy refused for production fails at start-up, not at the first client.
         logger.info("%s", self.origins.describe())
+        self._start_background_jobs()
+        if self.cluster is None:
+            from . import cluster
+
+            self.cluster = cluster.join(self)
+
+    def _start_background_jobs(self) -> None:
+        from . import keepalive, revocation
+
+        if self._jobs:
+            return
+        if self.limits.ping_interval > 0:
+            self._jobs.append(gevent.spawn(keepalive.run, self))
+        if self.limits.session_check_interval > 0 and _is_asok_app(self.app):
+            self._jobs.append(gevent.spawn(revocation.run, self))
+
+    def revoke_session(self, login_sid: str) -> int:
+        """Close (1008) every connection whose login is bound to ``login_sid``; returns how many."""
+        from . import revocation
+
+        closed = revocation.close_all(c for c in self.connections() if c.login_sid == login_sid)
+        self.stats["revoked"] += closed
+        return closed
 
     @property
     def origins(self):
@@ -189,9 +220,14 @@ class WebSocketServer:
         return self
 
     def stop(self) -> None:
-        """Close every connection with 1001 (going away)."""
+        """Stop the background jobs and close every connection with 1001 (going away)."""
+        for job in self._jobs:
+            job.kill(block=False)
+        self._jobs.clear()
         for conn in self.connections():
             conn.going_away()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def after_handler(self) -> None:
         """Release what a handler left open in this greenlet (Asok's per-greenlet DB connections).
@@ -225,7 +261,7 @@ class WebSocketServer:
             count = self._presence.get(user_id, 0)
             self._presence[user_id] = count + 1
             if count == 0:
-                self._broadcast_presence(user_id, "online")
+                self._presence_changed(user_id, "online")
 
     def unregister(self, conn: Connection) -> None:
         """Forget ``conn`` everywhere; announce its user offline if this was the last tab."""
@@ -235,8 +271,10 @@ class WebSocketServer:
         del members[conn]
         if not members:
             del self._by_path[conn.path]
-        for room in conn._room_set or ():
-            self._discard_member(room, conn)
+        # Closing counts as leaving every room; conn.rooms stays readable for on_disconnect.
+        left = [room for room in conn._room_set or () if self._discard_member(room, conn)]
+        for room in left:
+            self._announce_room_presence(room, conn.user.id, "left")
         self._count -= 1
         user_id = getattr(conn.user, "id", None)
         if user_id is not None:
@@ -245,7 +283,15 @@ class WebSocketServer:
                 self._presence[user_id] = count
             else:
                 self._presence.pop(user_id, None)
-                self._broadcast_presence(user_id, "offline")
+                self._presence_changed(user_id, "offline")
+
+    def _presence_changed(self, user_id: Any, status: str) -> None:
+        """A user's first local connection opened or their last one closed."""
+        if self.cluster is None:
+            self._broadcast_presence(user_id, status)
+        else:
+            # Online or offline is the cluster's call: the user may have tabs on other nodes.
+            self.cluster.local_presence(user_id, status == "online")
 
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
         frame = _text_frame({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
@@ -255,28 +301,65 @@ class WebSocketServer:
     # -- rooms -------------------------------------------------------------------
 
     def join_room(self, conn: Connection, room: str) -> bool:
-        """Add ``conn`` to ``room`` if the name is valid and the authorizer agrees."""
+        """Add ``conn`` to ``room`` if the name is valid and the authorizer agrees.
+
+        A user's first connection in the room is announced to the room as
+        ``room_presence`` ``joined``; joining a room twice changes nothing.
+        """
         if not is_valid_room_name(room) or not self.check_room_authorization(conn, room):
             return False
         # The authorizer may have yielded: the connection may be gone by now.
         if conn.closed or conn not in self._by_path.get(conn.path, ()):
             return False
-        self._rooms.setdefault(room, {})[conn] = None
+        members = self._rooms.setdefault(room, {})
+        if conn in members:
+            return True
+        members[conn] = None
         conn._rooms.add(room)
+        user_id = getattr(conn.user, "id", None)
+        if user_id is not None:
+            counts = self._room_users.setdefault(room, {})
+            counts[user_id] = counts.get(user_id, 0) + 1
+            if counts[user_id] == 1:
+                self._announce_room_presence(room, user_id, "joined")
         return True
 
     def leave_room(self, conn: Connection, room: str) -> None:
-        """Remove ``conn`` from ``room``."""
-        if conn._room_set and room in conn._room_set:
-            conn._room_set.discard(room)
-            self._discard_member(room, conn)
-
-    def _discard_member(self, room: str, conn: Connection) -> None:
+        """Remove ``conn`` from ``room``; the user's last connection there is announced as ``left``."""
         members = self._rooms.get(room)
-        if members is not None:
-            members.pop(conn, None)
-            if not members:
-                del self._rooms[room]
+        if members is None or conn not in members:
+            return
+        conn._rooms.discard(room)
+        if self._discard_member(room, conn):
+            self._announce_room_presence(room, conn.user.id, "left")
+
+    def _discard_member(self, room: str, conn: Connection) -> bool:
+        """Take ``conn`` out of ``room``; True if it was its user's last connection there."""
+        members = self._rooms.get(room)
+        if members is None or conn not in members:
+            return False
+        del members[conn]
+        if not members:
+            del self._rooms[room]
+        user_id = getattr(conn.user, "id", None)
+        counts = self._room_users.get(room)
+        if user_id is None or counts is None or user_id not in counts:
+            return False
+        if counts[user_id] > 1:
+            counts[user_id] -= 1
+            return False
+        del counts[user_id]
+        if not counts:
+            del self._room_users[room]
+        return True
+
+    def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
+        message = {"op": "broadcast", "type": "room_presence", "room": room, "user_id": user_id, "status": status}
+        self.broadcast_to_json(room, message)
+
+    def get_room_users(self, room: str) -> list:
+        """The ids of users with at least one connection in ``room`` (an asok_green extension)."""
+        return list(self._room_users.get(room, ()))
 
     def check_room_authorization(self, conn: Connection, room: str) -> bool:
         """The room authorizer's verdict; without one, only ``model:`` rooms, as in Asok."""
@@ -294,28 +377,59 @@ class WebSocketServer:
 
     # -- broadcasting (the frame is encoded once, whatever the audience) ----
 
-    def broadcast(self, path: str, message: str | bytes, exclude: Connection | None = None) -> int:
-        """Send ``message`` to every connection on ``path``; returns how many got it."""
-        return self._fan_out(self._by_path.get(path, ()), encode_message(message), exclude)
+    def broadcast(
+        self, path: str, message: str | bytes, exclude: Connection | None = None, from_adapter: bool = False
+    ) -> int:
+        """Send ``message`` to every connection on ``path``; returns how many got it in this process.
+
+        In a cluster the other nodes deliver it to theirs; ``from_adapter=True``
+        (as in Asok) delivers it in this process only.
+        """
+        return self._send("path", path, Outgoing.of(message), exclude, from_adapter)
 
     def broadcast_json(self, path: str, obj: Any, exclude: Connection | None = None) -> int:
         """Send ``obj`` as JSON to every connection on ``path``."""
-        return self._fan_out(self._by_path.get(path, ()), _text_frame(obj), exclude)
+        return self._send("path", path, Outgoing.json(obj), exclude)
 
-    def broadcast_to(self, room: str, message: str | bytes, exclude: Connection | None = None) -> int:
-        """Send ``message`` to every connection that has joined ``room``."""
-        return self._fan_out(self._rooms.get(room, ()), encode_message(message), exclude)
+    def broadcast_to(
+        self, room: str, message: str | bytes, exclude: Connection | None = None, from_adapter: bool = False
+    ) -> int:
+        """Send ``message`` to every connection that has joined ``room`` (on every node of a cluster)."""
+        return self._send("room", room, Outgoing.of(message), exclude, from_adapter)
 
     def broadcast_to_json(self, room: str, obj: Any, exclude: Connection | None = None) -> int:
         """Send ``obj`` as JSON to every connection that has joined ``room``."""
-        return self._fan_out(self._rooms.get(room, ()), _text_frame(obj), exclude)
+        return self._send("room", room, Outgoing.json(obj), exclude)
+
+    def _send(
+        self, target: str, name: str, message: Outgoing, exclude: Connection | None, from_adapter: bool = False
+    ) -> int:
+        members = self._by_path.get(name, ()) if target == "path" else self._rooms.get(name, ())
+        delivered = self._fan_out(members, message, exclude)
+        if self.cluster is not None and not from_adapter:
+            # Only queued: the cluster's publisher greenlet does the Redis I/O.
+            self.cluster.publish(target, name, message)
+        return delivered
 
     @staticmethod
-    def _fan_out(members: Iterable[Connection], frame: bytes, exclude: Connection | None) -> int:
+    def _fan_out(members: Iterable[Connection], message: Outgoing | bytes, exclude: Connection | None) -> int:
+        """Hand ``message`` to each member but ``exclude``; returns how many took it.
+
+        ``message`` is an :class:`Outgoing` (compressed once for the members
+        that negotiated permessage-deflate) or a frame to send as it is.
+        """
         delivered = 0
-        # A snapshot: a failed send may end a connection while we iterate.
+        if isinstance(message, Outgoing):
+            frame = message.frame
+            # A snapshot: a failed send may end a connection while we iterate.
+            for conn in tuple(members):
+                if conn is not exclude:
+                    deflate = conn.deflate
+                    if conn.send_frame(frame if deflate is None else message.frame_for(deflate)):
+                        delivered += 1
+            return delivered
         for conn in tuple(members):
-            if conn is not exclude and conn.send_frame(frame):
+            if conn is not exclude and conn.send_frame(message):
                 delivered += 1
         return delivered
 
@@ -328,11 +442,15 @@ class WebSocketServer:
         return [conn for members in self._by_path.values() for conn in members]
 
     def get_online_users(self) -> list:
-        """The ids of users with at least one open connection."""
+        """The ids of users with at least one open connection (on any node of a cluster)."""
+        if self.cluster is not None:
+            return self.cluster.online_users()
         return list(self._presence)
 
     def is_user_online(self, user_id: Any) -> bool:
-        """True if ``user_id`` has at least one open connection."""
+        """True if ``user_id`` has at least one open connection (on any node of a cluster)."""
+        if self.cluster is not None:
+            return self.cluster.is_online(user_id)
         return self._presence.get(user_id, 0) > 0
 
     @property

@@ -45,6 +45,27 @@ class Limits:
     flush_timeout: float = 5.0
     #: Seconds graceful shutdown waits for clients before dropping them.
     shutdown_timeout: float = 4.0
+    #: Whether permessage-deflate (RFC 7692) is accepted when a client offers
+    #: it; ``WS_COMPRESSION=0`` or ``config["WS_COMPRESSION"] = False`` turns it off.
+    compression: bool = True
+    #: Bytes of kernel send buffer per WebSocket (SO_SNDBUF); 0 leaves it to the
+    #: kernel's autotuning, which can hold several MiB for a client that stopped
+    #: reading before anything reaches ``max_queue``.
+    send_buffer: int = 0
+    #: Seconds a client has to send its complete request line and headers.
+    handshake_timeout: float = 10.0
+    #: Bytes of request line plus headers a client may send (431 beyond).
+    max_header_bytes: int = 16 * 1024
+    #: Seconds of silence from a client before the server pings it (0: never).
+    ping_interval: float = 20.0
+    #: Seconds a pinged client has to answer before it is closed (1011).
+    ping_timeout: float = 20.0
+    #: Seconds between re-checks of logged-in connections' sessions (0: never).
+    session_check_interval: float = 30.0
+    #: Messages per second one client may send (0: unlimited); over it, close 1008.
+    max_messages_per_second: float = 0.0
+    #: Messages a client may send in a burst above that rate (0: one second's worth).
+    message_burst: int = 0
 
     @classmethod
     def resolve(
@@ -71,7 +92,18 @@ class Limits:
         return min(self.max_connections, by_files) if self.max_connections > 0 else by_files
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
 def _cast(default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ValueError(f"expected a yes/no value, not {value!r}")
+            return word in _TRUE
+        return bool(value)
     if isinstance(default, float):
         return float(value)
     return int(value)

@@ -3,6 +3,9 @@
 Message shapes follow Asok's documentation to the letter. Live components
 (``join`` / ``call`` / ``sync`` / ``leave``) are handed to the installed Asok's own
 handlers, which work on any object with Asok's connection interface.
+
+One extension: ``{"op": "get_presence", "room": R}`` answers with the users in
+``R`` (for members of ``R``), and the hub announces ``room_presence`` changes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ logger = logging.getLogger("asok_green")
 
 _MAX_OP_LENGTH = 50
 _JOIN_ERROR = "Unauthorized or invalid room join request for {room}"
+_NOT_A_MEMBER = "Join room {room} before asking who is in it"
 
 
 def on_live_message(conn: Connection, text: Any) -> None:
@@ -47,14 +51,12 @@ def _join_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
     room = data.get("room")
     if isinstance(room, str) and _model_room_allowed(conn, room) and conn.join(room):
         return
-    conn.send_json(
-        {
-            "op": "broadcast",
-            "type": "error",
-            "room": room,
-            "message": _JOIN_ERROR.format(room=room),
-        }
-    )
+    conn.send_json(_room_error(room, _JOIN_ERROR.format(room=room)))
+
+
+def _room_error(room: Any, message: str) -> dict:
+    """The doc's error payload for a refused room request."""
+    return {"op": "broadcast", "type": "error", "room": room, "message": message}
 
 
 def _model_room_allowed(conn: Connection, room: str) -> bool:
@@ -73,7 +75,14 @@ def _leave_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
 
 
 def _get_presence(server: WebSocketServer, conn: Connection, data: dict) -> None:
-    conn.send_json({"op": "broadcast", "type": "presence_list", "users": server.get_online_users()})
+    room = data.get("room")
+    if room is None:
+        conn.send_json({"op": "broadcast", "type": "presence_list", "users": server.get_online_users()})
+    elif _is_member(conn, room):
+        users = server.get_room_users(room)
+        conn.send_json({"op": "broadcast", "type": "presence_list", "room": room, "users": users})
+    else:
+        conn.send_json(_room_error(room, _NOT_A_MEMBER.format(room=room)))
 
 
 def _typing(server: WebSocketServer, conn: Connection, data: dict) -> None:

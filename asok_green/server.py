@@ -8,21 +8,32 @@ greenlet that accepted it, for its whole life.
 
 from __future__ import annotations
 
+import email.parser
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 import gevent
 from gevent.event import Event
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
+from .auth import Credentials
 from .connection import Connection
-from .handshake import Refusal, check_upgrade, is_upgrade_request, request_headers, response_headers
+from .handshake import (
+    Refusal,
+    check_upgrade,
+    choose_compression,
+    is_upgrade_request,
+    request_headers,
+    response_headers,
+)
 from .hub import WebSocketServer
-from .limits import open_files_limit
+from .limits import Limits, open_files_limit
 from .routing import Route
 
 logger = logging.getLogger("asok_green")
@@ -64,13 +75,97 @@ def _call_handler(handler: Any, conn: Connection, what: str) -> None:
         conn.server.after_handler()
 
 
+class RequestTooLarge(ValueError):
+    """The request line and headers are larger than ``max_header_bytes``."""
+
+
+class HandshakeTimeout(ValueError):
+    """The client did not send its request line and headers in time."""
+
+
+def read_header_block(fp: Any, budget: int) -> Any:
+    """Parse request headers from ``fp``, reading at most ``budget`` bytes, as pywsgi's message class."""
+    lines = []
+    while True:
+        line = fp.readline(budget + 1)
+        budget -= len(line)
+        if budget < 0:
+            raise RequestTooLarge("request headers too large")
+        if line in (b"\r\n", b"\n", b""):
+            break
+        lines.append(line)
+    return email.parser.Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+def _plain_response(status: int, text: str) -> bytes:
+    body = (text + "\n").encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nConnection: close\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+_DEFAULT_LIMITS = Limits()
+
+
 class GreenHandler(WebSocketHandler):
     """A pywsgi handler: plain HTTP runs the app; ``Upgrade: websocket`` runs the hub.
 
     The hubs are the server's ``hubs`` attribute when it has one (``GreenServer``),
     otherwise every :class:`WebSocketServer` created in the process (so the class
-    also works under gunicorn's gevent workers).
+    also works under gunicorn's gevent workers). A client gets ``handshake_timeout``
+    seconds to send its request line and headers, at most ``max_header_bytes`` of
+    them (431 beyond).
     """
+
+    _deadline: Any = None
+
+    def _limits(self) -> Limits:
+        return getattr(self.server, "limits", None) or _DEFAULT_LIMITS
+
+    def handle(self) -> None:
+        """Serve the connection's requests; a client too slow to send its headers is dropped."""
+        try:
+            super().handle()
+        except HandshakeTimeout:
+            logger.info(
+                "dropped %s: request not complete within %ss", self.client_address, self._limits().handshake_timeout
+            )
+        finally:
+            self._cancel_deadline()
+
+    def read_requestline(self) -> str:
+        """Start the handshake clock, then read the request line."""
+        self._cancel_deadline()
+        limits = self._limits()
+        self._deadline = gevent.Timeout.start_new(limits.handshake_timeout, HandshakeTimeout)
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Read the headers within the same deadline and byte budget as the request line."""
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._cancel_deadline()
+
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's hook name
+        """The request's headers, read within ``max_header_bytes``."""
+        return read_header_block(fp, self._limits().max_header_bytes - len(self.requestline))
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        if isinstance(ex, RequestTooLarge):
+            logger.warning("refused request from %s: %s", self.client_address, ex)
+            return ("431", _plain_response(431, str(ex)))
+        if isinstance(ex, HandshakeTimeout):
+            logger.info("refused request from %s: headers not complete in time", self.client_address)
+            return ("408", _plain_response(408, "request headers not received in time"))
+        return super()._handle_client_error(ex)
 
     def run_application(self) -> None:
         """Answer one request: the WSGI app for pages, the WebSocket hub for upgrades."""
@@ -113,19 +208,34 @@ class GreenHandler(WebSocketHandler):
             return
         headers = request_headers(env)
         try:
-            user, session = hub.auth.authenticate(headers.get("cookie"))
+            who = hub.auth.resolve(headers.get("cookie"))
         except Exception:
             logger.exception("session lookup failed for %s: serving as guest", path)
-            user, session = None, None
+            who = Credentials()
         finally:
             hub.after_handler()
         # gevent-websocket's start_response turns a response into a raw 101
         # (no Content-Length, no chunking, connection owned by us) when it sees this key.
         env["wsgi.websocket"] = True
-        self.start_response("101 Switching Protocols", response_headers(env))
+        deflate = choose_compression(env, hub.limits.compression)
+        self.start_response("101 Switching Protocols", response_headers(env, deflate))
         self.write(b"")
         leftover = take_buffered(self.rfile, self.socket)
-        conn = Connection(hub, self.socket, self.client_address, path, headers, params, user, session, leftover)
+        if hub.limits.send_buffer > 0:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.limits.send_buffer)
+        conn = Connection(
+            hub,
+            self.socket,
+            self.client_address,
+            path,
+            headers,
+            params,
+            who.user,
+            who.session,
+            leftover,
+            login_sid=who.login_sid,
+            deflate=deflate,
+        )
         env["wsgi.websocket"] = None
         serve_connection(hub, conn, route)
 
@@ -167,6 +277,11 @@ class GreenServer(WSGIServer):
         self.hubs = list(hubs)
         self.stopped = Event()
 
+    @property
+    def limits(self) -> Limits:
+        """The limits of the first hub: handshake time and header size apply per listener."""
+        return self.hubs[0].limits if self.hubs else _DEFAULT_LIMITS
+
     def connection_count(self) -> int:
         """WebSockets open across every hub."""
         return sum(hub.connection_count for hub in self.hubs)
@@ -196,17 +311,20 @@ def make_server(
     ws: WebSocketServer | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
+    *,
+    listener: Any = None,
     **kwargs: Any,
 ) -> GreenServer:
     """A started server for ``app`` and its WebSocket handlers, listening on ``host:port``.
 
     ``ws`` defaults to every ``WebSocketServer`` created so far (a new one bound
-    to ``app`` if there is none). The app's ``WS_PORT`` is set to the serving
-    port, so Asok's ``window.asokWS`` connects to this same port.
+    to ``app`` if there is none). ``listener``, a listening socket, is used
+    instead of binding ``host:port``. The app's ``WS_PORT`` is set to the
+    serving port, so Asok's ``window.asokWS`` connects to this same port.
     """
     open_files_limit()
     hubs = [ws] if ws is not None else WebSocketServer.instances() or [WebSocketServer(app=app)]
-    server = GreenServer((host, port), app, hubs, **kwargs)
+    server = GreenServer(listener if listener is not None else (host, port), app, hubs, **kwargs)
     server.init_socket()
     port = server.server_port
     config = getattr(app, "config", None)

@@ -2,9 +2,15 @@
 
 Run it with `asok serve --gevent` (pages and sockets on one port), after
 `python seed_db.py` has created the database.
+
+Chat lines travel on `/chat/<room>` as JSON with an id, so that read receipts
+(`{"op": "receipt", ...}` on `/asok/live`) can name the message they are about.
 """
 
+import itertools
 import re
+import time
+from collections import deque
 
 from asok import Asok, WebSocketServer
 
@@ -13,6 +19,11 @@ ws = WebSocketServer(port=8001, app=app)
 
 ROOM = re.compile(r"[a-z0-9-]{1,40}")
 MAX_MESSAGE = 500
+HISTORY = 50
+MAX_ROOMS_WITH_HISTORY = 100
+
+_message_ids = itertools.count(1)
+_history: dict[str, deque] = {}
 
 
 def display_name(conn) -> str:
@@ -20,28 +31,40 @@ def display_name(conn) -> str:
     return conn.user.name if conn.user else "Guest"
 
 
+def remember(room: str, line: dict) -> None:
+    """Keep the room's last HISTORY lines for newcomers (for a bounded number of rooms)."""
+    if room in _history or len(_history) < MAX_ROOMS_WITH_HISTORY:
+        _history.setdefault(room, deque(maxlen=HISTORY)).append(line)
+
+
 @ws.on("/chat/[room]")
 def on_message(conn, message):
     """Relay a chat line to everyone in the room, the sender included."""
-    room = conn.params["room"]
-    ws.broadcast(f"/chat/{room}", f"{display_name(conn)}: {message[:MAX_MESSAGE]}")
+    text = message.strip()[:MAX_MESSAGE] if isinstance(message, str) else ""
+    if not text:
+        return
+    line = {
+        "type": "message",
+        "id": next(_message_ids),
+        "user_id": conn.user.id if conn.user else None,
+        "name": display_name(conn),
+        "text": text,
+        "at": int(time.time()),
+    }
+    remember(conn.params["room"], line)
+    ws.broadcast_json(conn.path, line)
 
 
 @ws.on_connect("/chat/[room]")
 def on_join(conn):
-    """Tell the room that someone arrived."""
-    ws.broadcast(conn.path, f"{display_name(conn)} joined", exclude=conn)
-
-
-@ws.on_disconnect("/chat/[room]")
-def on_leave(conn):
-    """Tell the room that someone left."""
-    ws.broadcast(conn.path, f"{display_name(conn)} left")
+    """Replay the room's recent lines to the newcomer."""
+    for line in _history.get(conn.params["room"], ()):
+        conn.send_json(line)
 
 
 @ws.room_authorizer
 def authorize_room_join(conn, room):
-    """Let anyone join a `chat:<name>` room (typing indicators); refuse the rest."""
+    """Let anyone join a `chat:<name>` room (presence, typing, receipts); refuse the rest."""
     prefix, _, name = room.partition(":")
     return prefix == "chat" and ROOM.fullmatch(name) is not None
 

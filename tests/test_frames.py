@@ -231,6 +231,59 @@ def test_text_split_mid_character_across_fragments_is_valid():
     assert MessageReader().feed(frames) == [Message(OP_TEXT, "a€b")]
 
 
+def test_invalid_utf8_fails_fast_inside_a_frame_still_arriving():
+    frame = client_frame(OP_TEXT, "κόσμε".encode() + b"\xed\xa0\x80" + b"tail" * 100)
+    reader = MessageReader()
+    assert reader.feed(frame[:12]) == []  # header and valid text so far
+    with pytest.raises(ProtocolError) as info:
+        # The frame is far from complete, but it can no longer be valid.
+        reader.feed(frame[12:30])
+    assert info.value.code == CLOSE_INVALID_DATA
+
+
+def test_text_frame_arriving_in_pieces_is_checked_and_delivered_once():
+    text = "añb€c" * 50
+    frame = client_frame(OP_TEXT, text)
+    reader = MessageReader()
+    events = []
+    for i in range(0, len(frame), 7):  # pieces that split characters and the mask cycle
+        events += reader.feed(frame[i : i + 7])
+    assert events == [Message(OP_TEXT, text)]
+
+
+def test_continuation_arriving_in_pieces_carries_a_split_character():
+    euro = "€".encode()
+    reader = MessageReader()
+    assert reader.feed(client_frame(OP_TEXT, b"a" + euro[:2], fin=False)) == []
+    last = client_frame(OP_CONT, euro[2:] + b"b" * 40)
+    assert reader.feed(last[:9]) == []  # header, mask and the end of the euro sign
+    assert reader.feed(last[9:]) == [Message(OP_TEXT, "a€" + "b" * 40)]
+
+
+def test_invalid_continuation_fails_fast_inside_its_frame():
+    reader = MessageReader()
+    assert reader.feed(client_frame(OP_TEXT, b"ok", fin=False)) == []
+    last = client_frame(OP_CONT, b"\xc0\xaf" + b"x" * 200)
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(last[:10])
+    assert info.value.code == CLOSE_INVALID_DATA
+
+
+def test_compressed_text_arriving_in_pieces_is_not_checked_as_utf8():
+    reader = MessageReader(allow_rsv1=True)
+    frame = client_frame(OP_TEXT, b"\xff" * 50, rsv=0b100)
+    assert reader.feed(frame[:20]) == []
+    assert reader.feed(frame[20:]) == [Message(OP_TEXT, b"\xff" * 50, compressed=True)]
+
+
+def test_events_before_a_protocol_error_are_kept_on_the_error():
+    data = client_frame(OP_TEXT, "first") + client_frame(OP_PING, b"p")
+    data += client_frame(OP_TEXT, "bad", rsv=0b010) + client_frame(OP_TEXT, "never")
+    error = feed_error(data)
+    assert error.code == CLOSE_PROTOCOL_ERROR
+    assert error.events == [Message(OP_TEXT, "first"), Ping(b"p")]
+
+
 def test_close_payload_of_one_byte_is_protocol_error():
     assert feed_error(client_frame(OP_CLOSE, b"\x03")).code == CLOSE_PROTOCOL_ERROR
 
