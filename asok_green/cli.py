@@ -121,6 +121,13 @@ def configure_logging(level: str) -> None:
     )
 
 
+def quiet_duplicate_loggers() -> None:
+    """Asok gives its loggers handlers of their own: keep their lines from printing twice."""
+    asok_logger = logging.getLogger("asok")
+    if asok_logger.handlers:
+        asok_logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m asok_green serve [--host H] [--port P] [--app module:attr]``."""
     parser = argparse.ArgumentParser(prog="python -m asok_green", description="asok_green server")
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     except bootstrap.BootstrapError as exc:
         print(f"asok_green: {exc}", file=sys.stderr)
         sys.exit(2)
+    quiet_duplicate_loggers()
     from .cluster import ClusterConfigError
     from .origins import InsecureOriginPolicy
     from .server import serve

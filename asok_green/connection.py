@@ -6,8 +6,12 @@ connection's bounded queue, drained by a writer greenlet that exists only while
 there is something to drain. A client whose queue passes its limit is closed
 (1008) instead of slowing anyone else down.
 
-Reads happen in the greenlet that accepted the connection (``run``), which also
-runs the handlers, so a slow handler only delays its own connection.
+Reads: a connection that owns its socket has no greenlet while it is idle. A
+read watcher on the socket spawns a short-lived reader greenlet when data
+arrives; it reads what is there, runs the handlers in order, and re-arms the
+watcher when the socket is drained (``watch``). Any other socket is read by the
+greenlet that accepted it (``run``). Either way a slow handler only delays its
+own connection.
 """
 
 from __future__ import annotations
@@ -187,6 +191,10 @@ class Connection:
         "_room_set",
         "_live",
         "_rate",
+        "_own_socket",
+        "_watcher",
+        "_on_message",
+        "_on_end",
         "__dict__",
         "__weakref__",
     )
@@ -204,11 +212,14 @@ class Connection:
         leftover: bytes = b"",
         login_sid: str | None = None,
         deflate: PerMessageDeflate | None = None,
+        own_socket: bool = False,
     ):
         """Wrap an upgraded socket; ``leftover`` is data the client sent right after its handshake.
 
         ``deflate`` holds the permessage-deflate parameters agreed in the
-        handshake, or None when the connection is not compressed.
+        handshake, or None when the connection is not compressed. With
+        ``own_socket`` the connection closes ``sock`` when it finishes (a plain
+        gevent socket can then be served by :meth:`watch`).
         """
         self.server = server
         self.path = path
@@ -235,6 +246,10 @@ class Connection:
         self._room_set: set | None = None
         self._live: dict | None = None
         self._rate = TokenBucket.for_limits(server.limits)
+        self._own_socket = own_socket
+        self._watcher: Any = None
+        self._on_message: Callable | None = None
+        self._on_end: Callable[[], None] | None = None
 
     # -- what handlers call ------------------------------------------------
 
@@ -386,12 +401,11 @@ class Connection:
         except OSError:
             pass
 
-    # -- inbound (runs in the connection's own greenlet) ----------------------
+    # -- inbound -----------------------------------------------------------------
 
     def run(self, on_message: Callable | None) -> None:
         """Read until the connection ends, dispatching each message to ``on_message``."""
         recv = self._sock.recv
-        reader = self._reader
         data, self._leftover = self._leftover, b""
         while True:
             if not data:
@@ -402,35 +416,103 @@ class Connection:
                 if not data:
                     break
                 self.last_seen = monotonic()
-            try:
-                events = reader.feed(data)
-                error = None
-            except ProtocolError as exc:
-                # What the client sent before breaking the protocol still counts.
-                events, error = exc.events, exc
+            if not self._receive(data, on_message):
+                return
             data = b""
-            for event in events:
-                if type(event) is Message:
-                    if self.state is OPEN:
-                        payload = event.data
-                        if event.compressed:
-                            try:
-                                payload = self._inflate(event)
-                            except ProtocolError as exc:
-                                error = exc
-                                break
-                        if on_message is not None:
-                            self._dispatch(on_message, payload)
-                elif type(event) is Ping:
-                    if self.state is OPEN:
-                        self._enqueue(encode_frame(OP_PONG, event.payload))
-                elif type(event) is Close:
-                    self._peer_closed(event)
-                    return
-            if error is not None:
-                logger.info("protocol error from %s on %s: %s", self.addr, self.path, error)
-                self.close(error.code, error.reason)
-                break
+        self._lost()
+
+    @property
+    def can_watch(self) -> bool:
+        """True if :meth:`watch` can serve this connection: it owns a plain gevent socket."""
+        return self._own_socket and type(self._sock) is gevent.socket.socket
+
+    def watch(self, on_message: Callable | None, on_end: Callable[[], None]) -> None:
+        """Serve reads from the socket's read watcher: no greenlet of its own while idle.
+
+        Returns at once. ``on_end`` runs (in a reader greenlet) when the
+        connection ends, and must call :meth:`finish`.
+        """
+        self._on_message, self._on_end = on_message, on_end
+        self._watcher = self._sock._read_event  # unused otherwise: nothing else waits to read this socket
+        if self._leftover:
+            gevent.spawn(self._read_burst)
+        else:
+            self._watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        """The watcher's callback: start a reader greenlet, and stop watching until it is done."""
+        # Runs in the hub, so it must not block or raise. The watcher stays
+        # stopped while the reader runs: a client is not read faster than its
+        # handlers go.
+        self._watcher.stop()
+        gevent.spawn(self._read_burst)
+
+    def _read_burst(self) -> None:
+        """Reader greenlet: handle what the client sent, then re-arm the watcher, or end."""
+        ended = True
+        try:
+            ended = self._read_available()
+        finally:
+            if ended:
+                self._lost()
+                on_end, self._on_end, self._on_message = self._on_end, None, None
+                on_end()
+            else:
+                self._watcher.start(self._readable)
+
+    def _read_available(self) -> bool:
+        """Read and handle data until the socket would block (False) or the connection ends (True)."""
+        recv = self._sock._sock.recv  # the kernel socket: never waits
+        data, self._leftover = self._leftover, b""
+        while True:
+            if not data:
+                try:
+                    data = recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError:
+                    return True
+                if not data:
+                    return True
+                self.last_seen = monotonic()
+            if not self._receive(data, self._on_message):
+                return True
+            data = b""
+
+    def _receive(self, data: bytes, on_message: Callable | None) -> bool:
+        """Handle ``data`` from the client: False once the connection is ending."""
+        try:
+            events = self._reader.feed(data)
+            error = None
+        except ProtocolError as exc:
+            # What the client sent before breaking the protocol still counts.
+            events, error = exc.events, exc
+        for event in events:
+            if type(event) is Message:
+                if self.state is OPEN:
+                    payload = event.data
+                    if event.compressed:
+                        try:
+                            payload = self._inflate(event)
+                        except ProtocolError as exc:
+                            error = exc
+                            break
+                    if on_message is not None:
+                        self._dispatch(on_message, payload)
+            elif type(event) is Ping:
+                if self.state is OPEN:
+                    self._enqueue(encode_frame(OP_PONG, event.payload))
+            elif type(event) is Close:
+                self._peer_closed(event)
+                return False
+        if error is not None:
+            logger.info("protocol error from %s on %s: %s", self.addr, self.path, error)
+            self.close(error.code, error.reason)
+            return False
+        return True
+
+    def _lost(self) -> None:
+        """The stream ended without a closing handshake."""
         if self.state is OPEN:
             self.state = CLOSED
             self.close_code = CLOSE_ABNORMAL
@@ -470,7 +552,7 @@ class Connection:
             self._enqueue(encode_frame(OP_CLOSE, payload))
 
     def finish(self, flush_timeout: float) -> None:
-        """After ``run``: flush what is queued (bounded), then release the socket."""
+        """At the end: flush what is queued (bounded), then release the socket (closed if owned)."""
         if self.state is not CLOSED:
             self.flush(flush_timeout)
         self.state = CLOSED
@@ -482,6 +564,21 @@ class Connection:
             writer.kill(block=False)
         self._pending = None
         self._pending_bytes = 0
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if self._own_socket:
+            self._release_socket()
+
+    def _release_socket(self) -> None:
+        """Close the socket this connection owns."""
+        sock = self._sock
+        try:
+            # As pywsgi does before closing: unread input would turn the close into a reset.
+            sock._sock.recv(16384)
+        except OSError:
+            pass
+        sock.close()
 
     def going_away(self, reason: str = "server shutting down") -> None:
         """Close with 1001, as the server does when it stops."""

@@ -2,13 +2,18 @@
 
 ``GreenHandler`` extends gevent-websocket's ``WebSocketHandler`` by overriding one
 hook, ``run_application``; ``GreenServer`` is a ``gevent.pywsgi.WSGIServer`` that
-uses it and knows how to stop gracefully. Each connection is served by the
-greenlet that accepted it, for its whole life.
+uses it and knows how to stop gracefully. Under ``GreenServer`` the greenlet that
+accepted a WebSocket ends after its on_connect handler: the connection takes its
+socket over and is read from the socket's watcher (``Connection.watch``). Under
+other servers (gunicorn's worker) that greenlet serves the connection for its
+whole life.
 """
 
 from __future__ import annotations
 
 import email.parser
+import functools
+import io
 import logging
 import signal
 import socket
@@ -18,6 +23,7 @@ from http import HTTPStatus
 from typing import Any
 
 import gevent
+import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
@@ -52,18 +58,42 @@ def take_buffered(rfile: Any, sock: Any) -> bytes:
         sock.settimeout(timeout)
 
 
+def detach_socket(sock: gevent.socket.socket) -> gevent.socket.socket:
+    """A new socket object on ``sock``'s file descriptor; closing ``sock`` no longer closes it."""
+    timeout = sock.gettimeout()
+    fresh = gevent.socket.socket(fileno=sock.detach())
+    fresh.settimeout(timeout)
+    return fresh
+
+
 def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
-    """Own ``conn`` from registration to release: on_connect, messages, on_disconnect."""
+    """Own ``conn`` from registration to release: on_connect, messages, on_disconnect.
+
+    A connection that can be watched is handed to its socket's read watcher
+    after on_connect, and this returns at once; otherwise this reads it until
+    it ends.
+    """
     hub.register(conn)
+    watched = False
     try:
         if route.on_connect is not None:
             _call_handler(route.on_connect, conn, "connect")
-        conn.run(route.on_message)
+        if conn.can_watch:
+            conn.watch(route.on_message, functools.partial(end_connection, hub, conn, route))
+            watched = True
+        else:
+            conn.run(route.on_message)
     finally:
-        hub.unregister(conn)
-        if route.on_disconnect is not None:
-            _call_handler(route.on_disconnect, conn, "disconnect")
-        conn.finish(hub.limits.flush_timeout)
+        if not watched:
+            end_connection(hub, conn, route)
+
+
+def end_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
+    """What follows the last read: unregister, on_disconnect, then flush (bounded) and release."""
+    hub.unregister(conn)
+    if route.on_disconnect is not None:
+        _call_handler(route.on_disconnect, conn, "disconnect")
+    conn.finish(hub.limits.flush_timeout)
 
 
 def _call_handler(handler: Any, conn: Connection, what: str) -> None:
@@ -107,6 +137,32 @@ def _plain_response(status: int, text: str) -> bytes:
 
 
 _DEFAULT_LIMITS = Limits()
+
+
+class _NoInput:
+    """Stands in for pywsgi's request body reader once the connection is upgraded."""
+
+    def _discard(self) -> None:
+        """Nothing to discard: an upgrade request has no body."""
+
+
+_NO_INPUT = _NoInput()
+_CLOSED_FILE = io.BytesIO()
+_CLOSED_FILE.close()
+
+#: Per-request state pywsgi keeps on its handler that an upgraded connection never reads again.
+_REQUEST_STATE = (
+    "headers",
+    "requestline",
+    "command",
+    "path",
+    "request_version",
+    "status",
+    "_orig_status",
+    "response_headers",
+    "result",
+    "application",
+)
 
 
 class GreenHandler(WebSocketHandler):
@@ -223,9 +279,11 @@ class GreenHandler(WebSocketHandler):
         leftover = take_buffered(self.rfile, self.socket)
         if hub.limits.send_buffer > 0:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.limits.send_buffer)
+        self._release_request_state()
+        sock, own = self._take_socket()
         conn = Connection(
             hub,
-            self.socket,
+            sock,
             self.client_address,
             path,
             headers,
@@ -235,9 +293,38 @@ class GreenHandler(WebSocketHandler):
             leftover,
             login_sid=who.login_sid,
             deflate=deflate,
+            own_socket=own,
         )
-        env["wsgi.websocket"] = None
         serve_connection(hub, conn, route)
+
+    def _release_request_state(self) -> None:
+        """Drop what pywsgi keeps of the handshake: the connection outlives it by hours.
+
+        After ``run_application`` returns, pywsgi still calls ``wsgi_input._discard()``
+        and checks ``rfile.closed``; cheap stand-ins answer those, and a closed
+        ``rfile`` plus ``close_connection`` end its request loop.
+        """
+        rfile = self.rfile
+        self.rfile = _CLOSED_FILE
+        rfile.close()
+        self.wsgi_input = _NO_INPUT
+        self.close_connection = True
+        self.environ.clear()
+        for name in _REQUEST_STATE:
+            self.__dict__.pop(name, None)
+
+    def _take_socket(self) -> tuple[Any, bool]:
+        """The upgraded socket, and whether the connection owns it from now on.
+
+        Under a server that waits for watched connections (``GreenServer``), a
+        plain socket moves to a new object, so that pywsgi and the server, which
+        close their socket when this greenlet ends, leave the connection's open.
+        """
+        sock = self.socket
+        if not getattr(self.server, "watches_connections", False) or type(sock) is not gevent.socket.socket:
+            return sock, False
+        self.socket = None
+        return detach_socket(sock), True
 
     def _refuse(self, refusal: Refusal, path: str) -> None:
         logger.warning(
@@ -268,6 +355,8 @@ class GreenServer(WSGIServer):
     """``gevent.pywsgi.WSGIServer`` serving ``application`` and ``hubs`` on one listener."""
 
     handler_class = GreenHandler
+    #: Upgraded connections outlive their handler's greenlet; :meth:`shutdown` waits for them.
+    watches_connections = True
 
     def __init__(self, listener: Any, application: Any, hubs: Iterable[WebSocketServer], **kwargs: Any):
         """Listen on ``listener`` (an address or a socket); nothing is accepted before ``start``."""
