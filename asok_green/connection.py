@@ -56,6 +56,9 @@ logger = logging.getLogger("asok_green")
 
 OPEN, CLOSING, CLOSED = "open", "closing", "closed"
 
+#: Seconds a reader greenlet waits for more data before it leaves the connection to its watcher.
+_LINGER = 1.0
+
 #: How many queued bytes one write may coalesce into a single ``send``.
 _COALESCE_LIMIT = 64 * 1024
 
@@ -469,7 +472,9 @@ class Connection:
                 try:
                     data = recv(65536)
                 except (BlockingIOError, InterruptedError):
-                    return False
+                    if not self._await_more(_LINGER):
+                        return False
+                    continue
                 except OSError:
                     return True
                 if not data:
@@ -478,6 +483,21 @@ class Connection:
             if not self._receive(data, self._on_message):
                 return True
             data = b""
+
+    def _await_more(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the client to send more; False if it stayed quiet.
+
+        A client in a conversation usually answers soon: keeping the reader
+        greenlet that long saves a spawn and a watcher restart per message,
+        and a quiet client still ends up with no greenlet of its own.
+        """
+        try:
+            with gevent.Timeout(seconds, False):
+                gevent.get_hub().wait(self._watcher)
+                return True
+        except OSError:
+            return True  # the socket was closed meanwhile: the next read says so
+        return False
 
     def _receive(self, data: bytes, on_message: Callable | None) -> bool:
         """Handle ``data`` from the client: False once the connection is ending."""

@@ -183,6 +183,12 @@ class GreenHandler(WebSocketHandler):
     def handle(self) -> None:
         """Serve the connection's requests; a client too slow to send its headers is dropped."""
         try:
+            # pywsgi writes a response's head and body in two sends: without this,
+            # every keep-alive response waits for the client's delayed ACK.
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+        try:
             super().handle()
         except HandshakeTimeout:
             logger.info(

@@ -18,6 +18,7 @@ import gevent.socket
 import pytest
 from gevent.event import Event
 
+from asok_green import connection as connection_module
 from asok_green import hub as hub_module
 from asok_green.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from asok_green.hub import WebSocketServer
@@ -141,14 +142,15 @@ def test_an_idle_connection_holds_one_file_descriptor(served):
     assert open_files() == before
 
 
-def test_a_message_wakes_a_reader_that_ends_when_the_socket_is_drained(served):
+def test_a_message_wakes_a_reader_that_ends_once_the_client_goes_quiet(served):
     server, ws, _ = served
     client = Client(server.server_port, "/echo")
     settle(server, ws, 1)
     before = greenlet_count()
     client.send(OP_TEXT, b"ping?")
     assert client.recv() == (OP_TEXT, b"ping?")
-    gevent.sleep(0.05)
+    assert greenlet_count() == before + 1  # the reader waits a moment for more
+    gevent.sleep(connection_module._LINGER + 0.2)
     assert greenlet_count() == before
     client.close()
 
