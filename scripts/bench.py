@@ -1,0 +1,140 @@
+"""Benchmark asok_green against its peers, every one under the same load in one run.
+
+    python scripts/bench.py                      # the full run (about 8 minutes), writes BENCHMARKS.md
+    python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
+
+Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
+threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
+three others live in scripts/peers/. Each is started in turn, measured with load
+from separate scripts/loadgen.py processes on 127.0.0.x, and stopped. The
+results are printed as a table and written to BENCHMARKS.md (with a PNG chart)
+and as JSON next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from benchlib import encode_check, experiment, load, machine, report
+from benchlib.chart import draw
+from benchlib.plan import Plan
+from benchlib.project import make_bench_project
+from benchlib.rates import rates_phase
+from benchlib.scenario import PeerRun, progress
+from benchlib.servers import PEER_LIST, PEERS_BY_NAME
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and short runs (smoke test)")
+    parser.add_argument("--peers", help=f"comma-separated subset of: {','.join(PEERS_BY_NAME)}")
+    parser.add_argument("--sizes", help="idle connection levels, e.g. 1000,5000,10000,19000")
+    parser.add_argument("--fanout", help="fan-out subscriber counts (among --sizes), e.g. 1000,10000")
+    parser.add_argument("--http-idle", type=int, help="idle WebSockets held while wrk runs (one of --sizes)")
+    parser.add_argument("--echo-seconds", type=float)
+    parser.add_argument("--http-seconds", type=float)
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of asok_green")
+    parser.add_argument("--no-experiment", action="store_true", help="skip the idle-memory experiment")
+    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown report")
+    parser.add_argument("--chart", default=str(REPO / "docs" / "bench.png"), help="the PNG chart")
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--workdir", help="where the project, logs and profiles go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the report and chart from a --json file")
+    return parser.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The plan the options ask for."""
+    plan = Plan.quick() if args.quick else Plan()
+    if args.sizes:
+        plan.sizes = [int(n) for n in args.sizes.split(",")]
+    if args.fanout:
+        plan.fanout = [int(n) for n in args.fanout.split(",")]
+    if args.http_idle:
+        plan.http_idle = args.http_idle
+    if args.echo_seconds:
+        plan.echo_seconds = args.echo_seconds
+    if args.http_seconds:
+        plan.http_seconds = args.http_seconds
+    if args.no_profile:
+        plan.profile = False
+    if args.no_experiment:
+        plan.experiment = False
+    plan.check()
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; 0 when every peer ran (a peer's problems are reported, not fatal)."""
+    args = parse_args(argv)
+    if args.render:
+        run = json.loads(pathlib.Path(args.render).read_text())
+        write_report(run, pathlib.Path(args.output), pathlib.Path(args.chart))
+        print(report.table(run))
+        return 0
+    # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    plan = make_plan(args)
+    peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    progress(f"work dir {work}; peers: {', '.join(p.label for p in peers)}; sizes {plan.sizes}")
+    project = make_bench_project(work / "project")
+    progress("bench project ready (Asok project, seeded SQLite users)")
+    sources = load.SourceAddresses()
+    runs = [PeerRun(peer, plan, project, work, sources) for peer in peers]
+    rates_phase(runs, plan)
+    results = [run.run() for run in runs]
+    memory = experiment.run(plan, project, work, sources) if plan.experiment else None
+    elapsed = time.monotonic() - started
+    run = {
+        "machine": machine.describe(),
+        "plan": plan.__dict__,
+        "peers": results,
+        "memory_experiment": memory,
+        "encode_check": encode_check.check(),
+        "seconds": round(elapsed, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    (work / "results.json").write_text(json.dumps(run, indent=1, default=str))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
+    output, chart = pathlib.Path(args.output), pathlib.Path(args.chart)
+    write_report(run, output, chart)
+    print(report.table(run))
+    progress(f"done in {elapsed:.0f}s: {output}, {chart}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
+    """BENCHMARKS.md and its chart."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    draw(run, chart)
+    output.write_text(report.markdown(run, chart_path=_relative(chart, output.parent)))
+
+
+def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
+    try:
+        return str(path.resolve().relative_to(start.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The PNG chart of a run (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from .targets import KB, fanout_at
+
+COLOURS = {
+    "asok_green": "#2e7d32",
+    "asok_threaded": "#c62828",
+    "gevent_websocket": "#1565c0",
+    "websockets_asyncio": "#ef6c00",
+}
+
+
+def draw(run: dict, path: pathlib.Path) -> None:
+    """Six panels: memory per idle connection, fan-out CPU and latency, echo, handshakes, HTTP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    _memory(axes[0][0], run)
+    _fanout(axes[0][1], run)
+    _latency(axes[0][2], run)
+    _rate(axes[1][0], run, "echo", f"Echo messages/s, {run['plan']['echo_clients']} clients (higher is better)")
+    _rate(axes[1][1], run, "handshakes", "WebSocket handshakes/s (higher is better)")
+    _http(axes[1][2], run)
+    fig.suptitle(f"asok_green and peers, one run on {run['machine']['cores']} cores ({run['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _colour(result: dict) -> str:
+    return COLOURS.get(result["name"], "#555555")
+
+
+def _memory(ax, run: dict) -> None:
+    for result in run["peers"]:
+        for kind, style in (("anonymous", "-"), ("authenticated", "--")):
+            levels = [lv for lv in result.get("idle", {}).get(kind, []) if lv.get("per_conn")]
+            if not levels:
+                continue
+            ax.plot(
+                [lv["open"] for lv in levels],
+                [lv["per_conn"] / KB for lv in levels],
+                style,
+                marker="o",
+                color=_colour(result),
+                label=f"{result['label']} ({kind})",
+            )
+    ax.axhline(10, color="grey", linestyle=":", linewidth=1)
+    ax.text(0.01, 10, " target 10 KB", transform=ax.get_yaxis_transform(), va="bottom", color="grey", fontsize=8)
+    ax.set_title("Server RSS per idle connection (lower is better)", fontsize=10)
+    ax.set_xlabel("idle connections")
+    ax.set_ylabel("KB per connection")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def _bars(ax, groups: list[str], series: list[tuple[dict, list[float | None]]], fmt: str) -> None:
+    width = 0.8 / max(1, len(series))
+    for i, (result, values) in enumerate(series):
+        xs = [g + i * width for g in range(len(groups))]
+        heights = [v or 0 for v in values]
+        bars = ax.bar(xs, heights, width, color=_colour(result), label=result["label"])
+        for bar, value in zip(bars, values):
+            if value:
+                ax.annotate(
+                    fmt.format(value),
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    ax.set_xticklabels(groups)
+    ax.legend(fontsize=7)
+
+
+def _fanout(ax, run: dict) -> None:
+    sizes = run["plan"]["fanout"]
+    series = [(r, [(fanout_at(r, n) or {}).get("cpu_us_per_msg") for n in sizes]) for r in run["peers"]]
+    _bars(ax, [f"{n:,} subscribers" for n in sizes], series, "{:.1f}")
+    ax.set_title("Broadcast: server CPU per delivered message (lower is better)", fontsize=10)
+    ax.set_ylabel("microseconds")
+
+
+def _latency(ax, run: dict) -> None:
+    sizes = run["plan"]["fanout"]
+    series = [(r, [(fanout_at(r, n) or {}).get("latency_ms") for n in sizes]) for r in run["peers"]]
+    _bars(ax, [f"{n:,} subscribers" for n in sizes], series, "{:.0f}")
+    ax.set_title("Broadcast: ms until the last subscriber has it (lower is better)", fontsize=10)
+    ax.set_ylabel("milliseconds")
+
+
+def _rate(ax, run: dict, key: str, title: str) -> None:
+    peers = run["peers"]
+    values = [r.get(key, {}).get("rate") or 0 for r in peers]
+    bars = ax.bar([r["label"] for r in peers], values, color=[_colour(r) for r in peers])
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _http(ax, run: dict) -> None:
+    idle = run["plan"]["http_idle"]
+
+    def rate(result: dict, key: str) -> float | None:
+        entry = (result.get("http") or {}).get(key)
+        return entry["rate"] if entry else None
+
+    series = [(r, [rate(r, "plain"), rate(r, "with_idle")]) for r in run["peers"]]
+    _bars(ax, ["no WebSockets", f"{idle:,} idle WebSockets"], series, "{:,.0f}")
+    ax.set_title("HTTP requests/s on the peer's HTTP port (wrk)", fontsize=10)
