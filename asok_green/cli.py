@@ -70,22 +70,12 @@ def find_project_root(start: str | None = None) -> str | None:
     return None
 
 
-def serve_argv(host: str, port: int, app: str, log_level: str = "info") -> list[str]:
-    """The command line of the patched server process."""
-    return [
-        sys.executable,
-        "-m",
-        "asok_green",
-        "serve",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--app",
-        app,
-        "--log-level",
-        log_level,
-    ]
+def serve_argv(
+    host: str, port: int, app: str, log_level: str = "info", entry: tuple[str, ...] = ("asok_green", "serve")
+) -> list[str]:
+    """The command line of a patched server process (``entry`` is what follows ``python -m``)."""
+    options = ["--host", host, "--port", str(port), "--app", app, "--log-level", log_level]
+    return [sys.executable, "-m", *entry, *options]
 
 
 def run_asok_serve(args: argparse.Namespace) -> None:

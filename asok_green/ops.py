@@ -86,30 +86,23 @@ def _get_presence(server: WebSocketServer, conn: Connection, data: dict) -> None
 
 
 def _typing(server: WebSocketServer, conn: Connection, data: dict) -> None:
-    room = data.get("room")
-    if _is_member(conn, room):
-        payload = {
-            "op": "broadcast",
-            "type": "typing",
-            "room": room,
-            "user_id": getattr(conn.user, "id", None),
-            "typing": bool(data.get("typing")),
-        }
-        server.broadcast_to_json(room, payload, exclude=conn)
+    user_id = getattr(conn.user, "id", None)
+    _relay_to_room(server, conn, data.get("room"), "typing", {"user_id": user_id, "typing": bool(data.get("typing"))})
 
 
 def _receipt(server: WebSocketServer, conn: Connection, data: dict) -> None:
-    room = data.get("room")
+    fields = {
+        "message_id": data.get("message_id"),
+        "user_id": getattr(conn.user, "id", None),
+        "status": data.get("status", "read"),
+    }
+    _relay_to_room(server, conn, data.get("room"), "receipt", fields)
+
+
+def _relay_to_room(server: WebSocketServer, conn: Connection, room: Any, kind: str, fields: dict) -> None:
+    """Broadcast ``kind`` to the other members of ``room``, if the sender is one of them."""
     if _is_member(conn, room):
-        payload = {
-            "op": "broadcast",
-            "type": "receipt",
-            "room": room,
-            "message_id": data.get("message_id"),
-            "user_id": getattr(conn.user, "id", None),
-            "status": data.get("status", "read"),
-        }
-        server.broadcast_to_json(room, payload, exclude=conn)
+        server.broadcast_to_json(room, {"op": "broadcast", "type": kind, "room": room, **fields}, exclude=conn)
 
 
 def _is_member(conn: Connection, room: Any) -> bool:

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import deque
 
+from .cli import serve_argv
 from .cluster import WORKERS_ENV
 
 #: The environment variable through which a worker reports that it listens.
@@ -40,19 +41,7 @@ class WorkerFailed(RuntimeError):
 
 def worker_argv(host: str, port: int, app: str, log_level: str) -> list[str]:
     """The command line of one worker process."""
-    return [
-        sys.executable,
-        "-m",
-        "asok_green.serve_worker",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--app",
-        app,
-        "--log-level",
-        log_level,
-    ]
+    return serve_argv(host, port, app, log_level, entry=("asok_green.serve_worker",))
 
 
 class Supervisor:
