@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+import bench_cluster
 from benchlib import encode_check, experiment, load, machine, report
 from benchlib.chart import draw
 from benchlib.plan import Plan
@@ -98,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     rates_phase(runs, plan)
     results = [run.run() for run in runs]
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
+    progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
+    cluster = bench_cluster.run(quick=args.quick)
     elapsed = time.monotonic() - started
     run = {
         "machine": machine.describe(),
         "plan": plan.__dict__,
         "peers": results,
         "memory_experiment": memory,
+        "cluster": cluster,
         "encode_check": encode_check.check(),
         "seconds": round(elapsed, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

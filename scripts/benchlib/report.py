@@ -49,13 +49,35 @@ def markdown(run: dict, chart_path: str) -> str:
         _targets(verdicts),
         _misses(run, verdicts),
         _memory_experiment(run.get("memory_experiment")),
-        _nodelay(run),
+        _cluster(run.get("cluster")),
         _proposals(run),
         _profiles(run),
         _method(run),
         _problems(run),
     ]
     return "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
+
+
+def _cluster(cluster: dict | None) -> str:
+    """Cross-node fan-out: messages delivered per second with 2 workers against 1."""
+    if not cluster:
+        return ""
+    head = "## Cross-node fan-out (Redis)\n\n"
+    rows = "\n".join(
+        f"| {r['workers']} | {r['delivered']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f} |"
+        for r in cluster["results"]
+    )
+    text = (
+        f"{cluster['clients']} receivers split across the workers, {cluster['messages']} broadcasts of "
+        f"{cluster['size']} bytes each, published by one client; receivers run in a separate process, "
+        f"Redis on the same {cluster['cpus']} cores.\n\n"
+        "| workers | delivered | seconds | messages/s |\n| ---: | ---: | ---: | ---: |\n" + rows
+    )
+    if cluster.get("skipped"):
+        text += f"\n\nTwo workers not measured: {cluster['skipped']}."
+    elif cluster.get("speedup"):
+        text += f"\n\n2 workers deliver **{cluster['speedup']:.2f}x** the messages per second of 1."
+    return head + text
 
 
 def _intro(run: dict, chart_path: str) -> str:
@@ -208,7 +230,7 @@ def _why_http(run: dict) -> str:
     )
     nodelay = (run.get("memory_experiment") or {}).get("nodelay_http")
     if nodelay:
-        text += "With TCP_NODELAY (see *HTTP: Nagle's algorithm*) the two rates were " + _nodelay_rates(nodelay) + ". "
+        text += "With TCP_NODELAY on the prototype the two rates were " + _nodelay_rates(nodelay) + ". "
     profile = ((peer(run, GREEN) or {}).get("profiles") or {}).get("http_idle")
     return text + "\n\n" + _profile_lines(profile, 8)
 
@@ -289,25 +311,6 @@ def _nodelay_rates(nodelay: dict) -> str:
     )
 
 
-def _nodelay(run: dict) -> str:
-    nodelay = (run.get("memory_experiment") or {}).get("nodelay_http")
-    green = peer(run, GREEN) or {}
-    plain = ((green.get("http") or {}).get("plain") or {}).get("rate")
-    if not nodelay or not plain:
-        return ""
-    return (
-        "## HTTP: Nagle's algorithm\n\n"
-        "gevent's pywsgi writes a response's status line and headers with one `send` and the body with a "
-        "second. The sockets it accepts keep Nagle's algorithm on, so on a keep-alive connection the body "
-        "waits until the client acknowledges the headers, and the client delays that ACK by up to 40 ms: "
-        f"each connection then manages about 25 requests a second, whatever the CPU. As shipped, asok_green "
-        f"served {plain:,.0f} requests/s over wrk's {run['plan']['http_connections']} connections; with "
-        f"TCP_NODELAY set on accepted sockets (`asok_green_variant.py --nodelay`) it served "
-        f"{_nodelay_rates(nodelay)}. Bare gevent-websocket has the same stall; websockets (asyncio sets "
-        "TCP_NODELAY) and Asok's wsgiref server (one request per connection) do not."
-    )
-
-
 def _share(profile: dict | None, needle: str) -> float | None:
     """Inclusive share of the first function whose name contains ``needle``."""
     for name, share in (profile or {}).get("inclusive", []):
@@ -332,89 +335,19 @@ def _rates_of(exp: dict, names: dict[str, str], key: str) -> str:
     return ", ".join(parts) or "not measured"
 
 
-def _proposal_park(exp: dict) -> list[str]:
-    """Items for a server that still parks a greenlet per idle connection (the variants ran)."""
-    variants = {v["name"]: v.get("per_conn") for v in exp.get("variants", [])}
-    base, trimmed, parked = variants.get("as shipped"), variants.get("drop all"), variants.get("idle watcher")
-    if not (base and trimmed and parked) or base <= 10 * KB:
-        return []
-    names = {"as shipped": "as shipped", "idle watcher": "parking at once", "idle watcher, 1 s linger": "lingering"}
-    return [
-        "**No greenlet while a connection is idle** (`asok_green/server.py`: `serve_connection`, "
-        "`GreenHandler._upgrade`, `GreenServer`; `asok_green/connection.py`: `Connection.run`). After "
-        "`on_connect`, tell pywsgi the request is over without letting it touch the socket "
-        "(`handler.socket = None`, `handler.close_connection = True`, and a `GreenServer.do_close` that "
-        "leaves upgraded sockets open), let the handler's greenlet end, and start the socket's own read "
-        "watcher (`sock._read_event.start(callback)`). The callback runs in the hub: one non-blocking "
-        "`recv`, stop the watcher, spawn a greenlet that does what one pass of `Connection.run`'s loop does "
-        "with that data (feed the reader, dispatch messages, answer pings, handle close), and restart the "
-        "watcher when it returns; at end of stream it does `serve_connection`'s epilogue (unregister, "
-        "on_disconnect, finish) and closes the socket. One connection's messages stay in order because "
-        "its watcher is stopped while its greenlet runs. Letting that greenlet wait up to a second for more "
-        "data before it parks (a `Timeout` around `hub.wait(sock._read_event)`) spares busy connections a "
-        f"spawn per message. **Measured: {_kb(base)} -> {_kb(parked)} per idle connection** at "
-        f"{exp['size']:,}; echo {_rates_of(exp, names, 'echo')}; handshakes "
-        f"{_rates_of(exp, names, 'handshakes')}.",
-        "**Or, keeping a greenlet per connection, drop pywsgi's request state after the upgrade** "
-        "(`GreenHandler._upgrade`, right after `take_buffered`): replace `self.rfile` with a closed file "
-        "object (pywsgi reads `rfile.closed` when the connection ends), delete `self.wsgi_input`, "
-        "`self.headers`, `self.response_headers`, `self.requestline`, and empty `self.environ` (after "
-        f"`request_headers` has copied what `conn.headers` needs). **Measured: {_kb(base)} -> "
-        f"{_kb(trimmed)}** per idle connection; still above 10 KB, since the parked greenlet alone is about "
-        "8.5 KB.",
-    ]
-
-
-def _proposal_linger(exp: dict) -> list[str]:
-    """The item for a server that already parks idle connections: linger before parking."""
-    rates = {r["name"]: r for r in exp.get("rates", []) if "echo" in r}
-    shipped, linger = rates.get("as shipped"), rates.get("idle watcher, 1 s linger")
-    if not shipped or not linger:
-        return []
-    a, b = shipped.get("echo_cpu_us"), linger.get("echo_cpu_us")
-    if not a or not b or b > 0.9 * a:
-        return []
-    names = {"as shipped": "as shipped", "idle watcher, 1 s linger": "lingering"}
-    return [
-        "**Let the reader greenlet linger before it parks** (`asok_green/connection.py`, the reader that "
-        "`Connection.watch` spawns): it ends as soon as the socket would block, so every message of a busy "
-        "connection pays a greenlet spawn and a watcher stop and start. Let it wait up to about a second for "
-        "more data (a gevent `Timeout` around `hub.wait()` on the socket's read watcher) before it re-arms the "
-        "watcher and ends; idle connections still hold no greenlet. "
-        f"**Measured: echo server CPU {a:.1f} -> {b:.1f} us per message**; echo {_rates_of(exp, names, 'echo')}; "
-        f"handshakes {_rates_of(exp, names, 'handshakes')} (prototype: `asok_green_variant.py --idle-watcher "
-        "--park-after 1`, interleaved rounds)."
-    ]
-
-
 def _proposals(run: dict) -> str:
-    exp = run.get("memory_experiment") or {}
-    items = _proposal_park(exp) or _proposal_linger(exp)
-    nodelay = exp.get("nodelay_http")
-    plain = ((((peer(run, GREEN) or {}).get("http")) or {}).get("plain") or {}).get("rate")
-    if nodelay and plain and nodelay["plain"]["rate"] > 1.5 * plain:
-        items.append(
-            "**TCP_NODELAY on accepted sockets** (`GreenServer.handle(self, sock, address)`: "
-            "`sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)` before the handler runs; "
-            "asyncio does this for every TCP transport). **Measured: HTTP "
-            f"{plain:,.0f} -> {nodelay['plain']['rate']:,.0f} requests/s** over "
-            f"{run['plan']['http_connections']} keep-alive connections (see *HTTP: Nagle's algorithm*)."
-        )
+    """Changes the run's profiles point at that asok_green has not made yet."""
+    items = []
     share = _share((((peer(run, GREEN) or {}).get("profiles")) or {}).get("echo"), "after_handler")
     if share and share > 0.02:
         items.append(
-            "**Cheaper `after_handler`** (`asok_green/hub.py`, `WebSocketServer.after_handler`): it runs an "
-            "import statement and Asok's `close_all_db_connections` (which imports again and walks every "
-            f"engine) after every handler call: {share:.1%} of the echo profile's samples. Resolve the function "
-            "once in `bind_app`, and skip the call when the handler opened no database connection."
+            "**Cheaper `after_handler`** (`asok_green/hub.py`, `WebSocketServer.after_handler`): releasing "
+            f"Asok's per-greenlet database connections after every handler call takes {share:.1%} of the echo "
+            "profile's samples; skip it when the handler opened no database connection."
         )
     if not items:
         return ""
-    return (
-        "## Proposed changes\n\nMeasured on prototypes applied from outside the package "
-        "(`scripts/peers/asok_green_variant.py`); asok_green itself is unchanged by this bench.\n\n"
-        + "\n".join(f"{n}. {item}" for n, item in enumerate(items, 1))
-    )
+    return "## Proposed changes\n\n" + "\n".join(f"{n}. {item}" for n, item in enumerate(items, 1))
 
 
 def _profile_lines(profile: dict | None, top: int = 10) -> str:
