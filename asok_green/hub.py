@@ -79,6 +79,7 @@ class WebSocketServer:
         self.auth_model = auth_model
         self.adapter = adapter
         self.app = None
+        self._release_db: Callable[[], None] | None = None
         self.routes = RouteTable()
         self.stats: Counter = Counter()
         self._allowed_origins = allowed_origins
@@ -97,7 +98,6 @@ class WebSocketServer:
         self._jobs: list[gevent.Greenlet] = []
         #: The node of a Redis cluster this server belongs to (asok_green.cluster), or None.
         self.cluster = None
-        self._started = False
         self.serving_port: int | None = None
         if app is not None:
             self.bind_app(app)
@@ -140,10 +140,15 @@ class WebSocketServer:
         if self.app is app:
             return
         self.app = app
-        self.limits = Limits.resolve(self._limit_overrides, getattr(app, "config", None))
         self._origins = None
         self._auth = None
-        if _is_asok_app(app) and "/asok/live" not in self.routes:
+        self._release_db = None
+        if not _is_asok_app(app):
+            return
+        from asok.orm import close_all_db_connections
+
+        self._release_db = close_all_db_connections
+        if "/asok/live" not in self.routes:
             self.on("/asok/live")(ops.on_live_message)
             ops.install_model_relay(self)
 
@@ -162,7 +167,7 @@ class WebSocketServer:
                 port,
             )
         self.serving_port = port
-        # Resolved again: app.config may have been set after the constructor ran.
+        # Resolved with the app's config now: it may have been set after the constructor ran.
         self.limits = Limits.resolve(self._limit_overrides, getattr(self.app, "config", None))
         self.limits.max_connections = self.limits.connection_cap(open_files_limit())
         if self.secret_key is None and self.app is not None:
@@ -216,7 +221,6 @@ class WebSocketServer:
 
     def start(self) -> WebSocketServer:
         """Return at once: the serving process (``asok serve --gevent``) serves this server."""
-        self._started = True
         return self
 
     def stop(self) -> None:
@@ -236,10 +240,8 @@ class WebSocketServer:
         WebSocket greenlet lives for hours, so the server does it after each
         handler call instead of holding one connection per client.
         """
-        if self.app is not None and _is_asok_app(self.app):
-            from asok.orm import close_all_db_connections
-
-            close_all_db_connections()
+        if self._release_db is not None:
+            self._release_db()
 
     # -- what the serving process asks ----------------------------------------
 
