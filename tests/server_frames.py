@@ -23,27 +23,30 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = Tru
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def split_server_frame(data: bytes) -> tuple[tuple[bool, bool, int, bytes], bytes] | None:
+    """The first complete server frame of ``data`` as ``((fin, rsv1, opcode, payload), rest)``; None if incomplete."""
+    if len(data) < 2:
+        return None
+    n, offset = data[1] & 0x7F, 2
+    if n == 126:
+        if len(data) < 4:
+            return None
+        n, offset = struct.unpack_from("!H", data, 2)[0], 4
+    elif n == 127:
+        if len(data) < 10:
+            return None
+        n, offset = struct.unpack_from("!Q", data, 2)[0], 10
+    if len(data) < offset + n:
+        return None
+    return (bool(data[0] & 0x80), bool(data[0] & 0x40), data[0] & 0x0F, data[offset : offset + n]), data[offset + n :]
+
+
 def parse_server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     """Split the bytes a server sent into ``(opcode, payload)`` frames and the incomplete tail."""
     frames = []
-    while len(data) >= 2:
-        opcode = data[0] & 0x0F
-        n = data[1] & 0x7F
-        offset = 2
-        if n == 126:
-            if len(data) < 4:
-                break
-            n = struct.unpack("!H", data[2:4])[0]
-            offset = 4
-        elif n == 127:
-            if len(data) < 10:
-                break
-            n = struct.unpack("!Q", data[2:10])[0]
-            offset = 10
-        if len(data) < offset + n:
-            break
-        frames.append((opcode, data[offset : offset + n]))
-        data = data[offset + n :]
+    while (split := split_server_frame(data)) is not None:
+        (_, _, opcode, payload), data = split
+        frames.append((opcode, payload))
     return frames, data
 
 

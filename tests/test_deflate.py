@@ -29,7 +29,7 @@ from asok_green.hub import WebSocketServer
 from asok_green.limits import Limits
 from tests.conftest import asok_serve
 from tests.echo import ROOT, echo_serve
-from tests.server_frames import client_frame
+from tests.server_frames import client_frame, split_server_frame
 
 TAIL = b"\x00\x00\xff\xff"
 BOTH_NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
@@ -274,22 +274,9 @@ def read_frames(sock: socket.socket, timeout: float = 1.0) -> list[tuple[bool, i
             data += chunk
     frames = []
     while data:
-        frame, data = split_frame(data)
-        frames.append(frame)
+        (_, rsv1, opcode, payload), data = split_server_frame(data)
+        frames.append((rsv1, opcode, payload))
     return frames
-
-
-def split_frame(data: bytes) -> tuple[tuple[bool, int, bytes], bytes]:
-    """The first complete server frame of ``data`` and the rest."""
-    b0, b1 = data[0], data[1]
-    n, offset = b1 & 0x7F, 2
-    if n == 126:
-        (n,) = struct.unpack_from("!H", data, 2)
-        offset = 4
-    elif n == 127:
-        (n,) = struct.unpack_from("!Q", data, 2)
-        offset = 10
-    return (bool(b0 & 0x40), b0 & 0x0F, data[offset : offset + n]), data[offset + n :]
 
 
 def test_broadcast_compresses_once_for_every_deflate_recipient(monkeypatch):
@@ -357,12 +344,12 @@ class DeflateClient:
 
     def recv(self) -> tuple[bool, int, bytes]:
         """The next frame: ``(rsv1, opcode, payload)``."""
-        while not _is_complete(self.buffer):
+        while (split := split_server_frame(self.buffer)) is None:
             chunk = self.sock.recv(1 << 20)
             assert chunk, "server closed the connection"
             self.buffer += chunk
-        frame, self.buffer = split_frame(self.buffer)
-        return frame
+        (_, rsv1, opcode, payload), self.buffer = split
+        return rsv1, opcode, payload
 
     def recv_message(self) -> tuple[int, bytes]:
         rsv1, opcode, payload = self.recv()
@@ -370,24 +357,6 @@ class DeflateClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _is_complete(data: bytes) -> bool:
-    """Whether ``data`` starts with a whole server frame."""
-    if len(data) < 2:
-        return False
-    n, offset = data[1] & 0x7F, 2
-    if n == 126:
-        offset = 4
-    elif n == 127:
-        offset = 10
-    if len(data) < offset:
-        return False
-    if n == 126:
-        (n,) = struct.unpack_from("!H", data, 2)
-    elif n == 127:
-        (n,) = struct.unpack_from("!Q", data, 2)
-    return len(data) >= offset + n
 
 
 @pytest.fixture(scope="module")

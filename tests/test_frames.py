@@ -26,6 +26,7 @@ from asok_green.frames import (
     is_valid_client_key,
     is_valid_close_code,
 )
+from tests.server_frames import split_server_frame
 
 MASK = b"\x37\xfa\x21\x3d"
 
@@ -68,17 +69,10 @@ def client_frame(
 
 def parse_server_frame(data):
     """Decode one unmasked server frame: (fin, rsv1, opcode, payload)."""
-    b0, b1 = data[0], data[1]
-    assert not b1 & 0x80, "server frames must not be masked"
-    n, offset = b1 & 0x7F, 2
-    if n == 126:
-        (n,) = struct.unpack_from("!H", data, 2)
-        offset = 4
-    elif n == 127:
-        (n,) = struct.unpack_from("!Q", data, 2)
-        offset = 10
-    assert len(data) == offset + n
-    return bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F, data[offset:]
+    assert not data[1] & 0x80, "server frames must not be masked"
+    frame, rest = split_server_frame(data)
+    assert rest == b""
+    return frame
 
 
 def feed_error(data, **kwargs):
