@@ -29,6 +29,9 @@ pytestmark = pytest.mark.timeout(60)
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
+#: Seconds the blocking handler waits to be released by another connection's handler.
+RELEASE_WITHIN = 10.0
+
 
 def page(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -38,7 +41,7 @@ def page(environ, start_response):
 @pytest.fixture
 def served():
     ws = WebSocketServer(allowed_origins=["http://idle.test"])
-    events = {"released": Event(), "disconnected": []}
+    events = {"waiting": Event(), "released": Event(), "disconnected": []}
 
     @ws.on("/echo")
     def echo(conn, message):
@@ -50,8 +53,10 @@ def served():
 
     @ws.on("/wait")
     def wait(conn, message):
-        events["released"].wait(5)  # a handler that blocks, as a database call would
-        conn.send("released")
+        events["waiting"].set()
+        # A handler that blocks, as a database call would. It can only be released
+        # by another connection's handler, so it times out if handlers run one at a time.
+        conn.send("released" if events["released"].wait(RELEASE_WITHIN) else "timed out")
 
     @ws.on("/release")
     def release(conn, message):
@@ -180,11 +185,15 @@ def test_on_connect_may_send_before_the_connection_is_watched(served):
 
 
 def test_a_blocking_handler_delays_only_its_own_connection(served):
-    server, ws, _ = served
+    server, ws, events = served
     waiting = Client(server.server_port, "/wait")
     releasing = Client(server.server_port, "/release")
+    for client in (waiting, releasing):
+        client.sock.settimeout(RELEASE_WITHIN + 5)  # long enough to tell "released" from "timed out"
     waiting.send(OP_TEXT, b"wait")
     waiting.send(OP_PING, b"queued behind the handler")
+    assert events["waiting"].wait(5), "the blocking handler never started"
+    # Its handler is blocked now: only a handler of another connection can release it.
     releasing.send(OP_TEXT, b"go")
     assert releasing.recv() == (OP_TEXT, b"done")
     assert waiting.recv() == (OP_TEXT, b"released")
