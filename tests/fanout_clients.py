@@ -6,8 +6,10 @@ The first client sends each message; the server's chat handler broadcasts it
 to the whole room. The next message goes out once every reading client has the
 previous one, and the time that took is the message's delivery time. With
 ``--stuck`` one more client (counted in ``--clients``) connects with a tiny
-receive buffer and reads nothing until the end, when it reads whatever the
-server sent it before closing. Prints one JSON object on stdout.
+receive buffer and reads nothing until every reader has every message; then it
+reads whatever the server sent it: up to a close frame, or every message if it
+was never closed. A message that does not reach every reader within
+``--timeout`` seconds ends the run with an error. Prints one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -127,8 +129,12 @@ class Reader:
                     self.count += 1
 
 
-def drain_stuck(sock: socket.socket, timeout: float) -> dict:
-    """Read everything the stuck client was sent; its close code, and how many messages it got."""
+def drain_stuck(sock: socket.socket, timeout: float, total: int) -> dict:
+    """Read everything the stuck client was sent; its close code, and how many messages it got.
+
+    Reading stops at the close frame, at the end of the stream, or once all
+    ``total`` messages are in (a client that was never closed gets no more).
+    """
     reader = Reader(sock)
     code = None
     sock.settimeout(0.5)
@@ -150,6 +156,8 @@ def drain_stuck(sock: socket.socket, timeout: float) -> dict:
                 deadline = 0  # done: the close frame is the last thing the server sends
             elif opcode == 0x1 and message_number(head) is not None:
                 reader.count += 1
+                if reader.count == total:
+                    deadline = 0
     return {"close_code": code, "messages": reader.count}
 
 
@@ -204,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
         "readers_closed": sum(r.closed for r in readers),
     }
     if stuck is not None:
-        result["stuck"] = drain_stuck(stuck, args.timeout)
+        result["stuck"] = drain_stuck(stuck, args.timeout, total)
     for reader in readers:
         reader.sock.close()
     if stuck is not None:
