@@ -1,5 +1,11 @@
 """Graceful shutdown: on SIGTERM the server stops accepting, flushes each client's queue,
-then says 1001 "server shutting down", and exits 0 within its deadline.
+then says 1001 "server shutting down", and exits 0 by its deadline.
+
+The deadline (``WS_SHUTDOWN_TIMEOUT``, 4 s by default) is checked without a
+clock: the server's close timeout is set far beyond the time a test waits for
+the process to exit (``EXIT_WITHIN``), and the unresponsive clients stay open
+all that time, so a server that waited for them, or for their close timeout,
+would never exit within it.
 """
 
 from __future__ import annotations
@@ -7,25 +13,22 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
 
 from tests.asok_project import project_env
-from tests.conftest import asok_serve
-from tests.fanout_clients import handshake, masked_text, split_frames
+from tests.conftest import ServerProcess, asok_serve
+from tests.fanout_clients import handshake, masked_text, message_number, split_frames
 
 MESSAGES = 60
 SIZE = 8000
-
-
-def backlogged_client(port: int) -> socket.socket:
-    """A client of /echo with about 480 KB of echoes queued for it on the server, unread."""
-    sock = handshake(port, "/echo", rcvbuf=4096)
-    for n in range(MESSAGES):
-        sock.sendall(masked_text(b"%03d:" % n + b"e" * SIZE))
-    time.sleep(1.0)  # let the server read and answer every message
-    return sock
+#: Seconds a test waits for the server to exit after SIGTERM: far more than its 4 s deadline.
+EXIT_WITHIN = 30
+#: Seconds the server waits for a client's answer to its close frame: far more than EXIT_WITHIN.
+CLOSE_TIMEOUT = 3600
+CLIENT_CLOSE_1001 = b"\x88\x82" + b"\x00" * 4 + struct.pack("!H", 1001)  # masked with zeros
 
 
 def read_all(sock: socket.socket, timeout: float = 10) -> list[tuple[int, bytes]]:
@@ -41,7 +44,49 @@ def read_all(sock: socket.socket, timeout: float = 10) -> list[tuple[int, bytes]
     return frames
 
 
-def assert_refused(port: int, within: float = 3) -> None:
+def read_messages(sock: socket.socket, count: int, timeout: float = 10) -> None:
+    """Read until ``count`` chat messages have arrived."""
+    buf = bytearray()
+    seen = 0
+    sock.settimeout(timeout)
+    while seen < count:
+        data = sock.recv(1 << 20)
+        assert data, f"connection dropped after {seen} messages"
+        buf += data
+        seen += sum(message_number(head) is not None for _, head in split_frames(buf))
+
+
+def backlogged_client(port: int, room: str) -> tuple[socket.socket, socket.socket]:
+    """A chat client with about 480 KB of messages queued for it on the server, unread; and a reader.
+
+    The client sends ``MESSAGES`` messages to ``room`` and reads nothing; the
+    reader, in the same room, reads every one of them, so once it has them all
+    the server has queued them all for the client.
+    """
+    reader = handshake(port, room)
+    sock = handshake(port, room, rcvbuf=4096)
+    for n in range(MESSAGES):
+        sock.sendall(masked_text(b"%03d:" % n + b"e" * SIZE))
+    read_messages(reader, MESSAGES)
+    return sock, reader
+
+
+def answer_close(sock: socket.socket) -> None:
+    """Read up to the server's close frame (1001) and answer it, as a well-behaved client does."""
+    *_, (opcode, close) = read_all(sock)
+    assert (opcode, close[:2]) == (0x8, struct.pack("!H", 1001))
+    sock.sendall(CLIENT_CLOSE_1001)
+
+
+def assert_exits_0(server: ServerProcess) -> None:
+    try:
+        code = server.proc.wait(EXIT_WITHIN)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server did not exit within {EXIT_WITHIN}s of SIGTERM:\n{server.log()}") from None
+    assert code == 0, server.log()
+
+
+def assert_refused(port: int, within: float = 10) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
@@ -54,33 +99,45 @@ def assert_refused(port: int, within: float = 3) -> None:
 
 @pytest.fixture
 def server(project, tmp_path):
-    proc = asok_serve(project, tmp_path, env=project_env(WS_SEND_BUFFER="16384"))
+    env = project_env(WS_SEND_BUFFER="16384", WS_CLOSE_TIMEOUT=str(CLOSE_TIMEOUT))
+    proc = asok_serve(project, tmp_path, env=env)
     yield proc
     proc.stop()
 
 
 @pytest.mark.timeout(60)
 def test_queued_messages_arrive_before_1001_and_the_server_exits_0(server):
-    client = backlogged_client(server.port)
+    client, reader = backlogged_client(server.port, "/chat/flushed")
     server.proc.send_signal(signal.SIGTERM)
     assert_refused(server.port)
-    frames = read_all(client)
-    *echoes, (opcode, close) = frames
-    assert [head[:4] for _, head in echoes] == [b"%03d:" % n for n in range(MESSAGES)]
+    frames = read_all(client)  # the server waits for this client to read its backlog
+    *messages, (opcode, close) = frames
+    assert [message_number(head) for _, head in messages] == list(range(MESSAGES))
     assert opcode == 0x8
     assert struct.unpack("!H", close[:2])[0] == 1001
     assert close[2:] == b"server shutting down"
-    client.sendall(b"\x88\x82" + b"\x00" * 4 + struct.pack("!H", 1001))  # the client's close, masked with zeros
-    assert server.proc.wait(5) == 0
+    client.sendall(CLIENT_CLOSE_1001)
+    answer_close(reader)
+    assert_exits_0(server)
+    assert "dropping" not in server.log()
 
 
 @pytest.mark.timeout(60)
 def test_client_that_never_reads_is_dropped_at_the_deadline(server):
-    stuck = backlogged_client(server.port)
-    started = time.monotonic()
+    stuck, reader = backlogged_client(server.port, "/chat/stuck")
     server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(10) == 0
-    elapsed = time.monotonic() - started
-    assert 3 < elapsed < 6.5  # the default deadline is 4 s
+    answer_close(reader)
+    assert_exits_0(server)  # while the stuck client is still connected, its backlog unread
     assert "dropping 1 WebSocket(s) that did not close" in server.log()
     stuck.close()
+
+
+@pytest.mark.timeout(60)
+def test_client_that_never_answers_1001_is_dropped_at_the_deadline(server):
+    silent = handshake(server.port, "/echo")
+    server.proc.send_signal(signal.SIGTERM)
+    *_, (opcode, close) = read_all(silent)
+    assert (opcode, close) == (0x8, struct.pack("!H", 1001) + b"server shutting down")
+    assert_exits_0(server)  # while the client, which never answers, is still connected
+    assert "dropping 1 WebSocket(s) that did not close" in server.log()
+    silent.close()
