@@ -155,8 +155,9 @@ def test_a_message_wakes_a_reader_that_ends_once_the_client_goes_quiet(served):
     client.send(OP_TEXT, b"ping?")
     assert client.recv() == (OP_TEXT, b"ping?")
     assert greenlet_count() == before + 1  # the reader waits a moment for more
-    gevent.sleep(connection_module._LINGER + 0.2)
-    assert greenlet_count() == before
+    with gevent.Timeout(connection_module._LINGER + 10, AssertionError("the reader of a quiet client never ended")):
+        while greenlet_count() != before:
+            gevent.sleep(0.05)
     client.close()
 
 
