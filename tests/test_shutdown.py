@@ -31,51 +31,55 @@ CLOSE_TIMEOUT = 3600
 CLIENT_CLOSE_1001 = b"\x88\x82" + b"\x00" * 4 + struct.pack("!H", 1001)  # masked with zeros
 
 
-def read_all(sock: socket.socket, timeout: float = 10) -> list[tuple[int, bytes]]:
-    """Every frame until the close frame: ``(opcode, first 32 payload bytes)``."""
-    frames = []
-    buf = bytearray()
-    sock.settimeout(timeout)
-    while not frames or frames[-1][0] != 0x8:
-        data = sock.recv(1 << 20)
-        assert data, f"connection dropped after {len(frames)} frames"
-        buf += data
-        frames += split_frames(buf)
-    return frames
+class FrameReader:
+    """The frames a socket receives, parsed as they come: ``(opcode, first 32 payload bytes)``."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 10):
+        self.sock = sock
+        self.buf = bytearray()
+        sock.settimeout(timeout)
+
+    def next_frames(self) -> list[tuple[int, bytes]]:
+        """The frames completed by the next chunk the server sends."""
+        data = self.sock.recv(1 << 20)
+        assert data, "the connection was dropped"
+        self.buf += data
+        return split_frames(self.buf)
+
+    def until_close(self) -> list[tuple[int, bytes]]:
+        """Every frame up to and including the close frame."""
+        frames = []
+        while not frames or frames[-1][0] != 0x8:
+            frames += self.next_frames()
+        return frames
+
+    def messages(self, count: int) -> None:
+        """Read until ``count`` chat messages have arrived."""
+        seen = 0
+        while seen < count:
+            seen += sum(message_number(head) is not None for _, head in self.next_frames())
 
 
-def read_messages(sock: socket.socket, count: int, timeout: float = 10) -> None:
-    """Read until ``count`` chat messages have arrived."""
-    buf = bytearray()
-    seen = 0
-    sock.settimeout(timeout)
-    while seen < count:
-        data = sock.recv(1 << 20)
-        assert data, f"connection dropped after {seen} messages"
-        buf += data
-        seen += sum(message_number(head) is not None for _, head in split_frames(buf))
-
-
-def backlogged_client(port: int, room: str) -> tuple[socket.socket, socket.socket]:
+def backlogged_client(port: int, room: str) -> tuple[socket.socket, FrameReader]:
     """A chat client with about 480 KB of messages queued for it on the server, unread; and a reader.
 
     The client sends ``MESSAGES`` messages to ``room`` and reads nothing; the
     reader, in the same room, reads every one of them, so once it has them all
     the server has queued them all for the client.
     """
-    reader = handshake(port, room)
+    reader = FrameReader(handshake(port, room))
     sock = handshake(port, room, rcvbuf=4096)
     for n in range(MESSAGES):
         sock.sendall(masked_text(b"%03d:" % n + b"e" * SIZE))
-    read_messages(reader, MESSAGES)
+    reader.messages(MESSAGES)
     return sock, reader
 
 
-def answer_close(sock: socket.socket) -> None:
+def answer_close(reader: FrameReader) -> None:
     """Read up to the server's close frame (1001) and answer it, as a well-behaved client does."""
-    *_, (opcode, close) = read_all(sock)
+    *_, (opcode, close) = reader.until_close()
     assert (opcode, close[:2]) == (0x8, struct.pack("!H", 1001))
-    sock.sendall(CLIENT_CLOSE_1001)
+    reader.sock.sendall(CLIENT_CLOSE_1001)
 
 
 def assert_exits_0(server: ServerProcess) -> None:
@@ -110,7 +114,7 @@ def test_queued_messages_arrive_before_1001_and_the_server_exits_0(server):
     client, reader = backlogged_client(server.port, "/chat/flushed")
     server.proc.send_signal(signal.SIGTERM)
     assert_refused(server.port)
-    frames = read_all(client)  # the server waits for this client to read its backlog
+    frames = FrameReader(client).until_close()  # the server waits for this client to read its backlog
     *messages, (opcode, close) = frames
     assert [message_number(head) for _, head in messages] == list(range(MESSAGES))
     assert opcode == 0x8
@@ -136,7 +140,7 @@ def test_client_that_never_reads_is_dropped_at_the_deadline(server):
 def test_client_that_never_answers_1001_is_dropped_at_the_deadline(server):
     silent = handshake(server.port, "/echo")
     server.proc.send_signal(signal.SIGTERM)
-    *_, (opcode, close) = read_all(silent)
+    *_, (opcode, close) = FrameReader(silent).until_close()
     assert (opcode, close) == (0x8, struct.pack("!H", 1001) + b"server shutting down")
     assert_exits_0(server)  # while the client, which never answers, is still connected
     assert "dropping 1 WebSocket(s) that did not close" in server.log()
