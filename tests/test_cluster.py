@@ -271,11 +271,9 @@ def test_killed_node_users_go_offline_everywhere_after_the_ttl(
         assert redis_server.command("EXISTS", node_key) == ":1"
 
         doomed.proc.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
+        # The deadline is the event: offline within two TTLs (plus slack), never "eventually".
         offline = recv_json(watcher, presence_of(users["alice"]), timeout=TTL * 2 + 3)
-        waited = time.monotonic() - killed_at
         assert offline["status"] == "offline"
-        assert waited < TTL * 2 + 2, f"offline only after {waited:.1f}s"
         assert users["alice"] not in online_on(a)
         assert redis_server.command("EXISTS", node_key) == ":0"
         assert redis_server.command("ZSCORE", "asok:ws:presence:nodes", alice_tab["node"]) == "$-1"

@@ -149,12 +149,11 @@ def test_logout_closes_that_users_sockets_at_once_and_presence_sees_it(server):
     watcher = ws_connect(server, "/asok/live")
     cookies = login(server.url, "alice")
     tab = ws_connect(server, "/echo", cookies=cookies)
-    start = time.monotonic()
     assert fetch(server.url + "/logout", cookies=cookies).status in (200, 302)
-    frame = next_close_frame(tab)
+    # This server re-checks sessions every 30 s: a close within the 5 s wait comes from the logout itself.
+    frame = next_close_frame(tab, timeout=5)
     assert struct.unpack("!H", frame.data[:2])[0] == 1008
     assert b"logged out or revoked" in frame.data
-    assert time.monotonic() - start < 5
     seen = []
     watcher.settimeout(5)
     while ("offline" not in seen) and len(seen) < 20:
@@ -290,20 +289,21 @@ def test_request_line_over_8k_gets_414(strict):
 def test_client_trickling_its_headers_is_dropped(strict):
     raw = RawClient(strict.port)
     raw.sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
-    start = time.monotonic()
+    # The client would trickle for 6 s; the server (1 s handshake timeout) must drop it before that.
+    dropped_while_trickling = False
     try:
         for _ in range(30):
             raw.sock.sendall(b"X-Slow: 1\r\n")
             time.sleep(0.2)
     except OSError:
-        pass
+        dropped_while_trickling = True
     raw.sock.settimeout(5)
     try:
         answer = raw.sock.recv(100)
     except OSError:
         answer = b""
     assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
-    assert time.monotonic() - start < 4
+    assert dropped_while_trickling
 
 
 def test_refused_and_hostile_connections_do_not_hurt_others(strict):
