@@ -41,8 +41,15 @@ def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
 
 
 def server_tls_options(certfile: str | None, keyfile: str | None) -> dict[str, Any]:
-    """Keyword arguments for ``make_server``/``serve``: ``{"ssl_context": ...}``, or none without a certificate."""
+    """Keyword arguments for ``make_server``/``serve`` that serve TLS; none without a certificate.
+
+    The TLS handshake is left to the first read of the request, so it runs
+    within the server's handshake timeout (a client that opens a connection
+    and never finishes the handshake is dropped with the other slow clients),
+    and a failed handshake (a plain-text client, a port scanner) ends that
+    connection quietly instead of as an error with a traceback.
+    """
     check_tls_files(certfile, keyfile)
     if not certfile:
         return {}
-    return {"ssl_context": server_context(certfile, keyfile)}
+    return {"ssl_context": server_context(certfile, keyfile), "do_handshake_on_connect": False}

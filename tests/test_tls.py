@@ -8,6 +8,7 @@ https, websocket-client over wss, and Chromium loading the page and chatting.
 from __future__ import annotations
 
 import pathlib
+import socket
 import ssl
 import subprocess
 import urllib.error
@@ -21,6 +22,9 @@ from tests.conftest import BIN, ServerProcess, asok_serve, free_port
 from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
 
 trustme = pytest.importorskip("trustme")
+
+#: Seconds the TLS test server gives a client to finish its handshake and send its request.
+HANDSHAKE_TIMEOUT = 2
 
 
 class Certificates:
@@ -72,9 +76,11 @@ def certificates(tmp_path_factory) -> Certificates:
 @pytest.fixture(scope="module")
 def tls_server(project, certificates, tmp_path_factory):
     """The test project served by ``asok serve --gevent --certfile ... --keyfile ...``."""
-    proc = asok_serve(project, tmp_path_factory.mktemp("tls-logs"), *certificates.options)
+    env = dict(project_env(), WS_HANDSHAKE_TIMEOUT=str(HANDSHAKE_TIMEOUT))
+    proc = asok_serve(project, tmp_path_factory.mktemp("tls-logs"), *certificates.options, env=env)
     yield proc
     assert proc.stop() == 0
+    assert "Traceback" not in proc.log_path.read_text(errors="replace")
 
 
 def test_https_page_verifies_against_the_authority(tls_server, certificates):
@@ -99,6 +105,21 @@ def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_server):
     with pytest.raises(urllib.error.URLError) as refused:
         urllib.request.urlopen(f"https://127.0.0.1:{tls_server.port}/", timeout=20)
     assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+
+
+def test_plain_http_and_bare_tcp_to_the_tls_port_end_quietly(tls_server, certificates):
+    socket.create_connection(("127.0.0.1", tls_server.port), timeout=5).close()
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=10) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        while plain.recv(4096):
+            pass  # whatever TLS alert comes back, the server then closes
+    assert https_get(f"https://127.0.0.1:{tls_server.port}/whoami", certificates) == (200, "guest")
+    assert "Traceback" not in tls_server.log()
+
+
+def test_a_client_that_never_finishes_its_tls_handshake_is_dropped(tls_server):
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=HANDSHAKE_TIMEOUT * 10) as silent:
+        assert silent.recv(4096) == b""  # closed by the server, not by this client's timeout
 
 
 def test_missing_certificate_file_is_refused_at_start_up(project, tmp_path):
