@@ -32,6 +32,13 @@ VERSION_ROUTE = """
 @ws.on("/version")
 def version(conn, message):
     conn.send("{version}")
+
+
+@ws.on("/env")
+def env_value(conn, message):
+    import os
+
+    conn.send(os.environ.get(message, "unset"))
 """
 
 
@@ -80,14 +87,19 @@ def workers_started(server: ServerProcess) -> int:
     return server.log().count(READY)
 
 
-def ask_version(server: ServerProcess) -> str:
-    """What the /version handler of the code now served answers."""
-    client = ws_connect(server, "/version")
+def ask(server: ServerProcess, path: str, message: str) -> str:
+    """The answer of the handler at ``path`` in the code now served."""
+    client = ws_connect(server, path)
     try:
-        client.send("?")
+        client.send(message)
         return client.recv()
     finally:
         client.close()
+
+
+def ask_version(server: ServerProcess) -> str:
+    """What the /version handler of the code now served answers."""
+    return ask(server, "/version", "?")
 
 
 def edit(path: pathlib.Path, text: str) -> None:
@@ -124,7 +136,10 @@ class ConnectLoop(threading.Thread):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> pathlib.Path:
     """A real Asok project whose wsgi.py the tests rewrite."""
-    return make_project(tmp_path_factory.mktemp("devproject"), extra_wsgi=VERSION_ROUTE.format(version="v1"))
+    root = make_project(tmp_path_factory.mktemp("devproject"), extra_wsgi=VERSION_ROUTE.format(version="v1"))
+    with open(root / ".env", "a") as dotenv:
+        dotenv.write("DEV_MARK=at-start\n")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +185,16 @@ def test_editing_a_template_restarts_too(dev, project):
     wait_until(lambda: workers_started(dev) > started)
     status, body = fetch(dev.url + "/")
     assert status == 200 and "Edited chat" in body
+
+
+def test_editing_dotenv_restarts_with_the_new_values(dev, project):
+    # asok's CLI loaded .env into its own environment before starting the dev server.
+    assert ask(dev, "/env", "DEV_MARK") == "at-start"
+    dotenv = project / ".env"
+    started = workers_started(dev)
+    edit(dotenv, dotenv.read_text().replace("DEV_MARK=at-start", "DEV_MARK=edited"))
+    wait_until(lambda: workers_started(dev) > started)
+    assert ask(dev, "/env", "DEV_MARK") == "edited"
 
 
 def test_syntax_error_shows_the_traceback_and_the_next_good_save_serves_again(dev, project):
