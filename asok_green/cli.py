@@ -1,9 +1,11 @@
-"""Command lines: ``asok serve --gevent`` (an ``asok.commands`` entry point) and ``python -m asok_green``.
+"""Command lines: ``asok serve --gevent``, ``asok dev --gevent`` and ``python -m asok_green``.
 
 This module imports nothing that opens sockets or threads: the ``asok`` CLI
-loads it through its entry point, and that process is never monkey-patched.
-``asok serve --gevent`` therefore replaces itself with ``python -m asok_green
-serve``, whose first act is to patch.
+loads it through its ``asok.commands`` entry point, and that process is never
+monkey-patched. ``asok serve --gevent`` therefore replaces itself with
+``python -m asok_green serve``, whose first act is to patch; ``asok dev
+--gevent`` stays an unpatched parent that restarts patched server processes
+(``devserver``). ``--certfile``/``--keyfile`` make either serve https and wss.
 """
 
 from __future__ import annotations
