@@ -246,3 +246,25 @@ def test_values_copied_from_dotenv_are_left_for_the_server_to_read(tmp_path):
     assert environment_without_dotenv(environ, str(dotenv)) == {"PATH": "/bin", "HOME": "/root"}
     # A value set differently outside .env is the user's: it stays.
     assert environment_without_dotenv({"DEBUG": "false"}, str(dotenv)) == {"DEBUG": "false"}
+
+
+def asok_like_parser():
+    """A parser built in the order Asok's CLI builds its own: extensions first, then the built-in ``dev``."""
+    import argparse
+
+    from asok_green.cli import register
+
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers(dest="command")
+    register(subparsers)
+    subparsers.add_parser("dev").add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def test_gevent_routes_asok_dev_to_asok_green_and_plain_dev_stays_asoks():
+    from asok_green.cli import run_asok_dev
+
+    green = asok_like_parser().parse_args(["dev", "--gevent", "--port", "9000", "--certfile", "c.pem"])
+    assert (green.command, green.func, green.port, green.certfile) == ("dev --gevent", run_asok_dev, 9000, "c.pem")
+    plain = asok_like_parser().parse_args(["dev", "--port", "9000"])
+    assert (plain.command, plain.gevent, getattr(plain, "func", None)) == ("dev", False, None)
