@@ -177,9 +177,22 @@ def run_dev(options: DevOptions, env: Mapping[str, str]) -> int:
     worker = start_worker(options, listener, env)
     try:
         changes = watch(
-            options.root, watch_filter=_project_filter(), stop_event=stop, raise_interrupt=False, debounce=400
+            options.root,
+            watch_filter=_project_filter(),
+            stop_event=stop,
+            raise_interrupt=False,
+            debounce=400,
+            rust_timeout=2000,
+            yield_on_timeout=True,  # an empty set every 2 s: time to see whether the worker died
         )
+        reported = False
         for changed in changes:
+            if not changed:
+                if worker.poll() is not None and not reported:
+                    print(f"asok_green: the server exited with {worker.returncode}; waiting for a change", flush=True)
+                    reported = True
+                continue
+            reported = False
             what = describe((path for _, path in changed), options.root)
             print(f"asok_green: {what} changed: restarting", flush=True)
             stop_worker(worker, signal.SIGHUP)

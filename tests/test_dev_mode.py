@@ -10,7 +10,10 @@ Asok's own server.
 
 from __future__ import annotations
 
+import os
 import pathlib
+import re
+import signal
 import socket
 import threading
 import time
@@ -210,6 +213,16 @@ def test_syntax_error_shows_the_traceback_and_the_next_good_save_serves_again(de
     wait_until(lambda: workers_started(dev) > started)
     assert fetch(dev.url + "/")[0] == 200
     assert ask_version(dev) == "v3"
+
+
+def test_a_worker_that_dies_is_reported_and_the_next_change_serves_again(dev, project):
+    pid = int(re.findall(r"dev worker (\d+) serving", dev.log())[-1])
+    os.kill(pid, signal.SIGKILL)
+    dev.wait_for_log("the server exited with -9; waiting for a change", timeout=30)
+    started = workers_started(dev)
+    (project / "src/pages/page.py").touch()
+    wait_until(lambda: workers_started(dev) > started)
+    assert fetch(dev.url + "/")[0] == 200
 
 
 def test_plain_asok_dev_still_runs_asoks_own_server(project, tmp_path):
