@@ -1,9 +1,11 @@
-"""Command lines: ``asok serve --gevent`` (an ``asok.commands`` entry point) and ``python -m asok_green``.
+"""Command lines: ``asok serve --gevent``, ``asok dev --gevent`` and ``python -m asok_green``.
 
 This module imports nothing that opens sockets or threads: the ``asok`` CLI
-loads it through its entry point, and that process is never monkey-patched.
-``asok serve --gevent`` therefore replaces itself with ``python -m asok_green
-serve``, whose first act is to patch.
+loads it through its ``asok.commands`` entry point, and that process is never
+monkey-patched. ``asok serve --gevent`` therefore replaces itself with
+``python -m asok_green serve``, whose first act is to patch; ``asok dev
+--gevent`` stays an unpatched parent that restarts patched server processes
+(``devserver``). ``--certfile``/``--keyfile`` make either serve https and wss.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 DEFAULT_APP = "wsgi:app"
 _UNSUPPORTED = (
     "asok serve: only `asok serve --gevent` is provided (by asok_green): it serves the "
     "app's pages and WebSockets from one gevent process on one port.\n"
     "usage: asok serve --gevent [--host 127.0.0.1] [--port 8000] [--app wsgi:app] [--workers N]\n"
+    "                           [--certfile cert.pem --keyfile key.pem]\n"
     "For development use `asok dev`; for Asok's own server, `asok preview`."
 )
 
@@ -40,6 +44,12 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="processes sharing the port, joined through Redis (WS_REDIS_URL) when more than 1 (default 1)",
     )
+    _add_tls_options(parser)
+
+
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--certfile", help="PEM certificate chain: serve https and wss on the port")
+    parser.add_argument("--keyfile", help="PEM private key of --certfile (if not inside it)")
 
 
 def _positive_int(text: str) -> int:
@@ -55,6 +65,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gevent", action="store_true", help="serve from one gevent process (required)")
     _add_serve_options(parser)
     parser.set_defaults(func=run_asok_serve)
+    _extend_dev_command(subparsers)
+
+
+class _GeventDev(argparse.Action):
+    """``asok dev --gevent``: sends the command to asok_green's reloading server.
+
+    Asok dispatches its built-in commands by name before it looks at ``func``;
+    renaming the command in the namespace leaves plain ``asok dev`` to Asok.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        """A flag (no value), False unless given."""
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None):
+        """Mark the namespace as a gevent dev run."""
+        setattr(namespace, self.dest, True)
+        namespace.command = "dev --gevent"
+        namespace.func = run_asok_dev
+
+
+def add_dev_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--gevent`` and its options to Asok's ``dev`` parser (which has ``--port``)."""
+    parser.add_argument(
+        "--gevent", action=_GeventDev, help="one gevent process on one port, reloaded on changes (asok_green)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="with --gevent: address to listen on (default 127.0.0.1)")
+    parser.add_argument("--app", default=DEFAULT_APP, help="with --gevent: WSGI app as module:attribute")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_tls_options(parser)
+
+
+def _extend_dev_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``--gevent`` options to ``dev`` now, or as soon as Asok adds its ``dev`` parser.
+
+    Asok loads extension commands before it registers its own, so ``dev``
+    usually does not exist yet: the next ``add_parser("dev")`` on these
+    subparsers is extended as it is made.
+    """
+    existing = subparsers.choices.get("dev")
+    if existing is not None:
+        add_dev_options(existing)
+        return
+    add_parser = subparsers.add_parser
+
+    def add_parser_then_extend_dev(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser = add_parser(name, **kwargs)
+        if name == "dev":
+            add_dev_options(parser)
+            del subparsers.add_parser  # back to the class's method
+        return parser
+
+    subparsers.add_parser = add_parser_then_extend_dev
 
 
 def find_project_root(start: str | None = None) -> str | None:
@@ -78,6 +141,25 @@ def serve_argv(
     return [sys.executable, "-m", *entry, *options]
 
 
+def tls_argv(certfile: str | None, keyfile: str | None) -> list[str]:
+    """The TLS options of a server command line, as absolute paths (the server runs in the project root)."""
+    argv = []
+    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
+        if path:
+            argv += [option, os.path.abspath(path)]
+    return argv
+
+
+def _check_tls_or_exit(command: str, args: argparse.Namespace) -> None:
+    from .tls import TLSConfigError, check_tls_files
+
+    try:
+        check_tls_files(args.certfile, args.keyfile)
+    except TLSConfigError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_asok_serve(args: argparse.Namespace) -> None:
     """``asok serve``: with ``--gevent``, become ``python -m asok_green serve`` in the project root."""
     if not args.gevent:
@@ -86,6 +168,11 @@ def run_asok_serve(args: argparse.Namespace) -> None:
     root = find_project_root()
     if root is None and args.app == DEFAULT_APP:
         print("asok serve --gevent: no wsgi.py here or in a parent folder", file=sys.stderr)
+        sys.exit(2)
+    _check_tls_or_exit("asok serve --gevent", args)
+    tls = tls_argv(args.certfile, args.keyfile)
+    if tls and args.workers > 1:
+        print("asok serve --gevent: --certfile with --workers is not supported; use one worker", file=sys.stderr)
         sys.exit(2)
     env = dict(os.environ)
     # The asok CLI sets this to mute app side effects while it runs commands; the server is an app run.
@@ -97,9 +184,33 @@ def run_asok_serve(args: argparse.Namespace) -> None:
 
         os.environ.pop("ASOK_CLI", None)  # the workers inherit this process' environment
         sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
-    argv = serve_argv(args.host, args.port, args.app, args.log_level)
+    argv = serve_argv(args.host, args.port, args.app, args.log_level) + tls
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+def run_asok_dev(args: argparse.Namespace) -> None:
+    """``asok dev --gevent``: serve the project on one port and restart it when its code changes."""
+    root = find_project_root()
+    if root is None and args.app == DEFAULT_APP:
+        print("asok dev --gevent: no wsgi.py here or in a parent folder", file=sys.stderr)
+        sys.exit(2)
+    _check_tls_or_exit("asok dev --gevent", args)
+    from .devserver import DevOptions, environment_without_dotenv, run_dev
+
+    root = root or os.getcwd()
+    os.chdir(root)
+    env = environment_without_dotenv(os.environ, os.path.join(root, ".env"))
+    env.pop("ASOK_CLI", None)
+    options = DevOptions(
+        root=root,
+        host=args.host,
+        port=args.port,
+        app=args.app,
+        log_level=args.log_level,
+        tls_argv=tuple(tls_argv(args.certfile, args.keyfile)),
+    )
+    sys.exit(run_dev(options, env))
 
 
 def configure_logging(level: str) -> None:
@@ -119,7 +230,7 @@ def quiet_duplicate_loggers() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m asok_green serve [--host H] [--port P] [--app module:attr]``."""
+    """``python -m asok_green serve [--host H] [--port P] [--app module:attr] [--certfile F --keyfile F]``."""
     parser = argparse.ArgumentParser(prog="python -m asok_green", description="asok_green server")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve_options(commands.add_parser("serve", help="serve a WSGI app and its WebSockets on one port"))
@@ -133,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers > 1:
         from .supervisor import supervise
 
+        if args.certfile:
+            print("asok_green: --certfile with --workers is not supported; use one worker", file=sys.stderr)
+            sys.exit(2)
         sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
     configure_logging(args.log_level)
     from . import bootstrap
@@ -148,10 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     from .cluster import ClusterConfigError
     from .origins import InsecureOriginPolicy
     from .server import serve
+    from .tls import TLSConfigError, server_tls_options
 
     try:
-        serve(app, host=args.host, port=args.port)
-    except (InsecureOriginPolicy, ClusterConfigError) as exc:
+        serve(app, host=args.host, port=args.port, **server_tls_options(args.certfile, args.keyfile))
+    except (InsecureOriginPolicy, ClusterConfigError, TLSConfigError) as exc:
         print(f"asok_green: {exc}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:

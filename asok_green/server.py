@@ -442,9 +442,11 @@ def serve(
 
     The process must have been monkey-patched by gevent first
     (``python -m asok_green serve`` and ``asok serve --gevent`` do it for you).
+    With ``ssl_context=`` (or gevent's ``certfile=``/``keyfile=``) the port
+    serves https and wss.
     """
     server = make_server(app, ws, host, port, **kwargs)
-    url = f"http://{host}:{server.server_port}"
+    url = f"{'https' if server.ssl_enabled else 'http'}://{host}:{server.server_port}"
     print(f"asok_green: serving {url} (HTTP and WebSocket on the same port)", flush=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
