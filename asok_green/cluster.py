@@ -624,11 +624,6 @@ class RedisCluster:
     def _send_batch(self) -> None:
         prefix = self.settings.prefix
         pipe = self._redis.pipeline(transaction=False)
-        outbox = self._outbox
-        for _ in range(min(len(outbox), _BATCH)):
-            target, name, message = outbox.popleft()
-            pipe.publish(f"{prefix}:{target}:{name}", self._message_envelope(target, name, message))
-        sent = len(pipe)
         users, self._pending_users = self._pending_users, {}
         rooms, self._pending_rooms = self._pending_rooms, {}
         ttl_ms = int(self.ttl * 1000)
@@ -651,6 +646,13 @@ class RedisCluster:
         if removed:
             pipe.srem(self._node_key, *map(_user_key, removed))
             pipe.publish(self._presence_channel, self._envelope("presence", "remove", removed))
+        # Presence first: a message sent after a join (or a leave) arrives after it, as it did here.
+        presence_commands = len(pipe)
+        outbox = self._outbox
+        for _ in range(min(len(outbox), _BATCH)):
+            target, name, message = outbox.popleft()
+            pipe.publish(f"{prefix}:{target}:{name}", self._message_envelope(target, name, message))
+        sent = len(pipe) - presence_commands
         if len(pipe):
             pipe.execute()
             self.hub.stats["cluster_published"] += sent
