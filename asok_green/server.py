@@ -77,7 +77,10 @@ def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> No
     """
     registered = watched = False
     try:
-        registered = hub.register(conn, reservation=gevent.getcurrent())
+        handshake = gevent.getcurrent()
+        registered = hub.register(conn, reservation=handshake)
+        if isinstance(handshake, gevent.Greenlet):
+            handshake.unlink(hub.release_slot)  # the slot is used (or was never held)
         if not registered:
             from .frames import CLOSE_TRY_AGAIN
 
@@ -283,8 +286,8 @@ class GreenHandler(WebSocketHandler):
         if isinstance(handshake, gevent.Greenlet):
             admitted = hub.reserve_slot(handshake)
             if admitted:
-                # Given back when this greenlet ends, if the handshake never registered.
-                handshake.link(lambda done: hub.release_slot(done))
+                # Given back when this greenlet ends, if the handshake never registers.
+                handshake.link(hub.release_slot)
         else:
             admitted = hub.has_room_for_another()
         if not admitted:
