@@ -12,15 +12,23 @@ per node sends the queue to Redis in pipelined batches, as Asok's
 those channels and delivers what other nodes (ours or Asok's) published to its
 own clients, so each client gets a message exactly once.
 
-Presence: a node keeps its users in the set ``asok:ws:presence:node:<id>`` and
-its liveness in the sorted set ``asok:ws:presence:nodes`` (score: the time its
-heartbeat expires, by Redis' clock). Changes are announced on the channel
-``asok:ws:presence`` (``add``, ``remove``, ``sync``, ``down``), so every node
-knows which users every other node holds. A user is online while at least one
-node holds them; each node announces a user to its clients when that view
-changes, which makes a user online at their first connection anywhere and
-offline after their last. A node that stops heartbeating (killed, frozen, cut
-off) is removed by the first other node to notice, which announces it ``down``.
+Presence: a node keeps its users in the set ``asok:ws:presence:node:<id>``, the
+(room, user) pairs of its connections in rooms in ``asok:ws:presence:rooms:<id>``
+(JSON ``[room, user]``), and its liveness in the sorted set
+``asok:ws:presence:nodes`` (score: the time its heartbeat expires, by Redis'
+clock); its heartbeat refreshes the TTL of all three. Changes are announced on
+the channel ``asok:ws:presence`` (``add`` / ``remove`` of users, ``join`` /
+``leave`` of pairs, ``sync`` of everything, ``down``), so every node knows what
+every other live node holds, and its hub (asok_green.state) announces to its own
+clients each change of the cluster-wide view: a user is online while any node
+holds them, and in room R while any node holds them in R. A node that stops
+heartbeating (killed, frozen, cut off) is removed by the first other node to
+notice, which announces it ``down``; events from a node that is not live are
+ignored until it registers again with a ``sync``.
+
+One writer: only the publisher greenlet writes this node's sets and announces
+its changes (the subscriber and the heartbeat only ask it to register again), so
+a late ``remove`` can never undo a newer registration.
 
 Redis unreachable: clients of this node keep getting local broadcasts; messages
 for other nodes are dropped, and the outage is logged once. When Redis is back
@@ -47,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import Event
 
+from . import state
 from .frames import OP_TEXT
 
 if TYPE_CHECKING:
@@ -160,14 +169,18 @@ def join(hub: WebSocketServer) -> RedisCluster | None:
 # Every script reads the time from Redis, so nodes on machines with different clocks agree.
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
-#: KEYS: nodes, this node's set. ARGV: node id, ttl ms, channel, sync event, users...
+#: KEYS: nodes, this node's users, this node's room pairs.
+#: ARGV: node id, ttl ms, channel, sync event, number of users, users..., pairs...
 _REGISTER = (
     _NOW
     + """
 local ttl = tonumber(ARGV[2])
-redis.call('DEL', KEYS[2])
-for i = 5, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
-if #ARGV >= 5 then redis.call('PEXPIRE', KEYS[2], ttl) end
+local users = tonumber(ARGV[5])
+redis.call('DEL', KEYS[2], KEYS[3])
+for i = 6, 5 + users do redis.call('SADD', KEYS[2], ARGV[i]) end
+for i = 6 + users, #ARGV do redis.call('SADD', KEYS[3], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl * 3)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -175,7 +188,7 @@ return 1
 """
 )
 
-#: KEYS: nodes. ARGV: node id, ttl ms, node-set key prefix, channel.
+#: KEYS: nodes. ARGV: node id, ttl ms, users-set key prefix, channel, pairs-set key prefix.
 #: Refreshes this node (-1 if it was dropped: it must register again), then removes dead nodes.
 _HEARTBEAT = (
     _NOW
@@ -185,12 +198,13 @@ local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if known then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
   redis.call('PEXPIRE', ARGV[3] .. ARGV[1], ttl)
+  redis.call('PEXPIRE', ARGV[5] .. ARGV[1], ttl)
   redis.call('PEXPIRE', KEYS[1], ttl * 3)
 end
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, node in ipairs(dead) do
   redis.call('ZREM', KEYS[1], node)
-  redis.call('DEL', ARGV[3] .. node)
+  redis.call('DEL', ARGV[3] .. node, ARGV[5] .. node)
   redis.call('PUBLISH', ARGV[4], cjson.encode({target = 'presence', name = 'down', msg = node, node_id = ARGV[1]}))
 end
 if not known then return -1 end
@@ -198,7 +212,8 @@ return #dead
 """
 )
 
-#: KEYS: nodes. ARGV: node-set key prefix. Returns {node, {users...}, ...} for every live node.
+#: KEYS: nodes. ARGV: users-set key prefix, pairs-set key prefix.
+#: Returns {node, {users...}, {pairs...}, ...} for every live node.
 _SNAPSHOT = (
     _NOW
     + """
@@ -206,6 +221,7 @@ local out = {}
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   out[#out + 1] = node
   out[#out + 1] = redis.call('SMEMBERS', ARGV[1] .. node)
+  out[#out + 1] = redis.call('SMEMBERS', ARGV[2] .. node)
 end
 return out
 """
@@ -216,28 +232,55 @@ def _user_key(user_id: Any) -> str:
     return json.dumps(user_id, default=str)
 
 
+def _pair_key(room: str, user_id: Any) -> str:
+    return json.dumps([room, user_id], default=str)
+
+
+def _decoded(item: Any) -> Any:
+    if isinstance(item, (bytes, str)):
+        try:
+            return json.loads(item)
+        except ValueError:
+            return None
+    return item
+
+
+def _is_user_id(item: Any) -> bool:
+    return isinstance(item, (int, str, float)) and not isinstance(item, bool)
+
+
 def _user_ids(raw: Iterable[Any]) -> list:
     """User ids decoded from Redis set members or an event, skipping anything unhashable."""
     ids = []
     for item in raw:
-        if isinstance(item, (bytes, str)):
-            try:
-                item = json.loads(item)
-            except ValueError:
-                continue
-        if isinstance(item, (int, str, float)):
+        item = _decoded(item)
+        if _is_user_id(item):
             ids.append(item)
     return ids
+
+
+def _room_users(raw: Any) -> list[tuple[str, Any]]:
+    """(room, user) pairs decoded from Redis set members or an event, skipping anything malformed."""
+    pairs = []
+    if not isinstance(raw, list):
+        return pairs
+    for item in raw:
+        item = _decoded(item)
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and _is_user_id(item[1]):
+            pairs.append((item[0], item[1]))
+    return pairs
 
 
 class RedisCluster:
     """One node of a cluster of servers sharing broadcasts and presence through Redis.
 
     The hub calls :meth:`publish` after delivering a broadcast locally and
-    :meth:`local_presence` when a user's first or last local connection comes or
-    goes; both return at once. :meth:`online_users` and :meth:`is_online` answer
-    from this node's view of the cluster, without a round trip.
+    :meth:`local_changes` after each change of its own presence; both return at
+    once. What the other nodes hold goes to the hub's state, which answers
+    ``get_online_users`` and ``get_room_users`` without a round trip.
     """
+
+    distributed = True
 
     def __init__(self, hub: WebSocketServer, settings: ClusterSettings):
         """Prepare a node of ``hub`` on ``settings.url``; nothing connects before :meth:`start`."""
@@ -268,24 +311,24 @@ class RedisCluster:
         self._presence_channel = f"{prefix}:presence"
         self._nodes_key = f"{prefix}:presence:nodes"
         self._node_prefix = f"{prefix}:presence:node:"
+        self._rooms_prefix = f"{prefix}:presence:rooms:"
         self._node_key = self._node_prefix + self.node_id
+        self._rooms_key = self._rooms_prefix + self.node_id
         self._register_script = self._redis.register_script(_REGISTER)
         self._heartbeat_script = self._redis.register_script(_HEARTBEAT)
         self._snapshot_script = self._redis.register_script(_SNAPSHOT)
         self._outbox: deque = deque()
-        self._pending_presence: dict[Any, bool] = {}
+        # Changes of this node's holding not yet sent: user -> held, (room, user) -> held.
+        self._pending_users: dict[Any, bool] = {}
+        self._pending_rooms: dict[tuple[str, Any], bool] = {}
         self._wake = Event()
         self._ready = Event()
         self._must_register = False
         self._outage_logged = False
         self._stopped = False
         self._greenlets: list[gevent.Greenlet] = []
-        # What this node knows of the others: node -> its users, user -> how many nodes hold them.
-        self._remote: dict[str, set] = {}
-        self._remote_count: dict[Any, int] = {}
+        # Nodes missing from Redis after a reconnect: node -> when they count as down.
         self._unconfirmed: dict[str, float] = {}
-        # The users this node's clients were last told are online.
-        self._announced: set = set()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -310,6 +353,7 @@ class RedisCluster:
         publisher = self._greenlets[1] if len(self._greenlets) > 1 else None
         if publisher is not None:
             publisher.kill(block=True, timeout=timeout)
+        # The publisher is gone: this greenlet is now the one writer of this node's sets.
         if self.connected:
             down = self._envelope("presence", "down", self.node_id)
             with gevent.Timeout(timeout, False):
@@ -318,7 +362,7 @@ class RedisCluster:
                         self._send_batch()
                     pipe = self._redis.pipeline(transaction=True)
                     pipe.zrem(self._nodes_key, self.node_id)
-                    pipe.delete(self._node_key)
+                    pipe.delete(self._node_key, self._rooms_key)
                     pipe.publish(self._presence_channel, down)
                     pipe.execute()
                 except self._redis_errors as exc:
@@ -340,73 +384,28 @@ class RedisCluster:
         self._outbox.append((target, name, message))
         self._wake.set()
 
-    def local_presence(self, user_id: Any, online: bool) -> None:
-        """The hub's first connection of ``user_id`` opened (``online``) or its last one closed."""
-        if not self._stopped:
-            self._pending_presence[user_id] = online
-            self._wake.set()
-        self._refresh(user_id)
-
-    def online_users(self) -> list:
-        """Users online on any node: this node's first, then the others'."""
-        local = self.hub._presence
-        return list(local) + [user for user in self._remote_count if user not in local]
-
-    def is_online(self, user_id: Any) -> bool:
-        """True if ``user_id`` has a connection on any node."""
-        return self.hub._presence.get(user_id, 0) > 0 or self._remote_count.get(user_id, 0) > 0
-
-    # -- presence view -------------------------------------------------------------
-
-    def _refresh(self, user_id: Any) -> None:
-        online = self.is_online(user_id)
-        if online == (user_id in self._announced):
+    def local_changes(self, changes: list[Any]) -> None:
+        """Queue the changes of this node's holding (users, users in rooms) for the other nodes."""
+        if self._stopped:
             return
-        if online:
-            self._announced.add(user_id)
-        else:
-            self._announced.discard(user_id)
-        self.hub._broadcast_presence(user_id, "online" if online else "offline")
-
-    def _set_node_users(self, node: str, users: Iterable[Any]) -> None:
-        self._unconfirmed.pop(node, None)
-        old = self._remote.get(node, set())
-        new = set(users)
-        self._remote[node] = new
-        self._node_added(old, new - old)
-        self._node_removed(new, old - new)
-
-    def _add_node_users(self, node: str, users: Iterable[Any]) -> None:
-        self._unconfirmed.pop(node, None)
-        held = self._remote.setdefault(node, set())
-        self._node_added(held, [user for user in users if user not in held])
-
-    def _remove_node_users(self, node: str, users: Iterable[Any]) -> None:
-        self._unconfirmed.pop(node, None)
-        held = self._remote.get(node, set())
-        self._node_removed(held, [user for user in users if user in held])
-
-    def _node_added(self, held: set, users: Iterable[Any]) -> None:
-        for user in users:
-            held.add(user)
-            self._remote_count[user] = self._remote_count.get(user, 0) + 1
-            self._refresh(user)
-
-    def _node_removed(self, held: set, users: Iterable[Any]) -> None:
-        for user in users:
-            held.discard(user)
-            count = self._remote_count.get(user, 0) - 1
-            if count > 0:
-                self._remote_count[user] = count
+        queued = False
+        for change in changes:
+            kind = type(change)
+            if kind is state.LocalUserAdded:
+                self._pending_users[change.user_id] = True
+            elif kind is state.LocalUserRemoved:
+                self._pending_users[change.user_id] = False
+            elif kind is state.LocalRoomUserAdded:
+                self._pending_rooms[(change.room, change.user_id)] = True
+            elif kind is state.LocalRoomUserRemoved:
+                self._pending_rooms[(change.room, change.user_id)] = False
             else:
-                self._remote_count.pop(user, None)
-            self._refresh(user)
+                continue
+            queued = True
+        if queued:
+            self._wake.set()
 
-    def _drop_node(self, node: str) -> None:
-        if node in self._remote:
-            self._set_node_users(node, ())
-            del self._remote[node]
-        self._unconfirmed.pop(node, None)
+    # -- what the other nodes say ----------------------------------------------------
 
     def _on_presence(self, event: dict) -> None:
         name, node, msg = event.get("name"), event.get("node_id"), event.get("msg")
@@ -416,35 +415,42 @@ class RedisCluster:
                 self._must_register = True
                 self._wake.set()
             elif isinstance(msg, str):
-                self._drop_node(msg)
+                self._unconfirmed.pop(msg, None)
+                self.hub.node_down(msg)
             return
         if node == self.node_id or not isinstance(node, str) or not isinstance(msg, list):
             return
-        users = _user_ids(msg)
-        if name == "add":
-            self._add_node_users(node, users)
+        if name == "sync":
+            self._unconfirmed.pop(node, None)
+            self.hub.node_synced(node, _user_ids(msg), _room_users(event.get("rooms")))
+        elif name == "add":
+            self.hub.node_added(node, users=_user_ids(msg))
         elif name == "remove":
-            self._remove_node_users(node, users)
-        elif name == "sync":
-            self._set_node_users(node, users)
+            self.hub.node_removed(node, users=_user_ids(msg))
+        elif name == "join":
+            self.hub.node_added(node, room_users=_room_users(msg))
+        elif name == "leave":
+            self.hub.node_removed(node, room_users=_room_users(msg))
 
-    def _apply_snapshot(self, nodes: dict[str, list]) -> None:
+    def _apply_snapshot(self, nodes: dict[str, tuple[list, list]]) -> None:
         # A node missing from Redis may be one that has not re-registered after a Redis
         # restart yet: it gets one TTL to show up before its users go offline here.
         deadline = monotonic() + self.ttl
-        for node in self._remote:
+        for node in self.hub.state.live_nodes():
             if node not in nodes:
                 self._unconfirmed.setdefault(node, deadline)
-        for node, users in nodes.items():
+        for node, (users, room_users) in nodes.items():
             if node != self.node_id:
-                self._set_node_users(node, users)
+                self._unconfirmed.pop(node, None)
+                self.hub.node_synced(node, users, room_users)
 
     def _expire_unconfirmed(self) -> None:
         now = monotonic()
         for node, deadline in list(self._unconfirmed.items()):
             if deadline <= now:
                 logger.info("node %s did not come back within %.0fs: its users are offline", node, self.ttl)
-                self._drop_node(node)
+                del self._unconfirmed[node]
+                self.hub.node_down(node)
 
     # -- Redis I/O (this module's greenlets only) -------------------------------------
 
@@ -502,15 +508,15 @@ class RedisCluster:
                 confirmed += 1
             else:
                 self._on_item(item)
-        # Subscribed first, so nothing published from now on is missed; then say who we
-        # hold and read who the others hold.
-        self._register()
-        raw = self._snapshot_script(keys=[self._nodes_key], args=[self._node_prefix])
+        # Subscribed first, so nothing published from now on is missed; then read who the
+        # others hold, and have the publisher say who we hold.
+        raw = self._snapshot_script(keys=[self._nodes_key], args=[self._node_prefix, self._rooms_prefix])
         nodes = {}
-        for i in range(0, len(raw) - 1, 2):
+        for i in range(0, len(raw) - 2, 3):
             node = raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])
-            nodes[node] = _user_ids(raw[i + 1])
+            nodes[node] = (_user_ids(raw[i + 1]), _room_users(list(raw[i + 2])))
         self._apply_snapshot(nodes)
+        self._must_register = True
         self.connected = True
         if self._outage_logged:
             logger.warning("Redis at %s is back: resubscribed and presence republished", self.settings.url)
@@ -521,17 +527,38 @@ class RedisCluster:
         self._wake.set()
 
     def _register(self) -> None:
+        """Publisher only: write this node's whole holding and announce it with ``sync``."""
         # Read and clear together, with no yield between: the script below carries every
-        # change made so far, and the publisher sends only the ones made after.
-        users = list(self.hub._presence)
-        self._pending_presence.clear()
+        # change made so far, and the batches that follow carry only the ones made after.
+        users = self.hub.state.held_users()
+        room_users = self.hub.state.held_room_users()
+        self._pending_users.clear()
+        self._pending_rooms.clear()
         self._must_register = False
-        event = self._envelope("presence", "sync", users)
+        event = json.dumps(
+            {"target": "presence", "name": "sync", "msg": users, "rooms": room_users, "node_id": self.node_id},
+            default=str,
+        )
         ttl_ms = int(self.ttl * 1000)
-        args = [self.node_id, ttl_ms, self._presence_channel, event, *map(_user_key, users)]
-        self._register_script(keys=[self._nodes_key, self._node_key], args=args)
+        args = [
+            self.node_id,
+            ttl_ms,
+            self._presence_channel,
+            event,
+            len(users),
+            *map(_user_key, users),
+            *(_pair_key(room, user) for room, user in room_users),
+        ]
+        self._register_script(keys=[self._nodes_key, self._node_key, self._rooms_key], args=args)
 
     def _on_item(self, item: dict) -> None:
+        try:
+            self._dispatch(item)
+        except Exception:
+            # One bad message (or a handler that fails on it) must not end the subscription.
+            logger.exception("cluster message could not be handled: skipped")
+
+    def _dispatch(self, item: dict) -> None:
         if item.get("type") not in ("message", "pmessage"):
             return
         try:
@@ -585,7 +612,9 @@ class RedisCluster:
             try:
                 if self._must_register:
                     self._register()
-                while self.connected and (self._outbox or self._pending_presence):
+                while self.connected and (self._outbox or self._pending_users or self._pending_rooms):
+                    if self._must_register:
+                        self._register()
                     self._send_batch()
             except Exception as exc:
                 if not isinstance(exc, self._redis_errors):
@@ -595,22 +624,35 @@ class RedisCluster:
     def _send_batch(self) -> None:
         prefix = self.settings.prefix
         pipe = self._redis.pipeline(transaction=False)
-        outbox = self._outbox
-        for _ in range(min(len(outbox), _BATCH)):
-            target, name, message = outbox.popleft()
-            pipe.publish(f"{prefix}:{target}:{name}", self._message_envelope(target, name, message))
-        sent = len(pipe)
-        presence, self._pending_presence = self._pending_presence, {}
-        added = [user for user, online in presence.items() if online]
-        removed = [user for user, online in presence.items() if not online]
+        users, self._pending_users = self._pending_users, {}
+        rooms, self._pending_rooms = self._pending_rooms, {}
         ttl_ms = int(self.ttl * 1000)
+        added = [user for user, held in users.items() if held]
+        removed = [user for user, held in users.items() if not held]
+        joined = [list(pair) for pair, held in rooms.items() if held]
+        left = [list(pair) for pair, held in rooms.items() if not held]
+        # Users before their rooms when they come, rooms before users when they go, as the hub says them.
         if added:
             pipe.sadd(self._node_key, *map(_user_key, added))
             pipe.pexpire(self._node_key, ttl_ms)
             pipe.publish(self._presence_channel, self._envelope("presence", "add", added))
+        if joined:
+            pipe.sadd(self._rooms_key, *(_pair_key(room, user) for room, user in joined))
+            pipe.pexpire(self._rooms_key, ttl_ms)
+            pipe.publish(self._presence_channel, self._envelope("presence", "join", joined))
+        if left:
+            pipe.srem(self._rooms_key, *(_pair_key(room, user) for room, user in left))
+            pipe.publish(self._presence_channel, self._envelope("presence", "leave", left))
         if removed:
             pipe.srem(self._node_key, *map(_user_key, removed))
             pipe.publish(self._presence_channel, self._envelope("presence", "remove", removed))
+        # Presence first: a message sent after a join (or a leave) arrives after it, as it did here.
+        presence_commands = len(pipe)
+        outbox = self._outbox
+        for _ in range(min(len(outbox), _BATCH)):
+            target, name, message = outbox.popleft()
+            pipe.publish(f"{prefix}:{target}:{name}", self._message_envelope(target, name, message))
+        sent = len(pipe) - presence_commands
         if len(pipe):
             pipe.execute()
             self.hub.stats["cluster_published"] += sent
@@ -624,17 +666,17 @@ class RedisCluster:
                 continue
             try:
                 keys = [self._nodes_key]
-                args = [self.node_id, ttl_ms, self._node_prefix, self._presence_channel]
+                args = [self.node_id, ttl_ms, self._node_prefix, self._presence_channel, self._rooms_prefix]
                 if self._heartbeat_script(keys=keys, args=args) == -1:
                     logger.warning("node %s was dropped from the cluster: registering again", self.node_id)
-                    # The publisher is the one writer of this node's users while connected.
+                    # The publisher is the one writer of this node's sets.
                     self._must_register = True
                     self._wake.set()
+                self._expire_unconfirmed()
             except Exception as exc:
                 if self._stopped:
                     return
-                if not isinstance(exc, self._redis_errors):
-                    logger.exception("cluster heartbeat failed")
-                self._outage(exc)
-                continue
-            self._expire_unconfirmed()
+                if isinstance(exc, self._redis_errors):
+                    self._outage(exc)
+                else:
+                    logger.exception("cluster heartbeat failed: going on")

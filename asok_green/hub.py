@@ -1,11 +1,14 @@
 """WebSocketServer: Asok's WebSocket API, served from gevent greenlets on the HTTP port.
 
-The hub owns the shared state of every connection in the process: who is on
-which path, who is in which room, and how many connections each user has open.
-All greenlets share it without locks: only one greenlet runs at a time, and no
-method here yields while it changes that state. Calls that may yield (user
-handlers, the room authorizer, database lookups) happen before or after a change,
-never in the middle of one.
+The hub owns the shared state of every connection in the process (who is on
+which path, who is in which room, who is online here and on the other nodes),
+held in one :class:`asok_green.state.HubState`. All greenlets share it without
+locks: only one greenlet runs at a time, and each change is one pure transition
+applied whole. Then, and only then, the hub announces what the transition
+returned (presence frames to clients, changes to the cluster), since sending can
+close other connections and re-enter the hub. Calls that may yield (user
+handlers, the room authorizer, database lookups) happen before a transition or
+after its announcements, never in the middle.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
 
+from . import state as st
 from .connection import Connection, Outgoing
 from .frames import OP_TEXT, encode_frame
 from .limits import Limits, open_files_limit
+from .node import SINGLE_PROCESS, Node
 from .routing import Route, RouteTable
 
 logger = logging.getLogger("asok_green")
@@ -90,14 +96,12 @@ class WebSocketServer:
         self._origins = None
         self._auth = None
         self._room_authorizer: Callable | None = None
-        self._by_path: dict[str, dict[Connection, None]] = {}
-        self._rooms: dict[str, dict[Connection, None]] = {}
-        self._room_users: dict[str, dict[Any, int]] = {}
-        self._presence: dict[Any, int] = {}
-        self._count = 0
+        #: Connections, rooms and presence (asok_green.state): changed only by its transitions.
+        self.state = st.HubState()
         self._jobs: list[gevent.Greenlet] = []
-        #: The node of a Redis cluster this server belongs to (asok_green.cluster), or None.
-        self.cluster = None
+        #: Where broadcasts and presence changes go beyond this process: the Redis cluster
+        #: this server belongs to (asok_green.cluster), or the single-process node.
+        self.node: Node = SINGLE_PROCESS
         self.serving_port: int | None = None
         if app is not None:
             self.bind_app(app)
@@ -176,10 +180,15 @@ class WebSocketServer:
         # Built now, so a policy refused for production fails at start-up, not at the first client.
         logger.info("%s", self.origins.describe())
         self._start_background_jobs()
-        if self.cluster is None:
+        if self.node is SINGLE_PROCESS:
             from . import cluster
 
-            self.cluster = cluster.join(self)
+            self.node = cluster.join(self) or SINGLE_PROCESS
+
+    @property
+    def cluster(self) -> Any:
+        """The Redis cluster node this server belongs to (asok_green.cluster), or None."""
+        return self.node if self.node.distributed else None
 
     def _start_background_jobs(self) -> None:
         from . import keepalive, revocation
@@ -230,8 +239,7 @@ class WebSocketServer:
         self._jobs.clear()
         for conn in self.connections():
             conn.going_away()
-        if self.cluster is not None:
-            self.cluster.stop()
+        self.node.stop()
 
     def after_handler(self) -> None:
         """Release what a handler left open in this greenlet (Asok's per-greenlet DB connections).
@@ -250,118 +258,123 @@ class WebSocketServer:
         return self.routes.match(path)
 
     def has_room_for_another(self) -> bool:
-        """False when the process already holds ``max_connections`` WebSockets."""
-        return self._count < self.limits.max_connections
+        """False when the process already holds (or is handshaking) ``max_connections`` WebSockets."""
+        return self.state.taken() < self._capacity
 
-    def register(self, conn: Connection) -> None:
-        """Make ``conn`` reachable by broadcasts; announce its user if first online."""
-        self._by_path.setdefault(conn.path, {})[conn] = None
-        self._count += 1
+    @property
+    def _capacity(self) -> int:
+        # 0 means "not set": the serving process sets it from the open-files limit in attach().
+        return self.limits.max_connections or sys.maxsize
+
+    def reserve_slot(self, token: Any) -> bool:
+        """Hold a connection slot for a handshake in progress; False when every slot is taken.
+
+        :meth:`register` with the same ``token`` uses the slot; :meth:`release_slot`
+        gives it back if the handshake fails. Held slots count toward
+        ``max_connections``, so the limit holds however many handshakes run at once.
+        """
+        return self.state.reserve(token, self._capacity)
+
+    def release_slot(self, token: Any) -> None:
+        """Give back the slot held under ``token`` (nothing if :meth:`register` used it)."""
+        self.state.release(token)
+
+    def register(self, conn: Connection, reservation: Any = None) -> bool:
+        """Make ``conn`` reachable by broadcasts; announce its user if first online.
+
+        Uses the slot held under ``reservation`` if there is one, else a free
+        slot; False (and nothing registered) when none is left.
+        """
+        try:
+            changes = self.state.open(conn, conn.path, getattr(conn.user, "id", None), self._capacity, reservation)
+        except st.AtCapacity:
+            self.stats["refused_capacity"] += 1
+            return False
         self.stats["connections_opened"] += 1
-        user_id = getattr(conn.user, "id", None)
-        if user_id is not None:
-            count = self._presence.get(user_id, 0)
-            self._presence[user_id] = count + 1
-            if count == 0:
-                self._presence_changed(user_id, "online")
+        self._announce(changes)
+        return True
 
     def unregister(self, conn: Connection) -> None:
-        """Forget ``conn`` everywhere; announce its user offline if this was the last tab."""
-        members = self._by_path.get(conn.path)
-        if members is None or conn not in members:
-            return
-        del members[conn]
-        if not members:
-            del self._by_path[conn.path]
-        # Closing counts as leaving every room; conn.rooms stays readable for on_disconnect.
-        left = [room for room in conn._room_set or () if self._discard_member(room, conn)]
-        for room in left:
-            self._announce_room_presence(room, conn.user.id, "left")
-        self._count -= 1
-        user_id = getattr(conn.user, "id", None)
-        if user_id is not None:
-            count = self._presence.get(user_id, 0) - 1
-            if count > 0:
-                self._presence[user_id] = count
-            else:
-                self._presence.pop(user_id, None)
-                self._presence_changed(user_id, "offline")
+        """Forget ``conn`` everywhere; announce its user offline if this was the last tab.
 
-    def _presence_changed(self, user_id: Any, status: str) -> None:
-        """A user's first local connection opened or their last one closed."""
-        if self.cluster is None:
-            self._broadcast_presence(user_id, status)
-        else:
-            # Online or offline is the cluster's call: the user may have tabs on other nodes.
-            self.cluster.local_presence(user_id, status == "online")
+        Closing counts as leaving every room; ``conn.rooms`` stays readable for on_disconnect.
+        """
+        changes = self.state.close(conn, conn.path, getattr(conn.user, "id", None), conn._room_set or ())
+        self._announce(changes)
+
+    def _announce(self, changes: list) -> None:
+        """Say what a transition returned: to the cluster first (only queued), then to clients."""
+        if not changes:
+            return
+        self.node.local_changes(changes)
+        for change in changes:
+            kind = type(change)
+            if kind is st.RoomJoined:
+                self._announce_room_presence(change.room, change.user_id, "joined")
+            elif kind is st.RoomLeft:
+                self._announce_room_presence(change.room, change.user_id, "left")
+            elif kind is st.UserOnline:
+                self._broadcast_presence(change.user_id, "online")
+            elif kind is st.UserOffline:
+                self._broadcast_presence(change.user_id, "offline")
 
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
         frame = _text_frame({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
         for conn in self.connections():
             conn.send_frame(frame)
 
+    def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
+        # This node's members only: every node announces a cluster-wide change to its own.
+        message = {"op": "broadcast", "type": "room_presence", "room": room, "user_id": user_id, "status": status}
+        self._fan_out(self.state.rooms.get(room, ()), Outgoing.json(message), None)
+
+    # -- what the cluster reports about the other nodes ---------------------------
+
+    def node_synced(self, node: str, users: Iterable[Any], room_users: Iterable[tuple[str, Any]]) -> None:
+        """Remote ``node`` is live and holds exactly these users and (room, user) pairs."""
+        self._announce(self.state.node_synced(node, users, room_users))
+
+    def node_added(self, node: str, users: Iterable[Any] = (), room_users: Iterable[tuple[str, Any]] = ()) -> None:
+        """Live remote ``node`` now also holds these; ignored for a node that is not live."""
+        self._announce(self.state.node_added(node, users, room_users))
+
+    def node_removed(self, node: str, users: Iterable[Any] = (), room_users: Iterable[tuple[str, Any]] = ()) -> None:
+        """Live remote ``node`` no longer holds these; ignored for a node that is not live."""
+        self._announce(self.state.node_removed(node, users, room_users))
+
+    def node_down(self, node: str) -> None:
+        """Remote ``node`` is gone: its users leave their rooms and go offline unless held elsewhere."""
+        self._announce(self.state.node_down(node))
+
     # -- rooms -------------------------------------------------------------------
 
     def join_room(self, conn: Connection, room: str) -> bool:
         """Add ``conn`` to ``room`` if the name is valid and the authorizer agrees.
 
-        A user's first connection in the room is announced to the room as
-        ``room_presence`` ``joined``; joining a room twice changes nothing.
+        A user's first connection in the room (on any node) is announced to the
+        room as ``room_presence`` ``joined``; joining a room twice changes nothing.
         """
         if not is_valid_room_name(room) or not self.check_room_authorization(conn, room):
             return False
         # The authorizer may have yielded: the connection may be gone by now.
-        if conn.closed or conn not in self._by_path.get(conn.path, ()):
+        if conn.closed:
             return False
-        members = self._rooms.setdefault(room, {})
-        if conn in members:
-            return True
-        members[conn] = None
+        changes = self.state.join(conn, conn.path, room, getattr(conn.user, "id", None))
+        if changes is None:
+            return False
         conn._rooms.add(room)
-        user_id = getattr(conn.user, "id", None)
-        if user_id is not None:
-            counts = self._room_users.setdefault(room, {})
-            counts[user_id] = counts.get(user_id, 0) + 1
-            if counts[user_id] == 1:
-                self._announce_room_presence(room, user_id, "joined")
+        self._announce(changes)
         return True
 
     def leave_room(self, conn: Connection, room: str) -> None:
-        """Remove ``conn`` from ``room``; the user's last connection there is announced as ``left``."""
-        members = self._rooms.get(room)
-        if members is None or conn not in members:
-            return
-        conn._rooms.discard(room)
-        if self._discard_member(room, conn):
-            self._announce_room_presence(room, conn.user.id, "left")
-
-    def _discard_member(self, room: str, conn: Connection) -> bool:
-        """Take ``conn`` out of ``room``; True if it was its user's last connection there."""
-        members = self._rooms.get(room)
-        if members is None or conn not in members:
-            return False
-        del members[conn]
-        if not members:
-            del self._rooms[room]
-        user_id = getattr(conn.user, "id", None)
-        counts = self._room_users.get(room)
-        if user_id is None or counts is None or user_id not in counts:
-            return False
-        if counts[user_id] > 1:
-            counts[user_id] -= 1
-            return False
-        del counts[user_id]
-        if not counts:
-            del self._room_users[room]
-        return True
-
-    def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
-        message = {"op": "broadcast", "type": "room_presence", "room": room, "user_id": user_id, "status": status}
-        self.broadcast_to_json(room, message)
+        """Remove ``conn`` from ``room``; the user's last connection there (on any node) is announced as ``left``."""
+        if conn._room_set is not None:
+            conn._room_set.discard(room)
+        self._announce(self.state.leave(conn, room, getattr(conn.user, "id", None)))
 
     def get_room_users(self, room: str) -> list:
-        """The ids of users with at least one connection in ``room`` (an asok_green extension)."""
-        return list(self._room_users.get(room, ()))
+        """The ids of users with at least one connection in ``room``, on any node (an asok_green extension)."""
+        return self.state.room_users(room)
 
     def check_room_authorization(self, conn: Connection, room: str) -> bool:
         """The room authorizer's verdict; without one, only ``model:`` rooms, as in Asok."""
@@ -374,8 +387,8 @@ class WebSocketServer:
             return False
 
     def room_members(self, room: str) -> list[Connection]:
-        """The connections that have joined ``room``."""
-        return list(self._rooms.get(room, ()))
+        """The connections of this process that have joined ``room``."""
+        return self.state.room_members(room)
 
     # -- broadcasting (the frame is encoded once, whatever the audience) ----
 
@@ -406,11 +419,12 @@ class WebSocketServer:
     def _send(
         self, target: str, name: str, message: Outgoing, exclude: Connection | None, from_adapter: bool = False
     ) -> int:
-        members = self._by_path.get(name, ()) if target == "path" else self._rooms.get(name, ())
+        state = self.state
+        members = state.by_path.get(name, ()) if target == "path" else state.rooms.get(name, ())
         delivered = self._fan_out(members, message, exclude)
-        if self.cluster is not None and not from_adapter:
-            # Only queued: the cluster's publisher greenlet does the Redis I/O.
-            self.cluster.publish(target, name, message)
+        if not from_adapter:
+            # Only queued: a cluster's publisher greenlet does the Redis I/O.
+            self.node.publish(target, name, message)
         return delivered
 
     @staticmethod
@@ -439,26 +453,20 @@ class WebSocketServer:
 
     def connections(self, path: str | None = None) -> list[Connection]:
         """The open connections, on ``path`` or on every path."""
-        if path is not None:
-            return list(self._by_path.get(path, ()))
-        return [conn for members in self._by_path.values() for conn in members]
+        return self.state.connections(path)
 
     def get_online_users(self) -> list:
         """The ids of users with at least one open connection (on any node of a cluster)."""
-        if self.cluster is not None:
-            return self.cluster.online_users()
-        return list(self._presence)
+        return self.state.online_users()
 
     def is_user_online(self, user_id: Any) -> bool:
         """True if ``user_id`` has at least one open connection (on any node of a cluster)."""
-        if self.cluster is not None:
-            return self.cluster.is_online(user_id)
-        return self._presence.get(user_id, 0) > 0
+        return self.state.is_online(user_id)
 
     @property
     def connection_count(self) -> int:
         """How many WebSockets this server holds now."""
-        return self._count
+        return self.state.count
 
     @classmethod
     def instances(cls) -> list[WebSocketServer]:
@@ -466,4 +474,4 @@ class WebSocketServer:
         return list(_INSTANCES)
 
     def __repr__(self) -> str:
-        return f"<asok_green.WebSocketServer routes={[r.pattern for r in self.routes]} connections={self._count}>"
+        return f"<asok_green.WebSocketServer routes={[r.pattern for r in self.routes]} connections={self.state.count}>"

@@ -47,10 +47,15 @@ def sweep(connections: Iterable[Connection], now: float, interval: float, timeou
 
 
 def run(server: WebSocketServer) -> None:
-    """Sweep ``server``'s connections for as long as the greenlet lives."""
+    """Sweep ``server``'s connections for as long as the greenlet lives; a sweep that raises is logged."""
     limits = server.limits
     period = max(0.05, min(limits.ping_interval, limits.ping_timeout) / 2)
     while True:
         gevent.sleep(period)
-        _, closed = sweep(server.connections(), monotonic(), limits.ping_interval, limits.ping_timeout)
+        try:
+            _, closed = sweep(server.connections(), monotonic(), limits.ping_interval, limits.ping_timeout)
+        except Exception:
+            # One bad connection must not end keep-alive for every other.
+            logger.exception("keep-alive sweep failed: going on")
+            continue
         server.stats["keepalive_closed"] += closed

@@ -69,13 +69,24 @@ def detach_socket(sock: gevent.socket.socket) -> gevent.socket.socket:
 def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
     """Own ``conn`` from registration to release: on_connect, messages, on_disconnect.
 
-    A connection that can be watched is handed to its socket's read watcher
-    after on_connect, and this returns at once; otherwise this reads it until
-    it ends.
+    The connection takes the slot its handshake reserved (in this greenlet); with
+    none left it is closed with 1013 (try again later). A connection that can be
+    watched is handed to its socket's read watcher after on_connect, and this
+    returns at once; otherwise this reads it until it ends. Whatever raises, the
+    connection ends: unregistered, its socket released.
     """
-    hub.register(conn)
-    watched = False
+    registered = watched = False
     try:
+        handshake = gevent.getcurrent()
+        registered = hub.register(conn, reservation=handshake)
+        if isinstance(handshake, gevent.Greenlet):
+            handshake.unlink(hub.release_slot)  # the slot is used (or was never held)
+        if not registered:
+            from .frames import CLOSE_TRY_AGAIN
+
+            logger.warning("closing %s on %s: every connection slot is taken", conn.addr, conn.path)
+            conn.close(CLOSE_TRY_AGAIN, "too many connections", timeout=0)
+            return
         if route.on_connect is not None:
             _call_handler(route.on_connect, conn, "connect")
         if conn.can_watch:
@@ -85,15 +96,25 @@ def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> No
             conn.run(route.on_message)
     finally:
         if not watched:
-            end_connection(hub, conn, route)
+            if registered:
+                end_connection(hub, conn, route)
+            else:
+                conn.finish(0)
 
 
 def end_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
-    """What follows the last read: unregister, on_disconnect, then flush (bounded) and release."""
-    hub.unregister(conn)
-    if route.on_disconnect is not None:
-        _call_handler(route.on_disconnect, conn, "disconnect")
-    conn.finish(hub.limits.flush_timeout)
+    """What follows the last read: unregister, on_disconnect, then flush (bounded) and release.
+
+    The socket is released and the slot given back even if any step raises.
+    """
+    try:
+        try:
+            hub.unregister(conn)
+        finally:
+            if route.on_disconnect is not None:
+                _call_handler(route.on_disconnect, conn, "disconnect")
+    finally:
+        conn.finish(hub.limits.flush_timeout)
 
 
 def _call_handler(handler: Any, conn: Connection, what: str) -> None:
@@ -102,7 +123,10 @@ def _call_handler(handler: Any, conn: Connection, what: str) -> None:
     except Exception:
         logger.exception("error in %s handler for %s (from %s)", what, conn.path, conn.addr)
     finally:
-        conn.server.after_handler()
+        try:
+            conn.server.after_handler()
+        except Exception:
+            logger.exception("releasing after the %s handler for %s failed", what, conn.path)
 
 
 class RequestTooLarge(ValueError):
@@ -256,7 +280,17 @@ class GreenHandler(WebSocketHandler):
         origin = env.get("HTTP_ORIGIN")
         if not hub.origins.allows(origin, env.get("HTTP_HOST")):
             return None, None, {}, Refusal(403, f"origin {origin!r} is not allowed")
-        if not hub.has_room_for_another():
+        # A slot is held from here: the handshake may yield (session lookup) before the
+        # connection registers, and every handshake in flight counts toward the limit.
+        handshake = gevent.getcurrent()
+        if isinstance(handshake, gevent.Greenlet):
+            admitted = hub.reserve_slot(handshake)
+            if admitted:
+                # Given back when this greenlet ends, if the handshake never registers.
+                handshake.link(hub.release_slot)
+        else:
+            admitted = hub.has_room_for_another()
+        if not admitted:
             hub.stats["refused_capacity"] += 1
             return None, None, {}, Refusal(503, "too many WebSocket connections", (("Retry-After", "5"),))
         return hub, route, params, None

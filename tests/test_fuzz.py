@@ -151,7 +151,7 @@ def test_nothing_is_left_behind_and_the_server_still_answers(live_server):
         while ws.connection_count or greenlet_count() > server.baseline_greenlets:
             gevent.sleep(0.05)
     assert ws.connections() == []
-    assert ws._rooms == {} and ws._presence == {} and ws._by_path == {}
+    assert ws.state.is_empty()
     sock = gevent.socket.create_connection(("127.0.0.1", server.server_port))
     sock.sendall(handshake("/echo") + client_frame(0x1, b"still here"))
     with gevent.Timeout(5):

@@ -176,3 +176,37 @@ def test_slow_consumer_is_closed_with_1008_and_others_get_everything(server, con
     assert server.stats["slow_consumers_closed"] == 1
     frames = stuck_peer.frames()
     assert frames[-1][0] == OP_CLOSE and close_code(frames[-1][1]) == CLOSE_POLICY
+
+
+def room_presence(texts):
+    return [(m["room"], m["user_id"], m["status"]) for m in map(json.loads, texts) if m.get("type") == "room_presence"]
+
+
+def test_what_other_nodes_hold_is_announced_to_local_clients(server, connect):
+    server.room_authorizer(lambda c, r: True)
+    member, peer = connect(user_id=1)
+    member.join("r")
+    peer.texts()
+    server.node_synced("B", [5], [("r", 5)])
+    texts = peer.texts()
+    assert presence(texts) == [(5, "online")] and room_presence(texts) == [("r", 5, "joined")]
+    assert server.get_room_users("r") == [1, 5] and server.get_online_users() == [1, 5]
+    server.node_added("never-synced", users=[6], room_users=[("r", 6)])
+    server.node_down("B")
+    texts = peer.texts()
+    assert room_presence(texts) == [("r", 5, "left")] and presence(texts) == [(5, "offline")]
+    assert server.get_room_users("r") == [1] and not server.is_user_online(6)
+
+
+def test_a_user_in_a_room_on_another_node_is_not_announced_again_here(server, connect):
+    server.room_authorizer(lambda c, r: True)
+    watcher, peer = connect(user_id=1)
+    watcher.join("r")
+    server.node_synced("B", [7], [("r", 7)])
+    peer.texts()
+    tab, _ = connect(user_id=7)
+    tab.join("r")
+    server.unregister(tab)
+    texts = peer.texts()
+    assert presence(texts) == [] and room_presence(texts) == []
+    assert server.get_room_users("r") == [1, 7]
