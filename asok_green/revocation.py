@@ -73,16 +73,23 @@ def recheck(connections: Iterable[Connection], state_of: Callable[[str, Any], Se
 
 
 def run(server: WebSocketServer) -> None:
-    """Re-check every logged-in connection's session each ``session_check_interval`` seconds, for good."""
+    """Re-check every logged-in connection's session each ``session_check_interval`` seconds, for good.
+
+    Counts each pass in ``server.stats``: ``session_rechecks``, and
+    ``session_rechecks_unknown`` for those the store could not answer.
+    """
     job = Outage("session re-check", logger, "trying again at each interval")
     while True:
         gevent.sleep(server.limits.session_check_interval)
         try:
-            closed, _complete = recheck(server.connections(), server.auth.session_state)
+            closed, complete = recheck(server.connections(), server.auth.session_state)
         except Exception as error:
             job.failed(error, level=logging.ERROR, traceback=True)
             continue
         job.answered()
+        server.stats["session_rechecks"] += 1
+        if not complete:
+            server.stats["session_rechecks_unknown"] += 1
         if closed:
             logger.info("closed %d WebSocket(s) whose session ended", closed)
             server.stats["revoked"] += closed
