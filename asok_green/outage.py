@@ -48,7 +48,7 @@ class Outage:
         """Record a success; log it if it ends an outage. True if it did."""
         if not self.failing:
             return False
-        self.logger.info("%s answers again after %d failure(s)", self.what, self.failures)
+        self.logger.info("%s back after %d failure(s)", self.what, self.failures)
         self.failing = False
         self.failures = 0
         return True
