@@ -187,10 +187,12 @@ class SessionAuth:
     def resolve(self, cookie_header: str | None, timeout: float | None = None) -> Credentials:
         """Who the cookies are, plus the id of the session the login is bound to.
 
-        Raises :class:`StoreUnavailable` when the session store or the user
-        database fails, or does not answer within ``timeout`` seconds: the
-        caller should ask the client to come back (the server answers 503).
-        Cookies that are missing, forged, stale or logged out give a guest.
+        Raises :class:`StoreUnavailable` when a login cookie verifies but the
+        session store or the user database fails, or does not answer within
+        ``timeout`` seconds: the caller should ask the client to come back (the
+        server answers 503). Cookies that are missing, forged, stale or logged
+        out give a guest; a guest whose own session cannot be loaded is served
+        without it.
         """
         deadline = gevent.Timeout.start_new(timeout) if timeout else None
         try:
@@ -280,7 +282,12 @@ class SessionAuth:
         if sid and login is not None and sid == login.sid:
             data = login.data
         elif sid and len(sid) <= _MAX_ID_LENGTH:
-            data = self._load(sid)
+            try:
+                data = self._load(sid)
+            except StoreUnavailable:
+                # Only a guest's own session is missing: serve the guest without it
+                # (the outage is logged). Who is logged in is never guessed.
+                data = None
         if data is None and login is not None and login.sid:
             sid, data = login.sid, login.data
         return _as_session(sid, data) if data is not None else None

@@ -533,6 +533,13 @@ def test_a_forged_cookie_is_a_guest_even_while_the_store_fails(project, alice_co
     assert auth.resolve(f"asok_session={forged}") == auth.resolve(None)
 
 
+def test_a_guest_whose_session_cannot_be_loaded_is_served_without_it(project, alice_cookies):
+    guest_cookies = project.logout(alice_cookies)
+    auth = SessionAuth(app_with_store(project, FailingStore()))
+    assert auth.resolve(cookie_header(guest_cookies)) == auth.resolve(None)
+    assert auth.outage.failing
+
+
 def test_a_failing_user_model_raises_instead_of_making_a_guest(project, alice_cookies):
     class Unreachable:
         @staticmethod
