@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
-__all__ = ["blocking", "DEFAULT_THREADS"]
+__all__ = ["blocking", "call_on_loop", "DEFAULT_THREADS"]
 
 T = TypeVar("T")
 
@@ -67,8 +67,9 @@ def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     gevent socket made on the loop (a Redis client, a ``requests.Session``
     already used there): gevent sockets cannot move between threads. Code that
     already yields to gevent (patched sockets: Redis, HTTP clients) needs no
-    ``blocking`` at all. Note that Asok's model events (``created``,
-    ``updated``, ``deleted``) fire in the thread that writes the model.
+    ``blocking`` at all. Asok's model events (``created``, ``updated``,
+    ``deleted``) fire in the thread that writes the model: a listener that
+    touches the server hands that work to :func:`call_on_loop`.
 
     Called from a thread other than the loop's (e.g. inside another ``blocking``
     call), ``fn`` simply runs there.
@@ -81,6 +82,20 @@ def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     if ok:
         return outcome
     raise outcome
+
+
+def call_on_loop(fn: Callable[..., Any], /, *args: Any) -> None:
+    """Call ``fn(*args)`` in the loop's thread: at once if called there, else at the loop's next turn.
+
+    For code that may run inside a :func:`blocking` call and must touch the
+    server (a listener of Asok's model events that broadcasts, for instance).
+    From a worker thread this only schedules the call and returns at once.
+    """
+    pool = _pool
+    if pool is None or _native_thread_id() == _pool_thread:
+        fn(*args)
+        return
+    pool.hub.loop.run_callback_threadsafe(fn, *args)
 
 
 def _run(context: contextvars.Context, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:

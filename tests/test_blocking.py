@@ -235,6 +235,21 @@ def test_blocking_inside_blocking_runs_in_place():
     assert asok_green.blocking(outer)
 
 
+def test_call_on_loop_from_a_worker_runs_in_the_loops_thread():
+    ran_in = []
+    loop_thread = threading.get_ident()
+
+    def in_worker():
+        offload.call_on_loop(lambda: ran_in.append(threading.get_ident()))
+        return threading.get_ident()
+
+    assert asok_green.blocking(in_worker) != loop_thread
+    with gevent.Timeout(10):
+        while not ran_in:
+            gevent.sleep(0.001)
+    assert ran_in == [loop_thread]
+
+
 def test_pool_size_comes_from_the_environment():
     assert offload.pool_size({}) == offload.DEFAULT_THREADS == 10
     assert offload.pool_size({"WS_BLOCKING_THREADS": "3"}) == 3
