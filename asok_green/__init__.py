@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["WebSocketServer", "Connection", "serve", "make_server", "__version__"]
+__all__ = ["WebSocketServer", "Connection", "serve", "make_server", "blocking", "__version__"]
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .hub import WebSocketServer
+    from .offload import blocking
     from .server import make_server, serve
 
 _LAZY = {
@@ -21,6 +22,7 @@ _LAZY = {
     "Connection": "connection",
     "serve": "server",
     "make_server": "server",
+    "blocking": "offload",
 }
 
 

@@ -1,4 +1,27 @@
-"""WebSocket route patterns such as ``/chat/[room]`` and the table that matches them."""
+"""WebSocket route patterns such as ``/chat/[room]`` and the table that matches them.
+
+One path, one route, one registry key. A WebSocket path is also the address
+``ws.broadcast(path, ...)`` reaches, so a client is served only on the canonical
+spelling of a path, and ``conn.path`` is exactly that spelling:
+
+* The path is percent-decoded (as every WSGI server does before the app sees
+  ``PATH_INFO``) and read as UTF-8: ``/chat/%67eneral`` is ``/chat/general``
+  and ``/chat/caf%C3%A9`` is ``/chat/café``; both are the same route and the
+  same registry key as the plain spelling, and ``conn.params`` holds the decoded
+  value (``{"room": "general"}``). A decoded ``%2F`` is a separator like any
+  ``/`` (``/chat/a%2Fb`` is ``/chat/a/b``), so a captured segment never holds a
+  ``/``.
+* The decoded path must be canonical: it starts with ``/``, has no empty segment
+  (no ``//``, no trailing slash except for ``/`` itself), no ``.`` or ``..``
+  segment, no control character, and is valid UTF-8. Anything else gets 404,
+  like a static route of Asok's threaded server (``/notifications/``,
+  ``//notifications`` and ``/./notifications`` are 404 there too). No path is
+  rewritten into another: a client on ``/notifications/`` is told so at the
+  handshake instead of being registered where no broadcast reaches it.
+
+Route *patterns* are forgiving: ``@ws.on("/chat/[room]/")`` registers the same
+route as ``@ws.on("/chat/[room]")``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +29,42 @@ from collections.abc import Callable
 
 Handler = Callable[..., object]
 
+_DOT_SEGMENTS = frozenset({".", ".."})
+
 
 def split_path(path: str) -> tuple[str, ...]:
     """The non-empty segments of a URL path: ``"/chat/general/"`` -> ``("chat", "general")``."""
     return tuple(s for s in path.split("/") if s)
+
+
+def is_canonical(path: str) -> bool:
+    """True if ``path`` (already percent-decoded) is the one spelling a WebSocket is served on.
+
+    ``/`` and ``/a/b`` are canonical; ``""``, ``a``, ``/a/``, ``//a``, ``/a/./b``,
+    ``/a/../b`` and paths with control characters are not.
+    """
+    if not path.startswith("/"):
+        return False
+    if path == "/":
+        return True
+    for segment in path[1:].split("/"):
+        if not segment or segment in _DOT_SEGMENTS:
+            return False
+    return not any(ord(c) < 0x20 or c == "\x7f" for c in path)
+
+
+def request_path(path_info: str) -> str | None:
+    """The canonical path of a request's WSGI ``PATH_INFO``, or None if it has none (answer 404).
+
+    ``PATH_INFO`` is percent-decoded bytes carried as latin-1 (PEP 3333); they
+    are read as UTF-8 here, so ``conn.path`` and ``conn.params`` are the text
+    the client meant.
+    """
+    try:
+        path = path_info.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+    return path if is_canonical(path) else None
 
 
 def _param_name(segment: str) -> str | None:
@@ -81,7 +136,13 @@ class RouteTable:
         return found
 
     def match(self, path: str) -> tuple[Route | None, dict[str, str]]:
-        """``(route, params)`` for ``path`` (query string excluded), or ``(None, {})``."""
+        """``(route, params)`` for a decoded request path, or ``(None, {})``.
+
+        Only a canonical path (:func:`is_canonical`) matches anything: the
+        path a connection is registered under is then the path it asked for.
+        """
+        if not is_canonical(path):
+            return None, {}
         segments = split_path(path)
         found = self._routes.get(segments)
         if found is not None and not found.is_dynamic:

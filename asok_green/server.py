@@ -28,7 +28,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from .auth import Credentials
+from .auth import Credentials, StoreUnavailable
 from .connection import Connection
 from .handshake import (
     Refusal,
@@ -40,7 +40,7 @@ from .handshake import (
 )
 from .hub import WebSocketServer
 from .limits import Limits, open_files_limit
-from .routing import Route
+from .routing import Route, request_path
 
 logger = logging.getLogger("asok_green")
 access_logger = logging.getLogger("asok_green.access")
@@ -297,14 +297,23 @@ class GreenHandler(WebSocketHandler):
 
     def _upgrade(self) -> None:
         env = self.environ
-        path = env.get("PATH_INFO") or "/"
+        # One spelling per path: a non-canonical one gets 404 (asok_green.routing).
+        path = request_path(env.get("PATH_INFO") or "/")
+        if path is None:
+            raw = repr(env.get("PATH_INFO"))
+            self._refuse(Refusal(404, f"no WebSocket route matches {raw}: not a canonical path"), raw)
+            return
         hub, route, params, refusal = self._admit(path)
         if refusal is not None:
             self._refuse(refusal, path)
             return
         headers = request_headers(env)
         try:
-            who = hub.auth.resolve(headers.get("cookie"))
+            who = hub.auth.resolve(headers.get("cookie"), timeout=hub.limits.handshake_timeout)
+        except StoreUnavailable:
+            # Not a guest: the store could not say who this is. The client retries.
+            self._refuse(Refusal(503, "session store unavailable, try again", (("Retry-After", "5"),)), path)
+            return
         except Exception:
             logger.exception("session lookup failed for %s: serving as guest", path)
             who = Credentials()

@@ -28,18 +28,29 @@ import hmac
 import importlib.util
 import io
 import itertools
+import logging
 import secrets
+import socket
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import gevent
 import pytest
 from asok.orm import MODELS_REGISTRY, close_all_db_connections
 from asok.session import Session
 
-from asok_green.auth import SessionAuth, parse_cookie_header, user_id_of
+from asok_green.auth import (
+    SessionAuth,
+    SessionState,
+    StoreUnavailable,
+    load_session,
+    parse_cookie_header,
+    user_id_of,
+)
 
 SECRET = secrets.token_hex(32)
 _module_names = itertools.count()
@@ -477,6 +488,133 @@ def test_session_is_live_false_for_unknown_or_bad_ids(auth, alice):
     assert not auth.session_is_live(secrets.token_hex(32), alice.id)
     assert not auth.session_is_live("", alice.id)
     assert not auth.session_is_live(None, alice.id)
+
+
+# --- a store that fails is not a store that says no ---
+
+
+class FailingStore:
+    """A session store whose every read fails, as Redis does while it is down."""
+
+    backend = "custom"
+
+    def load(self, sid):
+        raise ConnectionError("store down")
+
+
+def app_with_store(project: Project, store: Any) -> Any:
+    return SimpleNamespace(config=project.app.config, _unsign=project.app._unsign, _session_store=store)
+
+
+def test_session_state_is_live_then_ended_after_logout(project, auth, alice, alice_cookies):
+    sid = unsigned_value(alice_cookies["asok_sid"])
+    assert auth.session_state(sid, alice.id) is SessionState.LIVE
+    project.logout(alice_cookies)
+    assert auth.session_state(sid, alice.id) is SessionState.ENDED
+
+
+def test_session_state_is_unknown_while_the_store_fails(project, alice, alice_cookies):
+    auth = SessionAuth(app_with_store(project, FailingStore()))
+    sid = unsigned_value(alice_cookies["asok_sid"])
+    assert auth.session_state(sid, alice.id) is SessionState.UNKNOWN
+    assert not auth.session_is_live(sid, alice.id)
+
+
+def test_a_failing_store_at_the_handshake_raises_instead_of_making_a_guest(project, alice_cookies):
+    auth = SessionAuth(app_with_store(project, FailingStore()))
+    with pytest.raises(StoreUnavailable, match="store down"):
+        auth.resolve(cookie_header(alice_cookies))
+    assert auth.authenticate(cookie_header(alice_cookies)) == (None, None)
+
+
+def test_a_forged_cookie_is_a_guest_even_while_the_store_fails(project, alice_cookies):
+    auth = SessionAuth(app_with_store(project, FailingStore()))
+    forged = sign_with(secrets.token_hex(32), unsigned_value(alice_cookies["asok_session"]))
+    assert auth.resolve(f"asok_session={forged}") == auth.resolve(None)
+
+
+def test_a_guest_whose_session_cannot_be_loaded_is_served_without_it(project, alice_cookies):
+    guest_cookies = project.logout(alice_cookies)
+    auth = SessionAuth(app_with_store(project, FailingStore()))
+    assert auth.resolve(cookie_header(guest_cookies)) == auth.resolve(None)
+    assert auth.outage.failing
+
+
+def test_a_failing_user_model_raises_instead_of_making_a_guest(project, alice_cookies):
+    class Unreachable:
+        @staticmethod
+        def find(**where):
+            raise sqlite3.OperationalError("database is locked")
+
+    MODELS_REGISTRY["Unreachable"] = Unreachable
+    auth = SessionAuth(project.app, auth_model="Unreachable")
+    with pytest.raises(StoreUnavailable, match="database is locked"):
+        auth.resolve(cookie_header(alice_cookies))
+
+
+def test_a_lookup_slower_than_the_timeout_raises(project, alice_cookies):
+    def slow(fn, *args, **kwargs):
+        gevent.sleep(5)
+        return fn(*args, **kwargs)
+
+    auth = SessionAuth(project.app, offload=slow)
+    with pytest.raises(StoreUnavailable, match="no answer within"):
+        auth.resolve(cookie_header(alice_cookies), timeout=0.05)
+
+
+def test_an_outage_is_logged_once_and_its_end_once(project, alice, alice_cookies, caplog):
+    store = FailingStore()
+    auth = SessionAuth(app_with_store(project, store))
+    sid = unsigned_value(alice_cookies["asok_sid"])
+    caplog.set_level(logging.INFO, logger="asok_green.auth")
+    for _ in range(3):
+        assert auth.session_state(sid, alice.id) is SessionState.UNKNOWN
+    store.load = project.store.load
+    assert auth.session_state(sid, alice.id) is SessionState.LIVE
+    assert auth.session_state(sid, alice.id) is SessionState.LIVE
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "asok_green.auth"]
+    assert [level for level, _ in records] == ["WARNING", "INFO"]
+    assert "failing: StoreUnavailable" in records[0][1] and "store down" in records[0][1]
+    assert "back after 3 failure(s)" in records[1][1]
+
+
+def file_store(tmp_path):
+    from asok.session import SessionStore
+
+    return SessionStore(backend="file", path=str(tmp_path / "sessions"), ttl=3600)
+
+
+def test_file_store_unreadable_directory_is_no_answer_and_missing_file_is_no_session(tmp_path):
+    store = file_store(tmp_path)
+    sid = secrets.token_hex(32)
+    store.save(sid, {"user_id": 1})
+    assert load_session(store, sid) == {"user_id": 1}
+    assert load_session(store, secrets.token_hex(32)) is None
+    sessions = tmp_path / "sessions"
+    sessions.rename(tmp_path / "sessions-away")
+    sessions.write_text("not a directory")  # every session path now fails with ENOTDIR
+    with pytest.raises(StoreUnavailable, match="NotADirectoryError"):
+        load_session(store, sid)
+    sessions.unlink()
+    (tmp_path / "sessions-away").rename(sessions)
+    assert load_session(store, sid) == {"user_id": 1}
+
+
+def test_file_store_refusing_a_session_id_is_no_session(tmp_path):
+    assert load_session(file_store(tmp_path), "../../etc/passwd") is None
+
+
+def test_redis_store_that_cannot_connect_is_no_answer(monkeypatch):
+    from asok.session import SessionStore
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("ASOK_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    store = SessionStore(backend="redis")
+    assert store.load("abc") is None  # what Asok itself answers
+    with pytest.raises(StoreUnavailable, match="ConnectionError"):
+        load_session(store, "abc")
 
 
 # --- parse_cookie_header ---

@@ -10,6 +10,7 @@ import pytest
 
 from asok_green import hub as hub_module
 from asok_green import keepalive, revocation
+from asok_green.auth import SessionState
 from asok_green.connection import Connection, TokenBucket
 from asok_green.hub import WebSocketServer
 from asok_green.limits import Limits
@@ -100,11 +101,11 @@ def test_recheck_closes_only_connections_of_dead_sessions(conns):
     guest = conns(1)
     asked = []
 
-    def is_live(sid, user_id):
+    def state_of(sid, user_id):
         asked.append((sid, user_id))
-        return sid == "s1"
+        return SessionState.LIVE if sid == "s1" else SessionState.ENDED
 
-    assert revocation.recheck(alive + dead + guest, is_live) == 2
+    assert revocation.recheck(alive + dead + guest, state_of) == (2, True)
     assert sorted(asked) == [("s1", 1), ("s2", 2)]
     assert all(c.closed and c.close_code == 1008 for c in dead)
     assert not any(c.closed for c in alive + guest)
