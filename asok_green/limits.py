@@ -66,6 +66,12 @@ class Limits:
     max_messages_per_second: float = 0.0
     #: Messages a client may send in a burst above that rate (0: one second's worth).
     message_burst: int = 0
+    #: Lines of one kind about misbehaving clients (protocol errors, slow
+    #: consumers, rate limits) logged per ``log_interval``; the rest are counted
+    #: and summarised in one line (0: log every one).
+    log_burst: int = 10
+    #: Seconds of the window ``log_burst`` applies to.
+    log_interval: float = 60.0
 
     @classmethod
     def resolve(
