@@ -77,6 +77,9 @@ _RECV_SIZE = 64 * 1024
 #: Messages a reader hands to its handler before it lets every other ready greenlet run.
 _MESSAGES_PER_TURN = 64
 
+#: Bytes a reader parses at once, between two turns of the others.
+_PARSE_SLICE = 8 * 1024
+
 #: Bytes each queued frame is charged on top of its length toward ``max_queue``:
 #: its object and its slot in the queue, so that many tiny frames cost what they hold.
 _QUEUE_ENTRY_COST = 64
@@ -574,6 +577,24 @@ class Connection:
         return False
 
     def _receive(self, data: bytes, on_message: Callable | None) -> bool:
+        """Handle ``data`` from the client: False once the connection is ending.
+
+        The data is parsed a slice at a time, with a turn for every other
+        greenlet between two slices: a chunk of tiny frames is thousands of
+        messages.
+        """
+        if len(data) <= _PARSE_SLICE:
+            return self._receive_slice(data, on_message)
+        for start in range(0, len(data), _PARSE_SLICE):
+            if start:
+                gevent.sleep(0)
+                if self.state is CLOSED:
+                    return False
+            if not self._receive_slice(data[start : start + _PARSE_SLICE], on_message):
+                return False
+        return True
+
+    def _receive_slice(self, data: bytes, on_message: Callable | None) -> bool:
         """Handle ``data`` from the client: False once the connection is ending.
 
         Once the connection is closing, messages are dropped unread: only the
