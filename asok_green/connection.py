@@ -12,8 +12,10 @@ arrives; it reads what is there, runs the handlers in order, and re-arms the
 watcher when the socket is drained (``watch``). Any other socket is read by the
 greenlet that accepted it (``run``). Either way a slow handler only delays its
 own connection, and a fast client cannot monopolise the process: a reader
-lets every other ready greenlet run between two chunks it reads, and after
-every ``_MESSAGES_PER_TURN`` messages it handles.
+lets every other ready greenlet run between two chunks it reads, between two
+``_PARSE_SLICE`` bytes it parses, and after every ``_MESSAGES_PER_TURN``
+messages it handles. A connection the server fails (protocol error, message
+rate) reads nothing more from its client.
 
 Every per-connection buffer has a bound: the reader's (``max_message_size``,
 fragment headers included), the outbound queue (``max_queue``, each queued
