@@ -11,7 +11,17 @@ read watcher on the socket spawns a short-lived reader greenlet when data
 arrives; it reads what is there, runs the handlers in order, and re-arms the
 watcher when the socket is drained (``watch``). Any other socket is read by the
 greenlet that accepted it (``run``). Either way a slow handler only delays its
-own connection.
+own connection, and a fast client cannot monopolise the process: a reader
+lets every other ready greenlet run between two chunks it reads, between two
+``_PARSE_SLICE`` bytes it parses, and after every ``_MESSAGES_PER_TURN``
+messages it handles. A connection the server fails (protocol error, message
+rate) reads nothing more from its client.
+
+Every per-connection buffer has a bound: the reader's (``max_message_size``,
+fragment headers included), the outbound queue (``max_queue``, each queued
+frame charged its bookkeeping too), and pongs owed to a client that does not
+read (at most one waits in the queue: RFC 6455 lets a server answer only the
+latest ping).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from .frames import (
     encode_close,
     encode_frame,
 )
+from .logs import log_limited
 
 if TYPE_CHECKING:
     from .hub import WebSocketServer
@@ -61,6 +72,22 @@ _LINGER = 1.0
 
 #: How many queued bytes one write may coalesce into a single ``send``.
 _COALESCE_LIMIT = 64 * 1024
+
+#: Bytes one ``recv`` may return: a reader yields to others between two of them.
+_RECV_SIZE = 64 * 1024
+
+#: Messages a reader hands to its handler before it lets every other ready greenlet run.
+_MESSAGES_PER_TURN = 64
+
+#: Bytes a reader parses at once, between two turns of the others.
+_PARSE_SLICE = 8 * 1024
+
+#: Bytes each queued frame is charged on top of its length toward ``max_queue``:
+#: its object and its slot in the queue, so that many tiny frames cost what they hold.
+_QUEUE_ENTRY_COST = 64
+
+#: First byte of an unfragmented pong frame, as the server sends it.
+_PONG_HEAD = 0x80 | OP_PONG
 
 
 def message_payload(message: str | bytes | bytearray | memoryview) -> tuple[int, bytes]:
@@ -328,7 +355,9 @@ class Connection:
         return self._enqueue(frame)
 
     def _enqueue(self, frame: bytes) -> bool:
-        if self._writer is None:
+        pending = self._pending
+        if self._writer is None and not pending:
+            # Nothing queued and nobody writing: the frame may go straight out.
             try:
                 sent = self._try_send(frame)
             except (BlockingIOError, ssl.SSLWantWriteError):
@@ -338,31 +367,60 @@ class Connection:
                 return False
             if sent == len(frame):
                 return True
-            frame = memoryview(frame)[sent:]
-        if self._pending is None:
-            self._pending = deque()
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
+            if sent:
+                # The rest of a frame the kernel took in part: it must go next, whole.
+                frame = memoryview(frame)[sent:]
+        if pending is None:
+            pending = self._pending = deque()
+        pending.append(frame)
+        self._pending_bytes += len(frame) + _QUEUE_ENTRY_COST
         if self._pending_bytes > self.server.limits.max_queue and self.state is OPEN:
             self._close_slow_consumer()
-        elif self._writer is None:
+        if self._writer is None:
             self._writer = gevent.spawn(self._drain)
         return True
 
+    def _answer_ping(self, payload: bytes) -> None:
+        """Queue the pong for a ping; a pong still waiting in the queue is replaced, not added to."""
+        pong = encode_frame(OP_PONG, payload)
+        pending = self._pending
+        if pending:
+            last = pending[-1]
+            # Only a whole frame (bytes) can be a waiting pong: a partly written one is a memoryview.
+            if type(last) is bytes and last[0] == _PONG_HEAD:
+                pending[-1] = pong
+                self._pending_bytes += len(pong) - len(last)
+                return
+        self._enqueue(pong)
+
     def _close_slow_consumer(self) -> None:
-        """Drop what is queued, keep only the close frame: the client is not reading."""
+        """Drop what is queued, keep only the close frame: the client is not reading.
+
+        A frame the kernel took in part (the queue's head, then a memoryview)
+        stays, so the client still gets whole frames, then the close frame.
+        A frame the writer is sending is not in the queue any more.
+        """
+        pending = self._pending
         queued = self._pending_bytes
         self.server.stats["slow_consumers_closed"] += 1
-        logger.warning(
+        limits = self.server.limits
+        log_limited(
+            logger,
+            logging.WARNING,
+            "slow consumer",
+            limits,
             "closing slow consumer %s on %s: %d bytes queued (limit %d)",
             self.addr,
             self.path,
             queued,
-            self.server.limits.max_queue,
+            limits.max_queue,
         )
-        self._pending.clear()
+        head = pending[0] if pending and type(pending[0]) is memoryview else None
+        pending.clear()
         self._pending_bytes = 0
-        # A frame already half written by the writer stays; the close frame follows it.
+        if head is not None:
+            pending.append(head)
+            self._pending_bytes = len(head) + _QUEUE_ENTRY_COST
         self.close(CLOSE_POLICY, "send queue over limit: client too slow")
 
     def _drain(self) -> None:
@@ -370,6 +428,7 @@ class Connection:
         try:
             while pending:
                 chunk = pending.popleft()
+                cost = len(chunk) + _QUEUE_ENTRY_COST
                 if pending and len(chunk) < _COALESCE_LIMIT:
                     parts = [chunk]
                     size = len(chunk)
@@ -378,8 +437,9 @@ class Connection:
                         parts.append(part)
                         size += len(part)
                     chunk = b"".join(parts)
+                    cost = size + _QUEUE_ENTRY_COST * len(parts)
                 self._sock.sendall(chunk)  # yields while the client's window is full
-                self._pending_bytes -= len(chunk)
+                self._pending_bytes -= cost
         except OSError:
             pending.clear()
             self._pending_bytes = 0
@@ -399,8 +459,14 @@ class Connection:
         if self.state is OPEN:
             self.close_code = CLOSE_ABNORMAL
         self.state = CLOSED
+        sock = self._sock
+        # A plain gevent socket is shut down in the kernel: gevent's shutdown would
+        # also cancel waits on the read watcher, whose callback is this
+        # connection's (not a greenlet) while it is idle. Whoever waits still
+        # wakes up, as the socket turns readable and writable.
+        raw = sock._sock if type(sock) is gevent.socket.socket else sock
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            raw.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -413,7 +479,7 @@ class Connection:
         while True:
             if not data:
                 try:
-                    data = recv(65536)  # the one place a connection waits for its client
+                    data = recv(_RECV_SIZE)  # the one place a connection waits for its client
                 except OSError:
                     break
                 if not data:
@@ -422,6 +488,10 @@ class Connection:
             if not self._receive(data, on_message):
                 return
             data = b""
+            # recv returns without yielding while data is waiting: let the others run.
+            gevent.sleep(0)
+            if self.state is CLOSED:
+                break
         self._lost()
 
     @property
@@ -467,19 +537,28 @@ class Connection:
         """Read and handle data until the socket would block (False) or the connection ends (True)."""
         recv = self._sock._sock.recv  # the kernel socket: never waits
         data, self._leftover = self._leftover, b""
+        # Whether other greenlets have run since this one handled a chunk.
+        others_ran = True
         while True:
             if not data:
                 try:
-                    data = recv(65536)
+                    data = recv(_RECV_SIZE)
                 except (BlockingIOError, InterruptedError):
                     if not self._await_more(_LINGER):
                         return False
+                    others_ran = True
                     continue
                 except OSError:
                     return True
                 if not data:
                     return True
                 self.last_seen = monotonic()
+            if not others_ran:
+                # The client keeps the socket full: take turns with everyone else.
+                gevent.sleep(0)
+                if self.state is CLOSED:
+                    return True
+            others_ran = False
             if not self._receive(data, self._on_message):
                 return True
             data = b""
@@ -500,36 +579,83 @@ class Connection:
         return False
 
     def _receive(self, data: bytes, on_message: Callable | None) -> bool:
-        """Handle ``data`` from the client: False once the connection is ending."""
+        """Handle ``data`` from the client: False once the connection is ending.
+
+        The data is parsed a slice at a time, with a turn for every other
+        greenlet between two slices: a chunk of tiny frames is thousands of
+        messages.
+        """
+        if len(data) <= _PARSE_SLICE:
+            return self._receive_slice(data, on_message)
+        for start in range(0, len(data), _PARSE_SLICE):
+            if start:
+                gevent.sleep(0)
+                if self.state is CLOSED:
+                    return False
+            if not self._receive_slice(data[start : start + _PARSE_SLICE], on_message):
+                return False
+        return True
+
+    def _receive_slice(self, data: bytes, on_message: Callable | None) -> bool:
+        """Handle ``data`` from the client: False once the connection is ending.
+
+        Once the connection is closing, messages are dropped unread: only the
+        client's close frame still matters.
+        """
         try:
             events = self._reader.feed(data)
             error = None
         except ProtocolError as exc:
             # What the client sent before breaking the protocol still counts.
             events, error = exc.events, exc
+        handled = 0
         for event in events:
-            if type(event) is Message:
+            kind = type(event)
+            if kind is Message:
+                if self.state is not OPEN:
+                    continue
+                payload = event.data
+                if event.compressed:
+                    try:
+                        payload = self._inflate(event)
+                    except ProtocolError as exc:
+                        error = exc
+                        break
+                if on_message is not None:
+                    if handled == _MESSAGES_PER_TURN:
+                        gevent.sleep(0)  # a chunk of tiny messages: let the others run
+                        handled = 0
+                        if self.state is not OPEN:
+                            continue
+                    handled += 1
+                    self._dispatch(on_message, payload)
+            elif kind is Ping:
                 if self.state is OPEN:
-                    payload = event.data
-                    if event.compressed:
-                        try:
-                            payload = self._inflate(event)
-                        except ProtocolError as exc:
-                            error = exc
-                            break
-                    if on_message is not None:
-                        self._dispatch(on_message, payload)
-            elif type(event) is Ping:
-                if self.state is OPEN:
-                    self._enqueue(encode_frame(OP_PONG, event.payload))
-            elif type(event) is Close:
+                    self._answer_ping(event.payload)
+            elif kind is Close:
                 self._peer_closed(event)
                 return False
         if error is not None:
-            logger.info("protocol error from %s on %s: %s", self.addr, self.path, error)
-            self.close(error.code, error.reason)
+            if self.state is OPEN:
+                self.server.stats["protocol_errors"] += 1
+                log_limited(
+                    logger,
+                    logging.INFO,
+                    "protocol error",
+                    self.server.limits,
+                    "protocol error from %s on %s: %s",
+                    self.addr,
+                    self.path,
+                    error,
+                )
+                self.close(error.code, error.reason)
             return False
-        return True
+        return self.state is not CLOSED and not self._reader.done
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close for the client's fault, and read nothing more from it (RFC 6455 section 7.1.7)."""
+        self._reader.stop()
+        self.close(code, reason)
 
     def _lost(self) -> None:
         """The stream ended without a closing handshake."""
@@ -539,8 +665,18 @@ class Connection:
 
     def _dispatch(self, handler: Callable, data: str | bytes) -> None:
         if self._rate is not None and not self._rate.allow(monotonic()):
-            logger.warning("closing %s on %s: over %s messages/s", self.addr, self.path, self._rate.rate)
-            self.close(CLOSE_POLICY, "message rate limit exceeded")
+            self.server.stats["rate_limited"] += 1
+            log_limited(
+                logger,
+                logging.WARNING,
+                "message rate limit",
+                self.server.limits,
+                "closing %s on %s: over %s messages/s",
+                self.addr,
+                self.path,
+                self._rate.rate,
+            )
+            self._fail(CLOSE_POLICY, "message rate limit exceeded")
             return
         try:
             handler(self, data)

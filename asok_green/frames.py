@@ -146,7 +146,9 @@ class MessageReader:
     Feed it whatever the socket returned, in any split; it keeps only the
     unconsumed tail. Data messages larger than ``max_message_size`` bytes
     (counted over all fragments, before any decompression) are refused with
-    close code 1009 as soon as a frame header announces them.
+    close code 1009 as soon as a frame header announces them. Each frame of a
+    fragmented message also counts its header toward that limit, so a stream
+    of empty continuation frames ends in 1009 too.
 
     ``allow_rsv1`` accepts the RSV1 bit on the first frame of a data message,
     for when permessage-deflate has been negotiated; see :class:`Message`.
@@ -164,7 +166,7 @@ class MessageReader:
         "_done",
         "_need",
         "_opcode",
-        "_parts",
+        "_payload",
         "_size",
         "allow_rsv1",
         "max_message_size",
@@ -181,7 +183,8 @@ class MessageReader:
         # The fragmented data message in progress, if any.
         self._opcode: int | None = None
         self._compressed = False
-        self._parts: list[str | bytes] = []
+        # Its payload so far, as one buffer: memory follows the bytes, not the fragment count.
+        self._payload = bytearray()
         self._size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         # UTF-8 check of a text frame still arriving: how many of its payload
@@ -240,8 +243,12 @@ class MessageReader:
                 (length,) = _U64.unpack_from(buf, pos + 2)
                 if length >> 63:
                     raise ProtocolError(CLOSE_PROTOCOL_ERROR, "frame length has top bit set")
-            if opcode < OP_CLOSE and self._size + length > self.max_message_size:
-                raise ProtocolError(CLOSE_TOO_BIG, "message too big")
+            if opcode < OP_CLOSE:
+                # A fragment of a message also pays for its header, so that
+                # empty fragments cannot pile up under the size limit.
+                charge = length if b0 & 0x80 and opcode != OP_CONT else length + header_len
+                if self._size + charge > self.max_message_size:
+                    raise ProtocolError(CLOSE_TOO_BIG, "message too big")
             if avail < header_len + length:
                 need = header_len + length
                 if avail > header_len + self._checked and self._is_plain_text(b0, opcode):
@@ -256,7 +263,7 @@ class MessageReader:
             start = pos + header_len
             pos = start + length
             payload = _unmask(buf, start, pos, bytes(buf[start - 4 : start]))
-            event = self._on_frame(b0 & 0x80, b0 & 0x40, opcode, payload)
+            event = self._on_frame(b0 & 0x80, b0 & 0x40, opcode, payload, header_len)
             if event is not None:
                 events.append(event)
                 if type(event) is Close:
@@ -318,7 +325,7 @@ class MessageReader:
             raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in text message") from None
         self._checked = end - start
 
-    def _on_frame(self, fin: int, rsv1: int, opcode: int, payload: bytes) -> Event | None:
+    def _on_frame(self, fin: int, rsv1: int, opcode: int, payload: bytes, header_len: int) -> Event | None:
         """Turn one checked, unmasked frame into an event, or None mid-message."""
         if opcode >= OP_CLOSE:
             if opcode == OP_PING:
@@ -338,33 +345,45 @@ class MessageReader:
             if opcode == OP_TEXT and not rsv1:
                 self._decoder = _utf8_decoder()
 
-        self._size += len(payload)
+        self._size += len(payload) + header_len
         if self._decoder is not None:
-            # Decoding per fragment fails fast on the fragment that holds an
+            # Checking per fragment fails fast on the fragment that holds an
             # invalid sequence; final=fin catches a message ending mid-character.
             try:
-                self._parts.append(self._decoder.decode(payload, bool(fin)))
+                self._decoder.decode(payload, bool(fin))
             except UnicodeDecodeError:
                 raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in text message") from None
-        else:
-            self._parts.append(payload)
+        self._payload += payload
         if not fin:
             return None
 
-        opcode, parts = self._opcode, self._parts
-        data: str | bytes = "".join(parts) if self._decoder is not None else b"".join(parts)
-        message = Message(opcode, data, self._compressed)
+        whole = self._payload
+        data: str | bytes = whole.decode("utf-8") if self._decoder is not None else bytes(whole)
+        message = Message(self._opcode, data, self._compressed)
         self._opcode = None
         self._compressed = False
-        self._parts = []
+        self._payload = bytearray()
         self._size = 0
         self._decoder = None
         return message
 
+    @property
+    def done(self) -> bool:
+        """True once the reader ignores its input (after a close frame, an error or :meth:`stop`)."""
+        return self._done
+
+    def stop(self) -> None:
+        """Ignore every byte fed from now on, and drop what is buffered.
+
+        For a connection the server has failed: RFC 6455 section 7.1.7 asks
+        it not to process anything more from that peer.
+        """
+        self._finish()
+
     def _finish(self) -> None:
         self._done = True
         self._buf = bytearray()
-        self._parts = []
+        self._payload = bytearray()
 
 
 def _unmask(buf: bytearray, start: int, stop: int, mask: bytes) -> bytes:

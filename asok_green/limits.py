@@ -32,9 +32,12 @@ def open_files_limit() -> int:
 class Limits:
     """Per-process bounds; every one has a production default."""
 
-    #: Largest message a client may send, in bytes (close 1009 beyond).
+    #: Largest message a client may send, in bytes (close 1009 beyond); each
+    #: frame of a fragmented message also counts its header, and a compressed
+    #: message is held to it both before and after inflating.
     max_message_size: int = 1 << 20
-    #: Bytes queued for one client before it is closed as too slow (1008).
+    #: Bytes queued for one client before it is closed as too slow (1008); each
+    #: queued frame counts 64 bytes more than its length, for its bookkeeping.
     max_queue: int = 1 << 20
     #: Open WebSockets per process (503 before the handshake beyond); 0 means
     #: "as many as the open-files limit allows".
@@ -66,6 +69,12 @@ class Limits:
     max_messages_per_second: float = 0.0
     #: Messages a client may send in a burst above that rate (0: one second's worth).
     message_burst: int = 0
+    #: Lines of one kind about misbehaving clients (protocol errors, slow
+    #: consumers, rate limits) logged per ``log_interval``; the rest are counted
+    #: and summarised in one line (0: log every one).
+    log_burst: int = 10
+    #: Seconds of the window ``log_burst`` applies to.
+    log_interval: float = 60.0
 
     @classmethod
     def resolve(

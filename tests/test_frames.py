@@ -179,21 +179,70 @@ def test_message_over_max_size_is_detected_from_header():
 
 
 def test_fragmented_message_over_max_size_is_too_big():
-    reader = MessageReader(max_message_size=10)
+    reader = MessageReader(max_message_size=30)
+    # 6 payload bytes plus a 6-byte header: 12 counted.
     assert reader.feed(client_frame(OP_BINARY, b"x" * 6, fin=False)) == []
     with pytest.raises(ProtocolError) as info:
-        # Header of a 5-byte fragment: 6 + 5 > 10, refused without its payload.
-        reader.feed(client_frame(OP_CONT, length=5))
+        # Header of a 13-byte fragment: 12 + 6 + 13 > 30, refused without its payload.
+        reader.feed(client_frame(OP_CONT, length=13))
     assert info.value.code == CLOSE_TOO_BIG
 
 
 def test_message_of_exactly_max_size_is_accepted():
-    reader = MessageReader(max_message_size=10)
+    # A fragmented message counts its payload and each fragment's header: 6 + 6 + 4 + 6.
+    reader = MessageReader(max_message_size=22)
     frames = client_frame(OP_TEXT, "x" * 6, fin=False) + client_frame(OP_PING, b"p" * 20)
     frames += client_frame(OP_CONT, "y" * 4)
     assert reader.feed(frames) == [Ping(b"p" * 20), Message(OP_TEXT, "xxxxxxyyyy")]
-    # The size count starts again with each message.
-    assert reader.feed(client_frame(OP_BINARY, b"z" * 10)) == [Message(OP_BINARY, b"z" * 10)]
+    # The size count starts again with each message; an unfragmented one counts its payload only.
+    assert reader.feed(client_frame(OP_BINARY, b"z" * 22)) == [Message(OP_BINARY, b"z" * 22)]
+
+
+def test_one_byte_over_with_fragment_headers_is_too_big():
+    reader = MessageReader(max_message_size=21)
+    frames = client_frame(OP_TEXT, "x" * 6, fin=False) + client_frame(OP_CONT, "y" * 4)
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(frames)
+    assert info.value.code == CLOSE_TOO_BIG
+
+
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY])
+def test_empty_continuation_frames_end_in_too_big(opcode):
+    reader = MessageReader(max_message_size=1000)
+    assert reader.feed(client_frame(opcode, b"a", fin=False)) == []
+    empty = client_frame(OP_CONT, b"", fin=False)
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(1000):
+            reader.feed(empty)
+    assert info.value.code == CLOSE_TOO_BIG
+    # Each empty fragment is charged its 6-byte header: the limit comes after about 1000 / 6 of them.
+    assert reader.done
+
+
+def test_fragments_are_kept_as_their_bytes_not_one_object_each():
+    reader = MessageReader(max_message_size=1 << 20)
+    reader.feed(client_frame(OP_BINARY, b"a", fin=False))
+    for _ in range(10_000):
+        reader.feed(client_frame(OP_CONT, b"b", fin=False))
+    assert len(reader._payload) == 10_001
+    assert reader.feed(client_frame(OP_CONT, b"c")) == [Message(OP_BINARY, b"a" + b"b" * 10_000 + b"c")]
+
+
+def test_fragmented_text_is_checked_per_fragment_and_joined():
+    reader = MessageReader()
+    euro = "€".encode()
+    frames = client_frame(OP_TEXT, b"x" + euro[:1], fin=False) + client_frame(OP_CONT, euro[1:] + b"y")
+    assert reader.feed(frames) == [Message(OP_TEXT, "x€y")]
+    assert feed_error(client_frame(OP_TEXT, b"ok", fin=False) + client_frame(OP_CONT, b"\xff")).code == (
+        CLOSE_INVALID_DATA
+    )
+
+
+def test_a_stopped_reader_ignores_its_input():
+    reader = MessageReader()
+    reader.stop()
+    assert reader.done
+    assert reader.feed(client_frame(OP_TEXT, b"hello")) == []
 
 
 def test_invalid_utf8_text_is_invalid_data():
