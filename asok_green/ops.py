@@ -153,14 +153,20 @@ def install_model_relay(server: WebSocketServer) -> None:
     _RELAYED.add(id(server))
     from asok.events import events
 
+    from .offload import call_on_loop
+
+    def announce(name: str, obj_id: Any, message: dict) -> None:
+        server.broadcast_to_json(f"model:{name}", message)
+        if obj_id:
+            server.broadcast_to_json(f"model:{name}:{obj_id}", message)
+
     def relay(event: str) -> Callable[[Any], None]:
         def send(obj: Any) -> None:
             name = type(obj).__name__
             obj_id = getattr(obj, "id", None)
             message = {"op": "model_event", "event": event, "model": name, "id": obj_id}
-            server.broadcast_to_json(f"model:{name}", message)
-            if obj_id:
-                server.broadcast_to_json(f"model:{name}:{obj_id}", message)
+            # A save inside asok_green.blocking fires this in a worker thread: the hub is the loop's alone.
+            call_on_loop(announce, name, obj_id, message)
 
         return send
 

@@ -40,6 +40,7 @@ from .handshake import (
 )
 from .hub import WebSocketServer
 from .limits import Limits, open_files_limit
+from .logs import log_limited
 from .routing import Route, request_path
 
 logger = logging.getLogger("asok_green")
@@ -246,10 +247,25 @@ class GreenHandler(WebSocketHandler):
 
     def _handle_client_error(self, ex: Exception) -> Any:
         if isinstance(ex, RequestTooLarge):
-            logger.warning("refused request from %s: %s", self.client_address, ex)
+            log_limited(
+                logger,
+                logging.WARNING,
+                "refused request",
+                self._limits(),
+                "refused request from %s: %s",
+                self.client_address,
+                ex,
+            )
             return ("431", _plain_response(431, str(ex)))
         if isinstance(ex, HandshakeTimeout):
-            logger.info("refused request from %s: headers not complete in time", self.client_address)
+            log_limited(
+                logger,
+                logging.INFO,
+                "refused request",
+                self._limits(),
+                "refused request from %s: headers not complete in time",
+                self.client_address,
+            )
             return ("408", _plain_response(408, "request headers not received in time"))
         return super()._handle_client_error(ex)
 
@@ -376,7 +392,12 @@ class GreenHandler(WebSocketHandler):
         return detach_socket(sock), True
 
     def _refuse(self, refusal: Refusal, path: str) -> None:
-        logger.warning(
+        # A flood of refused handshakes is logged as a few lines and a count, not a line each.
+        log_limited(
+            logger,
+            logging.WARNING,
+            f"refused WebSocket {refusal.status_line[:3]}",
+            self._limits(),
             "refused WebSocket %s from %s: %s (%s)",
             path,
             self.client_address,

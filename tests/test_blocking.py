@@ -254,3 +254,23 @@ def test_pool_size_comes_from_the_environment():
     assert offload.pool_size({}) == offload.DEFAULT_THREADS == 10
     assert offload.pool_size({"WS_BLOCKING_THREADS": "3"}) == 3
     assert offload.pool_size({"WS_BLOCKING_THREADS": "0"}) == 1
+
+
+def test_a_model_event_fired_inside_blocking_is_broadcast_from_the_loops_thread():
+    from asok.events import events
+
+    from asok_green import WebSocketServer, ops
+
+    class Order:
+        id = 7
+
+    hub = WebSocketServer()
+    sent_from = []
+    hub.broadcast_to_json = lambda room, message, exclude=None: sent_from.append((room, threading.get_ident()))
+    ops.install_model_relay(hub)
+    loop_thread = threading.get_ident()
+    asok_green.blocking(events.emit, "model:created", Order())
+    with gevent.Timeout(10):
+        while len(sent_from) < 2:
+            gevent.sleep(0.001)
+    assert sent_from == [("model:Order", loop_thread), ("model:Order:7", loop_thread)]

@@ -333,3 +333,15 @@ def test_a_flood_of_bad_clients_does_not_flood_the_log(serve):
     assert raw.close_code() == 1007
     log = server.wait_for_log("suppressed 190 similar lines (protocol error)")
     assert log.count("protocol error from") == 11
+
+
+def test_a_flood_of_refused_handshakes_does_not_flood_the_log(serve):
+    server = serve(WS_LOG_BURST="10", WS_LOG_INTERVAL="600")
+    for _ in range(100):
+        raw = RawClient(server.port)
+        assert raw.upgrade("/no-such-route").startswith(b"HTTP/1.1 404")
+        raw.close()
+    healthy = RawClient(server.port)
+    assert healthy.upgrade("/echo").startswith(b"HTTP/1.1 101")
+    healthy.close()
+    assert server.log().count("refused WebSocket /no-such-route") == 10
