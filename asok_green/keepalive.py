@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from .frames import CLOSE_INTERNAL_ERROR, OP_PING, encode_frame
+from .logs import flush_suppressed
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -54,6 +55,7 @@ def run(server: WebSocketServer) -> None:
         gevent.sleep(period)
         try:
             _, closed = sweep(server.connections(), monotonic(), limits.ping_interval, limits.ping_timeout)
+            flush_suppressed(logger, limits)
         except Exception:
             # One bad connection must not end keep-alive for every other.
             logger.exception("keep-alive sweep failed: going on")

@@ -17,7 +17,7 @@ import logging
 from time import monotonic
 from typing import Any
 
-__all__ = ["LogLimiter", "limiter", "log_limited"]
+__all__ = ["LogLimiter", "flush_suppressed", "limiter", "log_limited"]
 
 
 class LogLimiter:
@@ -96,3 +96,15 @@ def log_limited(
     if allowed:
         logger.log(level, msg, *args)
     return allowed
+
+
+def flush_suppressed(logger: logging.Logger, limits: Any) -> int:
+    """Log the summary of every key whose window ended with lines suppressed; returns how many summaries.
+
+    Called periodically, so a flood that stops still gets its summary line.
+    """
+    interval = limits.log_interval
+    due = limiter.pending(monotonic(), interval)
+    for key, suppressed in due:
+        logger.warning("suppressed %d similar lines (%s) in the last %.0fs", suppressed, key, interval)
+    return len(due)

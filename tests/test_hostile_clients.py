@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -345,3 +346,24 @@ def test_a_flood_of_refused_handshakes_does_not_flood_the_log(serve):
     assert healthy.upgrade("/echo").startswith(b"HTTP/1.1 101")
     healthy.close()
     assert server.log().count("refused WebSocket /no-such-route") == 10
+
+
+def test_a_flood_that_stops_still_gets_its_summary_line(serve):
+    server = serve(WS_LOG_BURST="5", WS_LOG_INTERVAL="4", WS_PING_INTERVAL="0.5", WS_PING_TIMEOUT="0.5")
+    for _ in range(50):
+        raw = RawClient(server.port)
+        raw.upgrade("/echo")
+        raw.send_frame(OP_TEXT, b"\xc3\x28")
+        assert raw.close_code() == 1007
+        raw.close()
+
+    def accounted() -> int:
+        log = server.log()
+        summaries = re.findall(r"suppressed (\d+) similar lines \(protocol error\)", log)
+        return log.count("protocol error from") + sum(map(int, summaries))
+
+    # No further bad client comes: the periodic sweep writes the summary of the lines held back.
+    deadline = time.monotonic() + 20
+    while accounted() < 50 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert accounted() == 50
