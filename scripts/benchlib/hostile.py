@@ -50,6 +50,7 @@ from .wsclient import (  # noqa: E402
     OP_PONG,
     OP_TEXT,
     RawClient,
+    Timeout,
     client_frame,
     close_code,
     continuation_frame,
@@ -315,7 +316,7 @@ def run(args: argparse.Namespace) -> dict:
         rcvbuf = SMALL_RCVBUF if args.mode in ("pings", "nonreader") else 0
         try:
             client = RawClient(args.port, args.path, args.origin, source=args.source, rcvbuf=rcvbuf, timeout=10)
-        except (OSError, ConnectionError) as exc:
+        except (OSError, ConnectionError, Timeout) as exc:
             totals["refused"] += 1
             totals["last_error"] = repr(exc)
             if not args.reconnect:
