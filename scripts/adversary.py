@@ -357,9 +357,10 @@ def _fragments(row: dict) -> str:
 
 
 def _pings(row: dict) -> str:
-    end = f"; close {row['close']}" if row["close"] else "; still open"
+    end = {None: "silence", 1006: "EOF without close"}.get(row["close"], f"close {row['close']}")
     stalled = " (server stopped reading)" if row["timeout"] else ""
-    return f"{row['rss_growth_mib']:+.1f} MiB after {row['pings']:,}{stalled}{end}"
+    read = f"read back {row['pongs_read']:,} pongs, {end}"
+    return f"{row['rss_growth_mib']:+.1f} MiB after {row['pings']:,}{stalled}; {read}"
 
 
 def _readers(row: dict) -> str:
