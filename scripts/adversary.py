@@ -257,6 +257,7 @@ def run_attack(name: str, attack: str, project: pathlib.Path, logs: pathlib.Path
 
 def run(args: argparse.Namespace, work: pathlib.Path) -> dict:
     """Every attack on every server; the results by server then attack."""
+    described = machine.describe()  # before the load: it records the load average
     project = make_bench_project(work / "project")
     results: dict = {}
     for name in args.servers.split(","):
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace, work: pathlib.Path) -> dict:
         for attack in args.attacks.split(","):
             results[name][attack] = run_attack(name, attack, project, work, args)
     return {
-        "machine": machine.describe(),
+        "machine": described,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python scripts/adversary.py " + " ".join(sys.argv[1:]),
         "options": {k: v for k, v in vars(args).items() if k not in ("markdown", "json", "workdir")},

@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-soak-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    described = machine.describe()  # before the load: it records the load average
     progress(f"work dir {work}")
     project = make_soak_project(work / "project")
     server = start_server(PEERS_BY_NAME["asok_green"], project, work, tag="-soak")
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     result["server_alive_at_end"] = alive
     result["tracebacks"] = server.log.read_text(errors="replace").count("Traceback")
     run = {
-        "machine": machine.describe(),
+        "machine": described,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python scripts/soak.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "options": {k: v for k, v in vars(args).items() if k not in ("markdown", "json", "workdir")},
