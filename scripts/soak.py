@@ -215,7 +215,10 @@ def churn_result(proc: subprocess.Popen, timeout: float) -> dict:
 def soak(server: ServerProcess, args: argparse.Namespace, started: float) -> dict:
     """Phases 1 to 4 of the module docstring; the measurements and what the clients saw."""
     points = [snapshot(server, "empty server", started)]
-    holders = load.Holders(server.ws_url("/soak/room"), server.origin, load.SourceAddresses(), most=args.connections)
+    lifetime = args.minutes * 60 + 600  # outlives the run: the holders must not leave on their own
+    holders = load.Holders(
+        server.ws_url("/soak/room"), server.origin, load.SourceAddresses(), most=args.connections, max_seconds=lifetime
+    )
     result: dict = {"points": points}
     try:
         holders.grow(args.connections, open_timeout=180)
@@ -386,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"work dir {work}")
     project = make_soak_project(work / "project")
     server = start_server(PEERS_BY_NAME["asok_green"], project, work, tag="-soak")
-    progress(f"asok_green started (pid {server.pid}, open files limit {procstat.open_files_limit(server.pid)})")
+    limit = procstat.open_files_limit(server.pid)
+    progress(f"asok_green started (pid {server.pid}, open files limit {limit})")
+    if limit is not None and limit < args.connections + 2 * args.churn + 100:
+        progress(f"WARNING: the server may open {limit} files: fewer than the connections this soak makes")
     try:
         urllib.request.urlopen(server.http_url + "/whoami", timeout=10).read()
         result = soak(server, args, started)
