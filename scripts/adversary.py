@@ -49,6 +49,7 @@ import time
 from benchlib import load, machine, procstat
 from benchlib.hostile import HostileProcess, fragments, pings, read_rest
 from benchlib.latency import fmt_ms, round_trips, summary
+from benchlib.profiling import Recording
 from benchlib.project import make_bench_project
 from benchlib.scenario import progress
 from benchlib.servers import PEERS_BY_NAME, ServerProcess, start_server
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pings", type=int, help="pings sent without reading (default 200,000; --quick 20,000)")
     parser.add_argument("--broadcast", default="4000x2000", help="slow: COUNTxSIZE broadcast to the room")
     parser.add_argument("--readers", type=int, help="slow: subscribers that keep reading (default 20; --quick 3)")
+    parser.add_argument("--profile", action="store_true", help="flood: py-spy profile of each server beside the probe")
     parser.add_argument("--markdown", help="write the results as a Markdown block here")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--workdir", help="project and server logs (default: a temporary folder, removed)")
@@ -105,15 +107,22 @@ def attack_flood(server: ServerProcess, args: argparse.Namespace) -> dict:
         flood_end = opened["t"] + args.seconds
         time.sleep(max(0.0, opened["t"] + solo - time.monotonic()))
         probe_start = time.monotonic()
+        recording = None
+        if args.profile:
+            path = server.log.with_suffix(".flood-profile.txt")
+            recording = Recording(server.pid, flood_end - probe_start - args.probe_timeout / 2, path)
         loaded = round_trips(
             probe, args.probes, gap=gap, timeout=args.probe_timeout, stop_at=flood_end - args.probe_timeout / 2
         )
         probe_end = time.monotonic()
         result = flooder.result(args.seconds + 30)
+        profile = recording.finish() if recording is not None else None
     finally:
         flooder.stop()
         probe.close(reset=True)
     row = {"quiet": quiet, "flood": summary(loaded)}
+    if args.profile:
+        row["profile"] = profile or {"error": "py-spy is not installed"}
     if result is None or not result.get("runs"):
         row["error"] = "the flooder gave no result"
         return row
@@ -407,7 +416,25 @@ def markdown(report: dict) -> str:
     if checks:
         lines += ["", "| asok_green target | measured | |", "|---|---|---|"]
         lines += [f"| {what} | {value} | {'met' if ok else 'NOT met'} |" for what, value, ok in checks]
+    found = profiles(report)
+    if found:
+        lines += ["", "```", *found, "```"]
     return "\n".join(lines) + "\n"
+
+
+def profiles(report: dict, top: int = 8) -> list[str]:
+    """Where each profiled server spent its time under flood: the top lines by self time."""
+    out = []
+    for name, attacks in report["servers"].items():
+        profile = attacks.get("flood", {}).get("profile")
+        if not profile:
+            continue
+        if "self" not in profile:
+            out.append(f"{_label(name)}: no profile ({profile.get('error')})")
+            continue
+        out.append(f"{_label(name)} under flood, self time ({profile['samples']:,} py-spy samples):")
+        out += [f"  {share:6.1%}  {where}" for where, share in profile["self"][:top]]
+    return out
 
 
 def text_table(report: dict) -> str:
@@ -421,6 +448,9 @@ def text_table(report: dict) -> str:
     if checks:
         out += ["", "Targets (asok_green):"]
         out += [f"  {what}: {value} -> {'met' if ok else 'NOT met'}" for what, value, ok in checks]
+    found = profiles(report)
+    if found:
+        out += ["", *found]
     return "\n".join(out)
 
 
