@@ -99,8 +99,17 @@ class Holders:
     broadcast reaches every process from its start and they read in parallel.
     """
 
-    def __init__(self, url: str, origin: str, sources: SourceAddresses, cookie: str | None = None, most: int = 0):
+    def __init__(
+        self,
+        url: str,
+        origin: str,
+        sources: SourceAddresses,
+        cookie: str | None = None,
+        most: int = 0,
+        max_seconds: float = 600,
+    ):
         self.url, self.origin, self.cookie, self.sources = url, origin, cookie, sources
+        self.max_seconds = max_seconds  # each loadgen process exits after this long, whatever happens
         self.processes = max(1, -(-most // PER_PROCESS))
         self.procs: list[Loadgen] = []
         self.open = 0
@@ -114,7 +123,8 @@ class Holders:
             options += ["--open-timeout", str(open_timeout)]
             if self.cookie:
                 options += ["--cookie", self.cookie]
-            self.procs.append(Loadgen("hold", self.url, *options, source=self.sources.take()))
+            source = self.sources.take()
+            self.procs.append(Loadgen("hold", self.url, *options, source=source, max_seconds=self.max_seconds))
         for gen in self.procs:
             gen.wait("opened", 30)
 
