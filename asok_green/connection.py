@@ -80,7 +80,7 @@ _RECV_SIZE = 64 * 1024
 _MESSAGES_PER_TURN = 64
 
 #: Bytes a reader parses at once, between two turns of the others.
-_PARSE_SLICE = 8 * 1024
+_PARSE_SLICE = 2 * 1024
 
 #: Bytes each queued frame is charged on top of its length toward ``max_queue``:
 #: its object and its slot in the queue, so that many tiny frames cost what they hold.
@@ -88,6 +88,18 @@ _QUEUE_ENTRY_COST = 64
 
 #: First byte of an unfragmented pong frame, as the server sends it.
 _PONG_HEAD = 0x80 | OP_PONG
+
+
+def take_turn() -> None:
+    """Let every other ready greenlet run, including those whose sockets became readable.
+
+    ``gevent.sleep(0)`` is not enough: the loop keeps running callbacks (a chain
+    of ``sleep(0)``) for up to its switch interval before it polls for I/O,
+    so a flooding reader would still hold a probe's readable socket back by
+    milliseconds. ``gevent.idle()`` waits until the loop has polled and run
+    everything that was ready.
+    """
+    gevent.idle()
 
 
 def message_payload(message: str | bytes | bytearray | memoryview) -> tuple[int, bytes]:
@@ -489,7 +501,7 @@ class Connection:
                 return
             data = b""
             # recv returns without yielding while data is waiting: let the others run.
-            gevent.sleep(0)
+            take_turn()
             if self.state is CLOSED:
                 break
         self._lost()
@@ -555,7 +567,7 @@ class Connection:
                 self.last_seen = monotonic()
             if not others_ran:
                 # The client keeps the socket full: take turns with everyone else.
-                gevent.sleep(0)
+                take_turn()
                 if self.state is CLOSED:
                     return True
             others_ran = False
@@ -589,7 +601,7 @@ class Connection:
             return self._receive_slice(data, on_message)
         for start in range(0, len(data), _PARSE_SLICE):
             if start:
-                gevent.sleep(0)
+                take_turn()
                 if self.state is CLOSED:
                     return False
             if not self._receive_slice(data[start : start + _PARSE_SLICE], on_message):
@@ -623,7 +635,7 @@ class Connection:
                         break
                 if on_message is not None:
                     if handled == _MESSAGES_PER_TURN:
-                        gevent.sleep(0)  # a chunk of tiny messages: let the others run
+                        take_turn()  # a chunk of tiny messages: let the others run
                         handled = 0
                         if self.state is not OPEN:
                             continue
