@@ -19,7 +19,8 @@ import time
 import pytest
 import websocket
 
-from tests.conftest import free_port
+from tests.asok_project import project_env
+from tests.conftest import ServerProcess, asok_serve, free_port
 
 #: Routes appended to a test project's wsgi.py, for tests that run several processes.
 NODE_ROUTES = """
@@ -189,3 +190,21 @@ class Clients:
             except (OSError, websocket.WebSocketException):
                 pass
         self.opened.clear()
+
+
+#: WS_PRESENCE_TTL of the test nodes: a node gone silent is dropped within about 2 s.
+TTL = 1.5
+
+
+def node_env(redis: RedisServer, **extra: str) -> dict[str, str]:
+    """The environment of a node of ``redis``'s cluster; sessions in files, so every node knows every login."""
+    return project_env(
+        WS_ADAPTER="redis", WS_REDIS_URL=redis.url, WS_PRESENCE_TTL=str(TTL), SESSION_BACKEND="file", **extra
+    )
+
+
+def start_node(project, tmp, redis: RedisServer) -> ServerProcess:
+    """A node: `asok serve --gevent` on a port of its own, in ``redis``'s cluster."""
+    node = asok_serve(project, tmp, env=node_env(redis))
+    node.wait_for_log("joined the cluster")
+    return node

@@ -155,3 +155,13 @@ def authorize(conn, room):
 
 def pytest_configure(config):
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the module's cluster nodes (tests/cluster_support.RedisServer)."""
+    from tests.cluster_support import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

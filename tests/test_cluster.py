@@ -22,21 +22,20 @@ import pytest
 import websocket
 
 from tests.asok_project import fetch, login, make_project, project_env
-from tests.cluster_support import NODE_ROUTES, Clients, RedisServer, presence_of, recv_json, recv_texts
-from tests.conftest import BIN, INTROSPECTION, ServerProcess, asok_serve, free_port, ws_connect
+from tests.cluster_support import (
+    NODE_ROUTES,
+    TTL,
+    Clients,
+    RedisServer,
+    node_env,
+    presence_of,
+    recv_json,
+    recv_texts,
+    start_node,
+)
+from tests.conftest import BIN, INTROSPECTION, ServerProcess, free_port, ws_connect
 
 pytestmark = pytest.mark.timeout(90)
-
-TTL = 1.5
-"""WS_PRESENCE_TTL of every node here: a node gone silent is dropped within about 2 s."""
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A redis-server for the module's shared nodes."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +49,6 @@ def users(cluster_project) -> dict[str, int]:
     """name -> user id, from the project's database."""
     with sqlite3.connect(cluster_project / "db.sqlite3") as db:
         return dict(db.execute("SELECT name, id FROM users"))
-
-
-def node_env(redis: RedisServer, **extra: str) -> dict[str, str]:
-    """The environment of a node of ``redis``'s cluster; sessions in files, so every node knows every login."""
-    return project_env(
-        WS_ADAPTER="redis", WS_REDIS_URL=redis.url, WS_PRESENCE_TTL=str(TTL), SESSION_BACKEND="file", **extra
-    )
-
-
-def start_node(project, tmp, redis: RedisServer) -> ServerProcess:
-    """A node: `asok serve --gevent` on a port of its own, in ``redis``'s cluster."""
-    node = asok_serve(project, tmp, env=node_env(redis))
-    node.wait_for_log("joined the cluster")
-    return node
 
 
 @pytest.fixture(scope="module")

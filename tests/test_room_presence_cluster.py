@@ -15,22 +15,21 @@ import time
 
 import pytest
 
-from tests.asok_project import login, make_project, project_env
-from tests.cluster_support import NODE_ROUTES, Clients, RedisServer, recv_json
-from tests.conftest import INTROSPECTION, asok_serve
+from tests.asok_project import login, make_project
+from tests.cluster_support import (
+    NODE_ROUTES,
+    TTL,
+    Clients,
+    RedisServer,
+    recv_json,
+    start_node,
+)
+from tests.conftest import INTROSPECTION
 
 pytestmark = pytest.mark.timeout(90)
 
-TTL = 1.5
 ROOM = "team"
 PRESENCE_CHANNEL = "asok:ws:presence"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +41,6 @@ def project(tmp_path_factory):
 def users(project) -> dict[str, int]:
     with sqlite3.connect(project / "db.sqlite3") as db:
         return dict(db.execute("SELECT name, id FROM users"))
-
-
-def start_node(project, logs, redis: RedisServer):
-    env = project_env(WS_ADAPTER="redis", WS_REDIS_URL=redis.url, WS_PRESENCE_TTL=str(TTL), SESSION_BACKEND="file")
-    node = asok_serve(project, logs, env=env)
-    node.wait_for_log("joined the cluster")
-    return node
 
 
 @pytest.fixture(scope="module")
