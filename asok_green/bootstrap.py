@@ -38,6 +38,7 @@ def install_dropin() -> None:
         module.WebSocketServer = WebSocketServer
     asok.ws.Connection = Connection
     _close_sockets_on_logout()
+    _advertise_websocket_endpoint()
 
 
 def _close_sockets_on_logout() -> None:
@@ -64,6 +65,38 @@ def _close_sockets_on_logout() -> None:
 
     logout.closes_websockets = True
     AuthMixin.logout = logout
+
+
+def _advertise_websocket_endpoint() -> None:
+    """Make the script Asok puts in pages connect where this server listens.
+
+    ``window.ASOK_WS_PORT`` is the port the page was loaded from (behind a proxy,
+    the proxy's port: one port serves both), and with ``WS_PATH`` set
+    ``window.ASOK_WS_PATH`` is written before Asok's script, as Asok writes its port.
+    """
+    from asok.core._asset_injector import AssetInjector
+
+    from .proxies import page_port, ws_path, ws_path_script
+
+    resolve_port, inject_alive = AssetInjector._resolve_ws_port, AssetInjector._inject_alive
+    if getattr(inject_alive, "advertises_ws_path", False):
+        return
+
+    @functools.wraps(resolve_port)
+    def _resolve_ws_port(injector: Any) -> int | None:
+        return page_port(injector.request.environ) or resolve_port(injector)
+
+    @functools.wraps(inject_alive)
+    def _inject_alive(injector: Any) -> None:
+        if injector._needs_alive():
+            prefix = ws_path(getattr(injector.app, "config", None))
+            if prefix:
+                injector.request._asok_pending_scripts += ws_path_script(prefix, injector.nonce)
+        inject_alive(injector)
+
+    _inject_alive.advertises_ws_path = True
+    AssetInjector._resolve_ws_port = _resolve_ws_port
+    AssetInjector._inject_alive = _inject_alive
 
 
 def load_app(spec: str, directory: str | None = None) -> Any:

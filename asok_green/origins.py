@@ -14,8 +14,9 @@ Settings, first one given wins (as in Asok):
 
 Whatever is configured, localhost, 127.0.0.1 and [::1] on the common
 development ports stay allowed, and so does the page's own origin (its host
-and port equal the ``Host`` header), so serving pages and WebSockets from one
-port needs no configuration at all.
+and port equal the ``Host`` header, or what a trusted proxy forwarded: see
+``asok_green.proxies``), so serving pages and WebSockets from one port needs
+no configuration at all.
 """
 
 from __future__ import annotations
@@ -113,8 +114,12 @@ class OriginPolicy:
             allow_no_origin=any_origin or _no_origin_allowed(config, env),
         )
 
-    def allows(self, origin: str | None, host: str | None = None) -> bool:
-        """Return True if a handshake with this Origin (and Host) header may proceed."""
+    def allows(self, origin: str | None, host: str | None = None, scheme: str | None = None) -> bool:
+        """Return True if a handshake with this Origin (and Host) header may proceed.
+
+        ``scheme`` is the page's scheme when it is known (a trusted proxy's
+        ``X-Forwarded-Proto``): the page's own origin must then have it too.
+        """
         if not origin:
             return self.allow_no_origin
         if len(origin) > MAX_ORIGIN_LENGTH:
@@ -127,7 +132,7 @@ class OriginPolicy:
         parts = _split_origin(origin)
         if parts is None:
             return False
-        return self._is_local(*parts) or _is_same_host(*parts, host)
+        return self._is_local(*parts) or _is_same_host(*parts, host, scheme)
 
     def describe(self) -> str:
         """Return one line for the startup log saying which origins are allowed."""
@@ -240,11 +245,15 @@ def _split_origin(origin: str) -> tuple[str, str, int | None] | None:
     return None if host_port is None else (scheme, *host_port)
 
 
-def _is_same_host(scheme: str, host: str, port: int | None, host_header: str | None) -> bool:
-    """True if the origin names the host the request was sent to.
+def _is_same_host(
+    scheme: str, host: str, port: int | None, host_header: str | None, page_scheme: str | None = None
+) -> bool:
+    """True if the origin names the host the request was sent to (and its scheme, when known).
 
     Default ports follow the origin's scheme: ``http://a.com`` is ``a.com:80``.
     """
+    if page_scheme is not None and scheme != page_scheme.lower():
+        return False
     default = _DEFAULT_PORTS.get(scheme)
     if not host_header or default is None or len(host_header) > MAX_ORIGIN_LENGTH:
         return False

@@ -41,6 +41,7 @@ from .handshake import (
 from .hub import WebSocketServer
 from .limits import Limits, open_files_limit
 from .logs import log_limited
+from .proxies import client_address, forwarded_scheme, page_address, proxy_policy, route_path, ws_path
 from .routing import Route, request_path
 
 logger = logging.getLogger("asok_green")
@@ -269,6 +270,17 @@ class GreenHandler(WebSocketHandler):
             return ("408", _plain_response(408, "request headers not received in time"))
         return super()._handle_client_error(ex)
 
+    def get_environ(self) -> dict:
+        """pywsgi's environ, with the page's address as the browser sees it (``asok_green.proxies``)."""
+        environ = super().get_environ()
+        page = page_address(environ, proxy_policy(self._app_config()))
+        if page is not None:
+            environ.update(page.environ_updates())
+        return environ
+
+    def _app_config(self) -> Any:
+        return getattr(getattr(self.server, "application", None), "config", None)
+
     def run_application(self) -> None:
         """Answer one request: the WSGI app for pages, the WebSocket hub for upgrades."""
         if not is_upgrade_request(self.environ):
@@ -294,7 +306,7 @@ class GreenHandler(WebSocketHandler):
         if hub is None:
             return None, None, {}, Refusal(404, f"no WebSocket route matches {path}")
         origin = env.get("HTTP_ORIGIN")
-        if not hub.origins.allows(origin, env.get("HTTP_HOST")):
+        if not hub.origins.allows(origin, env.get("HTTP_HOST"), forwarded_scheme(env)):
             return None, None, {}, Refusal(403, f"origin {origin!r} is not allowed")
         # A slot is held from here: the handshake may yield (session lookup) before the
         # connection registers, and every handshake in flight counts toward the limit.
@@ -319,6 +331,9 @@ class GreenHandler(WebSocketHandler):
             raw = repr(env.get("PATH_INFO"))
             self._refuse(Refusal(404, f"no WebSocket route matches {raw}: not a canonical path"), raw)
             return
+        config = self._app_config()
+        path = route_path(path, ws_path(config))  # behind a proxy's prefix (WS_PATH)
+        addr = client_address(self.client_address, env, proxy_policy(config))
         hub, route, params, refusal = self._admit(path)
         if refusal is not None:
             self._refuse(refusal, path)
@@ -349,7 +364,7 @@ class GreenHandler(WebSocketHandler):
         conn = Connection(
             hub,
             sock,
-            self.client_address,
+            addr,
             path,
             headers,
             params,
