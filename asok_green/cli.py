@@ -213,6 +213,52 @@ def run_asok_dev(args: argparse.Namespace) -> None:
     sys.exit(run_dev(options, env))
 
 
+def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="site and unit name (default: the project folder's name)")
+    parser.add_argument("--project", help="the project folder, with wsgi.py (default: found from here)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=_default_port(), help="the server's one port (default 8000)")
+    parser.add_argument("--server-name", default="_", help="nginx server_name, e.g. example.com (default _)")
+    parser.add_argument("--listen", default="80", help="nginx listen: port or address:port (default 80)")
+    parser.add_argument("--prefix", default="", help="WebSocket path prefix (WS_PATH), e.g. /ws (default none)")
+    parser.add_argument("--user", default="", help="account the unit runs as (default: systemd's)")
+    parser.add_argument("--asok", help="the asok executable (default: the one next to this Python)")
+    parser.add_argument("--env", action="append", default=[], help="KEY=value for the unit (repeatable)")
+    parser.add_argument("--out", help="folder for the files (default: PROJECT/deployment)")
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """``asok-green deploy``: write NAME.nginx.conf and NAME.service; 0 on success, 2 on a bad option."""
+    from .deploy import DeployError, DeployOptions, write_files
+
+    project = os.path.abspath(args.project) if args.project else find_project_root()
+    if project is None:
+        print("asok-green deploy: no wsgi.py here or in a parent folder (or give --project)", file=sys.stderr)
+        return 2
+    values = {
+        "name": args.name or os.path.basename(project.rstrip(os.sep)),
+        "project": project,
+        "host": args.host,
+        "port": args.port,
+        "server_name": args.server_name,
+        "listen": args.listen,
+        "prefix": args.prefix.rstrip("/"),
+        "user": args.user,
+        "environment": tuple(args.env),
+    }
+    if args.asok:
+        values["asok"] = os.path.abspath(args.asok)
+    try:
+        options = DeployOptions(**values).checked()
+        written = write_files(options, args.out or os.path.join(project, "deployment"))
+    except (DeployError, OSError) as exc:
+        print(f"asok-green deploy: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def configure_logging(level: str) -> None:
     """One line per event on stderr, with time, level and logger."""
     logging.basicConfig(
@@ -230,17 +276,23 @@ def quiet_duplicate_loggers() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m asok_green serve [--host H] [--port P] [--app module:attr] [--certfile F --keyfile F]``."""
+    """``python -m asok_green serve [--host H] [--port P] [--app module:attr] [--certfile F --keyfile F]``.
+
+    Also ``deploy [--server-name example.com] [--prefix /ws] ...`` (deploy files) and ``version``.
+    """
     parser = argparse.ArgumentParser(prog="python -m asok_green", description="asok_green server")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve_options(commands.add_parser("serve", help="serve a WSGI app and its WebSockets on one port"))
     commands.add_parser("version", help="print the version")
+    _add_deploy_options(commands.add_parser("deploy", help="write an nginx site and a systemd unit for the project"))
     args = parser.parse_args(argv)
     if args.command == "version":
         from . import __version__
 
         print(__version__)
         return
+    if args.command == "deploy":
+        sys.exit(run_deploy(args))
     if args.workers > 1:
         from .supervisor import supervise
 
