@@ -78,9 +78,10 @@ def _advertise_websocket_endpoint() -> None:
 
     from .proxies import page_port, ws_path, ws_path_script
 
-    resolve_port, inject_alive = AssetInjector._resolve_ws_port, AssetInjector._inject_alive
-    if getattr(inject_alive, "advertises_ws_path", False):
-        return
+    resolve_port = getattr(AssetInjector, "_resolve_ws_port", None)
+    inject_alive = getattr(AssetInjector, "_inject_alive", None)
+    if resolve_port is None or inject_alive is None or getattr(inject_alive, "advertises_ws_path", False):
+        return  # already done, or an Asok whose pages are built differently
 
     @functools.wraps(resolve_port)
     def _resolve_ws_port(injector: Any) -> int | None:
