@@ -97,27 +97,52 @@ def add_dev_options(parser: argparse.ArgumentParser) -> None:
     _add_tls_options(parser)
 
 
-def _extend_dev_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``--gevent`` options to ``dev`` now, or as soon as Asok adds its ``dev`` parser.
+class _GeventDeploy(_GeventDev):
+    """``asok deploy --gevent``: asok_green's deploy files (one port) instead of Asok's."""
 
-    Asok loads extension commands before it registers its own, so ``dev``
-    usually does not exist yet: the next ``add_parser("dev")`` on these
-    subparsers is extended as it is made.
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None):
+        """Mark the namespace as a gevent deploy run."""
+        setattr(namespace, self.dest, True)
+        namespace.command = "deploy --gevent"
+        namespace.func = run_deploy_command
+
+
+def add_deploy_gevent_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--gevent`` and asok_green's deploy options to Asok's ``deploy`` parser (which has ``--prod-dir``)."""
+    parser.add_argument(
+        "--gevent", action=_GeventDeploy, help="nginx site and systemd unit for `asok serve --gevent` (asok_green)"
+    )
+    _add_deploy_options(parser, with_prod_dir=False)
+
+
+def _extend_dev_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``--gevent`` options to ``dev`` and ``deploy`` now, or as soon as Asok adds their parsers.
+
+    Asok loads extension commands before it registers its own, so they
+    usually do not exist yet: the next ``add_parser("dev")`` (and ``"deploy"``)
+    on these subparsers is extended as it is made.
     """
-    existing = subparsers.choices.get("dev")
-    if existing is not None:
-        add_dev_options(existing)
+    pending = {}
+    for name, extend in (("dev", add_dev_options), ("deploy", add_deploy_gevent_options)):
+        existing = subparsers.choices.get(name)
+        if existing is not None:
+            extend(existing)
+        else:
+            pending[name] = extend
+    if not pending:
         return
     add_parser = subparsers.add_parser
 
-    def add_parser_then_extend_dev(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    def add_parser_then_extend(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         parser = add_parser(name, **kwargs)
-        if name == "dev":
-            add_dev_options(parser)
+        extend = pending.pop(name, None)
+        if extend is not None:
+            extend(parser)
+        if not pending:
             del subparsers.add_parser  # back to the class's method
         return parser
 
-    subparsers.add_parser = add_parser_then_extend_dev
+    subparsers.add_parser = add_parser_then_extend
 
 
 def find_project_root(start: str | None = None) -> str | None:
@@ -213,7 +238,9 @@ def run_asok_dev(args: argparse.Namespace) -> None:
     sys.exit(run_dev(options, env))
 
 
-def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
+def _add_deploy_options(parser: argparse.ArgumentParser, with_prod_dir: bool = True) -> None:
+    if with_prod_dir:
+        parser.add_argument("--prod-dir", help="the project's folder on the server (default: this project's folder)")
     parser.add_argument("--name", help="site and unit name (default: the project folder's name)")
     parser.add_argument("--project", help="the project folder, with wsgi.py (default: found from here)")
     parser.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
@@ -227,17 +254,27 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for the files (default: PROJECT/deployment)")
 
 
+def run_deploy_command(args: argparse.Namespace) -> None:
+    """``asok deploy --gevent``: :func:`run_deploy`, then exit with its status."""
+    sys.exit(run_deploy(args))
+
+
 def run_deploy(args: argparse.Namespace) -> int:
-    """``asok-green deploy``: write NAME.nginx.conf and NAME.service; 0 on success, 2 on a bad option."""
+    """``asok-green deploy``: write NAME.nginx.conf and NAME.service; 0 on success, 2 on a bad option.
+
+    With ``--prod-dir`` the unit runs there, with ``PROD/venv/bin/asok`` (Asok's
+    layout) unless ``--asok`` is given; the files are written in this project.
+    """
     from .deploy import DeployError, DeployOptions, write_files
 
     project = os.path.abspath(args.project) if args.project else find_project_root()
     if project is None:
         print("asok-green deploy: no wsgi.py here or in a parent folder (or give --project)", file=sys.stderr)
         return 2
+    prod_dir = os.path.abspath(args.prod_dir) if args.prod_dir else None
     values = {
         "name": args.name or os.path.basename(project.rstrip(os.sep)),
-        "project": project,
+        "project": prod_dir or project,
         "host": args.host,
         "port": args.port,
         "server_name": args.server_name,
@@ -246,8 +283,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         "user": args.user,
         "environment": tuple(args.env),
     }
-    if args.asok:
-        values["asok"] = os.path.abspath(args.asok)
+    if args.asok or prod_dir:
+        values["asok"] = os.path.abspath(args.asok) if args.asok else os.path.join(prod_dir, "venv", "bin", "asok")
     try:
         options = DeployOptions(**values).checked()
         written = write_files(options, args.out or os.path.join(project, "deployment"))

@@ -101,10 +101,10 @@ def test_a_value_that_would_break_the_files_is_refused(change):
 # -- the real thing ------------------------------------------------------------------
 
 
-def deploy(project: pathlib.Path, out: pathlib.Path, *options: str, command=(str(BIN / "asok-green"),)):
-    """Run the deploy command; return the written (site, unit) paths."""
+def deploy(project: pathlib.Path, out: pathlib.Path, *options: str, command=(str(BIN / "asok-green"), "deploy")):
+    """Run the deploy ``command`` in ``project``; return the written (site, unit) paths."""
     done = subprocess.run(
-        [*command, "deploy", "--out", str(out), *options],
+        [*command, "--out", str(out), *options],
         cwd=project,
         env=project_env(),
         capture_output=True,
@@ -173,7 +173,7 @@ def test_deploy_files_pass_nginx_t_and_serve_through_nginx(project, tmp_path):
 
 def test_python_m_asok_green_deploy_writes_the_same_files(project, tmp_path):
     site, unit = deploy(project, tmp_path / "a")
-    same_site, same_unit = deploy(project, tmp_path / "b", command=(sys.executable, "-m", "asok_green"))
+    same_site, same_unit = deploy(project, tmp_path / "b", command=(sys.executable, "-m", "asok_green", "deploy"))
     assert site.read_text() == same_site.read_text() and unit.read_text() == same_unit.read_text()
 
 
@@ -204,3 +204,18 @@ def test_a_bad_prefix_is_refused_by_the_command(project, tmp_path):
     )
     assert done.returncode == 2 and "prefix" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_asok_deploy_gevent_writes_the_same_files(project, tmp_path):
+    site, unit = deploy(project, tmp_path / "a")
+    same_site, same_unit = deploy(project, tmp_path / "b", command=(str(BIN / "asok"), "deploy", "--gevent"))
+    assert site.read_text() == same_site.read_text() and unit.read_text() == same_unit.read_text()
+
+
+def test_prod_dir_is_where_the_unit_runs(project, tmp_path):
+    _, unit = deploy(
+        project, tmp_path, "--prod-dir", "/var/www/shop", command=(str(BIN / "asok"), "deploy", "--gevent")
+    )
+    argv, workdir, _ = unit_settings(unit.read_text())
+    assert workdir == "/var/www/shop" and argv[0] == "/var/www/shop/venv/bin/asok"
+    assert not (project / "deployment").exists()  # nothing of Asok's own deploy
