@@ -1,4 +1,4 @@
-"""Command lines: ``asok serve --gevent``, ``asok dev --gevent`` and ``python -m asok_green``.
+"""Command lines: ``asok serve --gevent``, ``asok dev --gevent``, ``asok deploy --gevent`` and ``python -m asok_green``.
 
 This module imports nothing that opens sockets or threads: the ``asok`` CLI
 loads it through its ``asok.commands`` entry point, and that process is never
@@ -60,7 +60,7 @@ def _positive_int(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """The ``asok.commands`` entry point: adds ``asok serve``."""
+    """The ``asok.commands`` entry point: adds ``asok serve``, and ``--gevent`` to ``dev`` and ``deploy``."""
     parser = subparsers.add_parser("serve", help="serve pages and WebSockets on one port (asok_green)")
     parser.add_argument("--gevent", action="store_true", help="serve from one gevent process (required)")
     _add_serve_options(parser)
