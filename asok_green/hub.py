@@ -88,6 +88,9 @@ class WebSocketServer:
         self._release_db: Callable[[], None] | None = None
         self.routes = RouteTable()
         self.stats: Counter = Counter()
+        #: Seconds spent in, and calls of, each handler function (wall time, monotonic clock).
+        self.handler_seconds: Counter = Counter()
+        self.handler_calls: Counter = Counter()
         self._allowed_origins = allowed_origins
         self._limit_overrides = dict(limits)
         if max_connections is not None:
@@ -422,6 +425,7 @@ class WebSocketServer:
         state = self.state
         members = state.by_path.get(name, ()) if target == "path" else state.rooms.get(name, ())
         delivered = self._fan_out(members, message, exclude)
+        self.stats["messages_out"] += delivered
         if not from_adapter:
             # Only queued: a cluster's publisher greenlet does the Redis I/O.
             self.node.publish(target, name, message)
