@@ -4,13 +4,13 @@ Under ``WS_DASHBOARD_PATH`` (default ``/asok/green/``) the one-port server
 answers, before the app sees the request:
 
 - ``/asok/green/``: the page; ``dashboard.js`` and ``dashboard.css``: its assets
-  (shipped in the package, no CDN);
+  (shipped in the package, no CDN, served to anyone: they hold no data);
 - ``/asok/green/live``: a WebSocket that receives a JSON snapshot
   (asok_green.overview) every second.
 
 Only an Asok admin (the logged-in user's ``is_admin``, from the session cookie)
 or a holder of ``WS_DASHBOARD_TOKEN`` (``Authorization: Bearer ...`` or
-``?token=...``) gets them; anyone else gets 403. ``WS_DASHBOARD=0`` turns it
+``?token=...``) gets the page and its socket; anyone else gets 403. ``WS_DASHBOARD=0`` turns it
 off: the app then answers that path as any other. Each setting is read from
 the app's config, then the environment.
 
@@ -133,7 +133,8 @@ def serve(handler: Any, hubs: Iterable[Any]) -> bool:
     if name is None or handler.environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
         _respond(handler, 404, "text/plain; charset=utf-8", b"not found\n")
         return True
-    if not _allowed(handler.environ, hub, settings):
+    # The script and style sheet hold no data (they ship in the package); the page and its socket do.
+    if name == "index.html" and not _allowed(handler.environ, hub, settings):
         _respond(handler, 403, "text/plain; charset=utf-8", b"forbidden: the dashboard is for admins\n")
         return True
     file = ASSETS / name

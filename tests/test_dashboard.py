@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from types import SimpleNamespace
 
+import gevent
 import pytest
 import websocket
 
 from asok_green import state as st
-from asok_green.dashboard import presented_token, resolve_settings
+from asok_green.dashboard import Publisher, Watcher, presented_token, resolve_settings
 from asok_green.node import SINGLE_PROCESS
 from asok_green.overview import RefusalLog, build_snapshot, refusal_cause
 from asok_green.routing import RouteTable
@@ -192,6 +193,31 @@ def test_token_from_bearer_header_or_query():
     assert presented_token({}) is None
 
 
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of one unmasked server frame."""
+    size = frame[1] & 0x7F
+    return frame[2:] if size < 126 else frame[4:] if size == 126 else frame[10:]
+
+
+def test_publisher_runs_only_while_someone_watches():
+    hub = make_hub()
+    publisher = Publisher(hub, interval=0.01)
+    first, second = Watcher(), Watcher()
+    publisher.subscribe(first)
+    assert first.latest is not None  # the current snapshot, at once
+    publisher.subscribe(second)
+    running = publisher._loop
+    assert running is not None
+    first.latest = second.latest = None
+    gevent.sleep(0.05)
+    assert json.loads(frame_payload(first.latest))["connections"] == 0
+    assert first.latest is second.latest  # encoded once for every watcher
+    publisher.unsubscribe(first)
+    publisher.unsubscribe(second)
+    running.join(timeout=5)
+    assert running.dead and publisher._loop is None
+
+
 # -- end to end ----------------------------------------------------------------------
 
 
@@ -228,7 +254,13 @@ def test_page_refuses_a_logged_in_non_admin(server):
 def test_page_refuses_strangers_and_wrong_tokens(server):
     assert fetch(server.url + PAGE).status == 403
     assert fetch(server.url + PAGE, headers={"Authorization": "Bearer nope"}).status == 403
-    assert fetch(f"{server.url}{PAGE}dashboard.js?token=nope").status == 403
+    assert fetch(f"{server.url}{PAGE}?token=nope").status == 403
+
+
+def test_assets_hold_no_data_and_need_no_token(server):
+    script = fetch(f"{server.url}{PAGE}dashboard.js")
+    assert script.status == 200 and "new WebSocket" in script.text
+    assert fetch(f"{server.url}{PAGE}dashboard.css").status == 200
 
 
 def test_page_without_slash_redirects_and_unknown_files_are_404(server):

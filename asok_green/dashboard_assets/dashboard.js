@@ -41,7 +41,7 @@
       ctx.moveTo(pad.left, y);
       ctx.lineTo(width - pad.right, y);
       ctx.stroke();
-      ctx.fillText(fmt((top * i) / 2, top < 10 ? 1 : 0), 2, y + 3);
+      ctx.fillText(fmt((top * i) / 2, top < 1 ? 3 : top < 10 ? 1 : 0), 2, y + 3);
     }
     ctx.fillText(HISTORY + " s", width - pad.right - 28, height - 2);
     for (const line of lines) {
@@ -81,7 +81,10 @@
     }
   }
 
+  let received = 0;
+
   function render(s) {
+    document.body.dataset.snapshots = String(++received);
     push(series.connections, s.connections);
     push(series.messagesIn, s.rates.messages_in);
     push(series.messagesOut, s.rates.messages_out);
@@ -106,7 +109,7 @@
 
     fillTable("rooms", s.rooms, (r) => [r.room, r.connections, r.users]);
     fillTable("routes", s.handlers, (h) => [h.pattern, h.connections, h.calls, Number(h.mean_ms.toFixed(3)), Number(h.recent_ms.toFixed(3))]);
-    fillTable("nodes", s.nodes, (n) => [n.id + (n.self ? " (this)" : ""), n.users, n.connections, n.rooms, n.redis || "not clustered"]);
+    fillTable("nodes", s.nodes, (n) => [n.self && n.id !== "this process" ? n.id + " (this)" : n.id, n.users, n.connections, n.rooms, n.redis || "not clustered"]);
     const closes = ["slow_consumers", "rate_limited", "protocol_errors", "keepalive", "revoked"];
     fillTable("closes", closes, (name) => [name.replace(/_/g, " "), s.totals[name]]);
     fillTable("refusal-causes", Object.entries(s.refusals.by_cause), ([cause, n]) => [cause, n]);
