@@ -118,6 +118,7 @@ def serve(handler: Any, hubs: Iterable[Any]) -> bool:
     if not settings.enabled or not (path.startswith(settings.path) or path == settings.path[:-1]):
         return False
     hub = hubs[0]
+    _hide_token(handler)
     if path == settings.path[:-1]:
         # Relative asset links need the trailing slash.
         query = handler.environ.get("QUERY_STRING")
@@ -160,11 +161,13 @@ def presented_token(environ: Mapping[str, Any]) -> str | None:
     return values[0] if values else None
 
 
-def _allowed(environ: Mapping[str, Any], hub: Any, settings: Settings) -> bool:
-    """True for a holder of the token or a logged-in Asok admin."""
+def _holds_token(environ: Mapping[str, Any], settings: Settings) -> bool:
     token = presented_token(environ)
-    if settings.token and token is not None and hmac.compare_digest(token.encode(), settings.token.encode()):
-        return True
+    return bool(settings.token) and token is not None and hmac.compare_digest(token.encode(), settings.token.encode())
+
+
+def _is_admin(environ: Mapping[str, Any], hub: Any) -> bool:
+    """True when the request's Asok session cookie is a logged-in user with ``is_admin``."""
     cookie = environ.get("HTTP_COOKIE")
     if not cookie:
         return False
@@ -176,6 +179,20 @@ def _allowed(environ: Mapping[str, Any], hub: Any, settings: Settings) -> bool:
     finally:
         hub.after_handler()
     return bool(getattr(user, "is_admin", False))
+
+
+def _allowed(environ: Mapping[str, Any], hub: Any, settings: Settings) -> bool:
+    """True for a holder of the token or a logged-in Asok admin."""
+    return _holds_token(environ, settings) or _is_admin(environ, hub)
+
+
+def _hide_token(handler: Any) -> None:
+    """Keep a ``?token=`` out of the access log line (pywsgi logs the request line)."""
+    line = getattr(handler, "requestline", None)
+    if line and "token=" in line:
+        head, _, rest = line.partition("token=")
+        value = rest.split("&", 1)[0].split(" ", 1)[0]
+        handler.requestline = head + "token=***" + rest[len(value) :]
 
 
 # -- the live socket ------------------------------------------------------------------
@@ -283,13 +300,14 @@ def _serve_live(handler: Any, hub: Any, settings: Settings) -> None:
     if refusal is not None:
         _refuse_live(handler, refusal.status, refusal.reason)
         return
-    # The page and its socket share an origin: another site's page must not read the snapshots.
-    if not hub.origins.allows(env.get("HTTP_ORIGIN"), env.get("HTTP_HOST")):
-        _refuse_live(handler, 403, "origin not allowed")
-        return
-    if not _allowed(env, hub, settings):
-        _refuse_live(handler, 403, "forbidden: the dashboard is for admins")
-        return
+    if not _holds_token(env, settings):
+        # A cookie goes with any page's request: another site's page must not read the snapshots.
+        if not hub.origins.allows(env.get("HTTP_ORIGIN"), env.get("HTTP_HOST")):
+            _refuse_live(handler, 403, "origin not allowed")
+            return
+        if not _is_admin(env, hub):
+            _refuse_live(handler, 403, "forbidden: the dashboard is for admins")
+            return
     env["wsgi.websocket"] = True  # gevent-websocket's start_response then sends a bare 101
     handler.start_response("101 Switching Protocols", response_headers(env, None))
     handler.write(b"")

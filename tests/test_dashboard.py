@@ -340,6 +340,15 @@ def test_live_socket_refuses_non_admins_strangers_and_other_origins(server):
     assert refused.value.status_code == 403
 
 
+def test_live_socket_with_the_token_needs_no_origin_and_the_log_hides_it(server):
+    sock = websocket.create_connection(f"{server.ws_url}{PAGE}live?token={TOKEN}", suppress_origin=True, timeout=5)
+    assert "connections" in json.loads(sock.recv())
+    sock.close()
+    fetch(f"{server.url}{PAGE}?token={TOKEN}&x=1")
+    log = server.wait_for_log("token=***&x=1")
+    assert TOKEN not in log
+
+
 def test_dashboard_off_leaves_the_path_to_the_app(project, tmp_path):
     proc = asok_serve(project, tmp_path, env=project_env(WS_DASHBOARD="0", WS_DASHBOARD_TOKEN=TOKEN))
     try:
