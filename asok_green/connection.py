@@ -297,14 +297,14 @@ class Connection:
 
     def send(self, message: str | bytes) -> bool:
         """Send a text message (``str``) or a binary one (bytes). False once closing."""
-        self.server.stats["messages_out"] += 1
+        self.server.messages_out += 1
         if self.deflate is None:
             return self.send_frame(encode_message(message))
         return self.send_frame(compressed_frame(*message_payload(message), self.deflate))
 
     def send_json(self, obj: Any) -> bool:
         """Send ``obj`` serialised as JSON in a text message."""
-        self.server.stats["messages_out"] += 1
+        self.server.messages_out += 1
         payload = json.dumps(obj).encode("utf-8")
         if self.deflate is None:
             return self.send_frame(encode_frame(OP_TEXT, payload))
