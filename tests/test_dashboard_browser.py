@@ -4,7 +4,8 @@ Real clients (websocket-client) log in, connect to ``/asok/live`` and join rooms
 (the test project's room authorizer lets them); the open dashboard shows the
 connection count and the rooms with their member counts within a few seconds,
 then shows them gone once the clients leave. A screenshot of the page, taken
-while the clients are connected, is saved to docs/dashboard.png.
+while the clients are connected, is saved to artifacts/dashboard.png (copy it
+to docs/dashboard.png to refresh the README's picture).
 
 Chromium is Debian's (/usr/bin/chromium), driven by Playwright, as in
 tests/test_browser.py; without it the tests skip, or fail when CI=true.
@@ -26,7 +27,7 @@ from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, unavailable
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "browser-dashboard-token-81d2"
-SCREENSHOT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
+SCREENSHOT = pathlib.Path(__file__).resolve().parent.parent / "artifacts" / "dashboard.png"
 WAIT_MS = 10_000
 
 #: True once the rooms table lists ``room`` with ``connections`` here and ``users`` on all nodes.
@@ -106,7 +107,7 @@ def test_dashboard_shows_clients_join_rooms_and_leave(browser, server):
             echo.send(f"burst {burst} {i}")
             echo.recv()
         page.wait_for_timeout(200)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     clients[2].close()
