@@ -371,3 +371,35 @@ def test_dashboard_at_a_configured_path(project, tmp_path):
         sock.close()
     finally:
         proc.stop()
+
+
+def test_cluster_nodes_users_per_node_and_the_redis_link(project, tmp_path):
+    from tests.cluster_support import RedisServer, node_env
+
+    redis = RedisServer(tmp_path)
+    nodes = []
+    try:
+        for _ in range(2):
+            node = asok_serve(project, tmp_path, env=node_env(redis, WS_DASHBOARD_TOKEN=TOKEN))
+            node.wait_for_log("joined the cluster")
+            nodes.append(node)
+        here, there = nodes
+        watcher = live(here, token=TOKEN)
+        client = ws_connect(there, "/asok/live", cookies=login(there.url, "bob"))
+        client.send(json.dumps({"op": "join_room", "room": "cluster-room"}))
+        snap = next_snapshot(
+            watcher, lambda s: any(n["users"] == 1 and n["rooms"] == 1 and not n["self"] for n in s["nodes"])
+        )
+        this, *others = snap["nodes"]
+        assert this["self"] and this["redis"] == "up" and this["users"] == 0 and this["id"] != "this process"
+        assert len(others) == 1 and others[0]["redis"] == "up"
+        assert {"room": "cluster-room", "connections": 0, "users": 1} in snap["rooms"]
+        assert snap["online"]["count"] == 1 and snap["online"]["here"] == 0
+        redis.stop()
+        next_snapshot(watcher, lambda s: s["nodes"][0]["redis"] == "down", timeout=20)
+        client.close()
+        watcher.close()
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
