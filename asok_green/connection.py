@@ -297,12 +297,14 @@ class Connection:
 
     def send(self, message: str | bytes) -> bool:
         """Send a text message (``str``) or a binary one (bytes). False once closing."""
+        self.server.messages_out += 1
         if self.deflate is None:
             return self.send_frame(encode_message(message))
         return self.send_frame(compressed_frame(*message_payload(message), self.deflate))
 
     def send_json(self, obj: Any) -> bool:
         """Send ``obj`` serialised as JSON in a text message."""
+        self.server.messages_out += 1
         payload = json.dumps(obj).encode("utf-8")
         if self.deflate is None:
             return self.send_frame(encode_frame(OP_TEXT, payload))
@@ -690,11 +692,14 @@ class Connection:
             )
             self._fail(CLOSE_POLICY, "message rate limit exceeded")
             return
+        started = monotonic()
         try:
             handler(self, data)
         except Exception:
             logger.exception("error in message handler for %s (from %s)", self.path, self.addr)
         finally:
+            self.server.handler_seconds[handler] += monotonic() - started
+            self.server.handler_calls[handler] += 1
             self.server.after_handler()
 
     def _inflate(self, message: Message) -> str | bytes:

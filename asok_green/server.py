@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
@@ -28,6 +29,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
+from . import dashboard
 from .auth import Credentials, StoreUnavailable
 from .connection import Connection
 from .handshake import (
@@ -41,6 +43,7 @@ from .handshake import (
 from .hub import WebSocketServer
 from .limits import Limits, open_files_limit
 from .logs import log_limited
+from .overview import REFUSALS
 from .proxies import client_address, forwarded_scheme, page_address, proxy_policy, route_path, ws_path
 from .routing import Route, request_path
 
@@ -120,11 +123,14 @@ def end_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None
 
 
 def _call_handler(handler: Any, conn: Connection, what: str) -> None:
+    started = time.monotonic()
     try:
         handler(conn)
     except Exception:
         logger.exception("error in %s handler for %s (from %s)", what, conn.path, conn.addr)
     finally:
+        conn.server.handler_seconds[handler] += time.monotonic() - started
+        conn.server.handler_calls[handler] += 1
         try:
             conn.server.after_handler()
         except Exception:
@@ -283,6 +289,8 @@ class GreenHandler(WebSocketHandler):
 
     def run_application(self) -> None:
         """Answer one request: the WSGI app for pages, the WebSocket hub for upgrades."""
+        if dashboard.serve(self, self._hubs()):  # its own path, before the app (asok_green.dashboard)
+            return
         if not is_upgrade_request(self.environ):
             return WSGIHandler.run_application(self)
         self._upgrade()
@@ -407,6 +415,7 @@ class GreenHandler(WebSocketHandler):
         return detach_socket(sock), True
 
     def _refuse(self, refusal: Refusal, path: str) -> None:
+        REFUSALS.note_handshake(refusal, self._hubs(), path)
         # A flood of refused handshakes is logged as a few lines and a count, not a line each.
         log_limited(
             logger,
