@@ -49,7 +49,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -654,8 +654,11 @@ class RedisCluster:
             pipe.publish(f"{prefix}:{target}:{name}", self._message_envelope(target, name, message))
         sent = len(pipe) - presence_commands
         if len(pipe):
+            started = perf_counter()
             pipe.execute()
             self.hub.stats["cluster_published"] += sent
+            if self.hub.metrics is not None:
+                self.hub.metrics.publish_time.observe(perf_counter() - started)
 
     def _run_heartbeat(self) -> None:
         interval = max(0.1, self.ttl / 3)

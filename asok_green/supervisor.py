@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 
 from .cli import serve_argv
 from .cluster import WORKERS_ENV
+from .metrics import METRICS_DIR_ENV
 
 #: The environment variable through which a worker reports that it listens.
 READY_FD_ENV = "ASOK_GREEN_READY_FD"
@@ -53,6 +56,10 @@ class Supervisor:
         self.argv = worker_argv(host, port, app, log_level)
         self.url = f"http://{host}:{port}"
         self.env = {**os.environ, WORKERS_ENV: str(workers)}
+        #: Where each worker writes its metrics, so the one that answers a scrape sums them all.
+        self.metrics_dir = os.environ.get(METRICS_DIR_ENV) or tempfile.mkdtemp(prefix="asok_green_metrics_")
+        self._own_metrics_dir = METRICS_DIR_ENV not in os.environ
+        self.env[METRICS_DIR_ENV] = self.metrics_dir
         self.children: list[subprocess.Popen] = []
         self._signal: int | None = None
         self._restarts: deque = deque()
@@ -149,6 +156,8 @@ class Supervisor:
                 code = child.wait()
             if code not in (0, -signal.SIGTERM):
                 status = 1
+        if self._own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return status
 
 
