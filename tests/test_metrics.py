@@ -194,3 +194,22 @@ def test_metrics_disabled_leaves_the_path_to_the_app(project, tmp_path):
         assert missing.value.code == 404
     finally:
         server.stop()
+
+
+def test_gunicorn_with_two_workers_and_a_metrics_directory_reports_both(project, tmp_path):
+    from tests.test_gunicorn import gunicorn
+
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = project_env(METRICS_TOKEN=TOKEN, ASOK_GREEN_METRICS_DIR=str(shared))
+    server = gunicorn(project, tmp_path, "-w", "2", env=env)
+    clients = []
+    try:
+        wait_for_sample(server, "asok_green_processes", {}, 2, timeout=20)
+        clients = [ws_connect(server, "/chat/g") for _ in range(4)]
+        wait_for_sample(server, "asok_green_connections", {"route": "/chat/[room]"}, 4)
+        wait_for_sample(server, "asok_websocket_active_connections", {}, 4)
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
