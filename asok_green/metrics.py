@@ -37,7 +37,9 @@ __all__ = [
     "METRICS_DIR_ENV",
     "Timing",
     "available",
+    "gather",
     "handshake_refusals",
+    "overview",
     "refusal_cause",
     "snapshot",
     "wrap_app",
@@ -360,16 +362,18 @@ def _keep_process_file(directory: str, hubs: list[Any]) -> None:
 class GreenCollector:
     """A ``prometheus_client`` collector yielding asok_green's families at scrape time."""
 
-    def __init__(self, hubs: Iterable[Any] | None = None) -> None:
-        """Collect from ``hubs`` (default: every WebSocketServer of the process, at each scrape)."""
+    def __init__(self, hubs: Iterable[Any] | None = None, samples: list[Sample] | None = None) -> None:
+        """Collect from ``hubs`` (default: every WebSocketServer of the process), or expose ``samples`` as given."""
         self._hubs = list(hubs) if hubs is not None else None
+        self._samples = samples
 
     def collect(self) -> Iterator[Any]:
         """The metric families, built from :func:`gather`."""
         from prometheus_client.core import Metric
 
         families: dict[str, Any] = {}
-        for family, suffix, labels, value in gather(self._hubs):
+        samples = self._samples if self._samples is not None else gather(self._hubs)
+        for family, suffix, labels, value in samples:
             metric = families.get(family)
             if metric is None:
                 kind, doc, _ = FAMILIES[family]
@@ -382,18 +386,64 @@ class GreenCollector:
         return []
 
 
-def exposition(hubs: Iterable[Any] | None = None) -> bytes:
-    """asok_green's families in the Prometheus text format."""
+def exposition(samples: list[Sample]) -> bytes:
+    """``samples`` (from :func:`gather`) in the Prometheus text format."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GreenCollector(hubs))
+    registry.register(GreenCollector(samples=samples))
     return generate_latest(registry)
 
 
-def _connections_total(hubs: list[Any]) -> int:
+def _total(samples: list[Sample], family: str, suffix: str = "") -> float:
+    return sum(value for name, end, _, value in samples if name == family and end == suffix)
+
+
+def _by_label(samples: list[Sample], family: str, label: str, suffix: str = "") -> dict[str, float]:
+    return {labels[label]: value for name, end, labels, value in samples if name == family and end == suffix}
+
+
+def overview(hubs: Iterable[Any] | None = None) -> dict[str, Any]:
+    """The figures an operator watches, as one flat dict (every process' with a metrics directory).
+
+    Keys: ``connections``, ``connections_by_route``, ``connections_opened``,
+    ``messages_received``, ``messages_received_by_route``, ``messages_sent``,
+    ``bytes_received``, ``bytes_sent``, ``handler_seconds_by_route``
+    (``{route: [count, total seconds]}``), ``fanouts``, ``fanout_seconds``,
+    ``slow_consumers_closed``, ``rate_limit_closed``, ``protocol_errors``,
+    ``handshakes_refused`` (``{cause: count}``), ``queued_bytes``,
+    ``queued_connections``, ``rooms``, ``users_online``, ``redis_connected``
+    (None outside a cluster), ``processes``. Counters only grow: a rate is the
+    difference of two readings over the time between them. Timings (handler,
+    fan-out) stay empty while metrics are off; everything else is always kept.
+    """
     samples = gather(hubs)
-    return int(sum(value for family, _, _, value in samples if family == "asok_green_connections"))
+    handler_count = _by_label(samples, "asok_green_handler_seconds", "route", "_count")
+    handler_sum = _by_label(samples, "asok_green_handler_seconds", "route", "_sum")
+    redis = [v for name, _, _, v in samples if name == "asok_green_redis_connected"]
+    return {
+        "connections": _total(samples, "asok_green_connections"),
+        "connections_by_route": _by_label(samples, "asok_green_connections", "route"),
+        "connections_opened": _total(samples, "asok_green_connections_opened", "_total"),
+        "messages_received": _total(samples, "asok_green_messages_received", "_total"),
+        "messages_received_by_route": _by_label(samples, "asok_green_messages_received", "route", "_total"),
+        "messages_sent": _total(samples, "asok_green_messages_sent", "_total"),
+        "bytes_received": _total(samples, "asok_green_received_bytes", "_total"),
+        "bytes_sent": _total(samples, "asok_green_sent_bytes", "_total"),
+        "handler_seconds_by_route": {r: [n, handler_sum.get(r, 0.0)] for r, n in handler_count.items()},
+        "fanouts": _total(samples, "asok_green_broadcast_fanout_seconds", "_count"),
+        "fanout_seconds": _total(samples, "asok_green_broadcast_fanout_seconds", "_sum"),
+        "slow_consumers_closed": _total(samples, "asok_green_slow_consumers_closed", "_total"),
+        "rate_limit_closed": _total(samples, "asok_green_rate_limit_closed", "_total"),
+        "protocol_errors": _total(samples, "asok_green_protocol_errors", "_total"),
+        "handshakes_refused": _by_label(samples, "asok_green_handshakes_refused", "cause", "_total"),
+        "queued_bytes": _total(samples, "asok_green_queued_bytes"),
+        "queued_connections": _total(samples, "asok_green_queued_connections"),
+        "rooms": _total(samples, "asok_green_rooms"),
+        "users_online": _total(samples, "asok_green_users_online"),
+        "redis_connected": sum(redis) if redis else None,
+        "processes": _total(samples, "asok_green_processes"),
+    }
 
 
 def _metrics_path(app: Any) -> str | None:
@@ -461,10 +511,11 @@ class MetricsApp:
         """Serve one request."""
         if environ.get("PATH_INFO") != self.path:
             return self.app(environ, start_response)
+        samples = gather(self.hubs)
         try:
             from asok.core.metrics import default_metrics
 
-            default_metrics.set_ws_connections(_connections_total(self.hubs))
+            default_metrics.set_ws_connections(int(_total(samples, "asok_green_connections")))
         except ImportError:
             pass
         captured: list = []
@@ -484,7 +535,7 @@ class MetricsApp:
         if status.startswith("200") and any(
             k.lower() == "content-type" and v.startswith("text/plain") for k, v in headers
         ):
-            body += exposition(self.hubs)
+            body += exposition(samples)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)

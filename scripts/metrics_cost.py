@@ -12,6 +12,10 @@ each, in alternating rounds so that load from elsewhere hits both alike:
   (median of the rounds), and the difference in percent;
 - RSS per idle connection at ``--idle`` connections;
 - server CPU of one scrape of ``/metrics`` with those connections open (metrics on).
+
+``--baseline DIR`` adds a third server running the asok_green package found in
+DIR (e.g. a checkout from before metrics), to show what the always-kept
+counters cost too.
 """
 
 from __future__ import annotations
@@ -100,14 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--json")
+    parser.add_argument("--baseline", help="a source tree whose asok_green runs as a third server")
     args = parser.parse_args(argv)
+    variants = dict(VARIANTS)
+    if args.baseline:
+        variants["baseline"] = {"PYTHONPATH": str(pathlib.Path(args.baseline).resolve()), "METRICS_ENABLED": "false"}
     plan = Plan.quick() if args.quick else Plan()
     if args.quick:
         args.subscribers, args.rounds, args.idle = 50, 4, 100
     work = pathlib.Path(tempfile.mkdtemp(prefix="asok-metrics-cost-"))
     sources = load.SourceAddresses()
     project = make_bench_project(work / "project")
-    servers = {name: start(project, work, name, extra) for name, extra in VARIANTS.items()}
+    servers = {name: start(project, work, name, extra) for name, extra in variants.items()}
     holders: dict[str, load.Holders] = {}
     result: dict = {"subscribers": args.subscribers, "rounds": args.rounds, "idle": args.idle, "variants": {}}
     try:
@@ -119,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"fan-out to {args.subscribers}: {args.rounds} alternating rounds")
         cpu: dict[str, list[float]] = {name: [] for name in servers}
         for round_id in range(args.rounds):
-            order = list(servers) if round_id % 2 == 0 else list(reversed(servers))
+            shift = round_id % len(servers)
+            order = list(servers)[shift:] + list(servers)[:shift]
             for name in order:
                 value = fanout_round(servers[name], holders[name], round_id, plan.message_size)
                 if value is not None:
@@ -155,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         result["cpu_overhead_percent"] = (on["cpu_us_per_msg"] / off["cpu_us_per_msg"] - 1) * 100
     if off.get("bytes_per_idle_conn") is not None and on.get("bytes_per_idle_conn") is not None:
         result["bytes_overhead_per_conn"] = on["bytes_per_idle_conn"] - off["bytes_per_idle_conn"]
+    base = result["variants"].get("baseline", {})
+    if base.get("cpu_us_per_msg") and on.get("cpu_us_per_msg"):
+        result["cpu_overhead_vs_baseline_percent"] = (on["cpu_us_per_msg"] / base["cpu_us_per_msg"] - 1) * 100
     print(json.dumps(result, indent=1))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
