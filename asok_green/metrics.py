@@ -469,8 +469,9 @@ def wrap_app(app: Any, hubs: Iterable[Any]) -> Any:
     appended, and ``asok_websocket_active_connections`` counts the hub's
     sockets. ``METRICS_TOKEN`` (or ``ASOK_METRICS_TOKEN``) in the environment
     sets the app's token when its config has none. Turns on the hubs' timings.
-    Returns ``app`` itself when metrics are
-    off (not an Asok app, ``METRICS_ENABLED`` false, or no ``prometheus_client``).
+    Returns ``app`` itself when Asok serves no metrics (not an Asok app, or
+    ``METRICS_ENABLED`` false). Without ``prometheus_client`` asok_green's
+    families are off (one log line says so) and Asok's gauge is still set.
     """
     hubs = list(hubs)
     path = _metrics_path(app)
@@ -480,28 +481,33 @@ def wrap_app(app: Any, hubs: Iterable[Any]) -> Any:
     if token and not app.config.get("METRICS_TOKEN"):
         # Asok reads its other METRICS_* settings from the environment too.
         app.config["METRICS_TOKEN"] = token
-    if not available():
-        logger.info("metrics: prometheus_client is not installed, asok_green metrics are off")
-        return app
+    families = available()
+    if not families:
+        logger.info(
+            "metrics: prometheus_client is not installed (pip install 'asok_green[metrics]'): "
+            "asok_green's metrics are off",
+            extra={"event": "metrics_off"},
+        )
     for hub in hubs:
-        if hub.metrics is None:
+        if families and hub.metrics is None:
             hub.metrics = HubMetrics()
     directory = os.environ.get(METRICS_DIR_ENV)
     if directory:
         import gevent
 
         gevent.spawn(_keep_process_file, directory, hubs)
-    return MetricsApp(app, hubs, path)
+    return MetricsApp(app, hubs, path, families)
 
 
 class MetricsApp:
     """A WSGI app that extends Asok's metrics response and passes every other request through."""
 
-    def __init__(self, app: Any, hubs: list[Any], path: str) -> None:
-        """Wrap ``app``; ``path`` is Asok's ``METRICS_PATH``."""
+    def __init__(self, app: Any, hubs: list[Any], path: str, families: bool = True) -> None:
+        """Wrap ``app``; ``path`` is Asok's ``METRICS_PATH``; ``families``: append asok_green's."""
         self.app = app
         self.hubs = hubs
         self.path = path
+        self.families = families
 
     def __getattr__(self, name: str) -> Any:
         # The serving process reads the app's config (WS_PORT) and more through the wrapper.
@@ -532,8 +538,10 @@ class MetricsApp:
             if close is not None:
                 close()
         status, headers = captured or ("500 Internal Server Error", [])
-        if status.startswith("200") and any(
-            k.lower() == "content-type" and v.startswith("text/plain") for k, v in headers
+        if (
+            self.families
+            and status.startswith("200")
+            and any(k.lower() == "content-type" and v.startswith("text/plain") for k, v in headers)
         ):
             body += exposition(samples)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]

@@ -213,3 +213,24 @@ def test_gunicorn_with_two_workers_and_a_metrics_directory_reports_both(project,
         for client in clients:
             client.close()
         server.stop()
+
+
+def test_without_prometheus_client_one_line_says_so_and_asoks_gauge_still_counts(project, tmp_path):
+    # A package that fails to import stands for prometheus_client not being installed.
+    shadow = tmp_path / "shadow" / "prometheus_client"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('prometheus_client is not installed')\n")
+    path = os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])
+    server = asok_serve(project, tmp_path, env=project_env(METRICS_TOKEN=TOKEN, PYTHONPATH=path))
+    client = None
+    try:
+        client = ws_connect(server, "/chat/solo")
+        wait_for_sample(server, "asok_websocket_active_connections", {}, 1)
+        assert "asok_green_connections" not in scrape(server)
+        client.send("still served")
+        assert "still served" in client.recv()
+        assert server.log().count("asok_green's metrics are off") == 1
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
