@@ -101,3 +101,19 @@ def request_fields(handler: Any) -> dict[str, Any]:
         "ip": addr[0] if isinstance(addr, tuple) else addr,
         "bytes": getattr(handler, "response_length", None),
     }
+
+
+def announce(message: str, event: str, level: str = "INFO", stream: Any = None, **fields: Any) -> None:
+    """Print one line from a process without logging set up (the ``--workers`` parent).
+
+    ``asok_green: message`` as text, or with ``LOG_FORMAT=json`` one JSON object
+    in the shape of Asok's lines, with ``event`` and ``fields``.
+    """
+    stream = stream or sys.stdout
+    if json_requested():
+        record = logging.LogRecord("asok_green", getattr(logging, level), __file__, 0, message, None, None)
+        record.__dict__.update(fields, event=event)
+        line = _formatter(True).format(record)
+    else:
+        line = f"asok_green: {message}"
+    print(line, file=stream, flush=True)

@@ -22,6 +22,7 @@ from collections import deque
 
 from .cli import serve_argv
 from .cluster import WORKERS_ENV
+from .jsonlog import announce
 from .metrics import METRICS_DIR_ENV
 
 #: The environment variable through which a worker reports that it listens.
@@ -77,10 +78,11 @@ class Supervisor:
             self.stop()
             return exc.code or 1
         pids = ", ".join(str(child.pid) for child in self.children)
-        print(
-            f"asok_green: serving {self.url} with {self.workers} worker processes ({pids}), "
-            "HTTP and WebSocket on the same port",
-            flush=True,
+        announce(
+            f"serving {self.url} with {self.workers} worker processes ({pids}), HTTP and WebSocket on the same port",
+            "serving",
+            url=self.url,
+            workers=self.workers,
         )
         while self._signal is None:
             time.sleep(0.2)
@@ -129,13 +131,21 @@ class Supervisor:
         while self._restarts and self._restarts[0] < now - _RESTART_WINDOW:
             self._restarts.popleft()
         if len(self._restarts) > _MAX_RESTARTS:
-            print(
-                f"asok_green: workers keep dying ({len(self._restarts)} in {_RESTART_WINDOW:.0f}s): giving up",
-                file=sys.stderr,
-                flush=True,
+            announce(
+                f"workers keep dying ({len(self._restarts)} in {_RESTART_WINDOW:.0f}s): giving up",
+                "workers_failing",
+                "ERROR",
+                sys.stderr,
             )
             return None
-        print(f"asok_green: worker {child.pid} exited with {child.returncode}: starting another", file=sys.stderr)
+        announce(
+            f"worker {child.pid} exited with {child.returncode}: starting another",
+            "worker_restarted",
+            "WARNING",
+            sys.stderr,
+            pid=child.pid,
+            exit_code=child.returncode,
+        )
         try:
             return self._start_worker()
         except WorkerFailed:

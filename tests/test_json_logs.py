@@ -114,3 +114,26 @@ def test_every_line_is_json_with_an_event_even_at_shutdown(project, tmp_path):
     assert all(entry.get("event") for entry in lines if entry["logger"].startswith("asok_green")), lines
     assert "serving" in {entry.get("event") for entry in lines}
     assert "stopped" in {entry.get("event") for entry in lines}
+
+
+def test_workers_and_their_parent_print_only_json_lines(project, redis_server, tmp_path):
+    from tests.cluster_support import node_env
+    from tests.conftest import BIN, ServerProcess, free_port
+
+    port = free_port()
+    argv = [str(BIN / "asok"), "serve", "--gevent", "--port", str(port), "--workers", "2"]
+    server = ServerProcess(argv, project, node_env(redis_server, LOG_FORMAT="json"), port, tmp_path / "w.log")
+    try:
+        server.wait_for_log("with 2 worker processes", timeout=30)
+        client = ws_connect(server, "/echo")
+        client.send("hi")
+        assert client.recv() == "hi"
+        client.close()
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            ws_connect(server, "/no/such/route")
+        wait_for_event(server, "handshake_refused")
+    finally:
+        server.stop()
+    events = [entry.get("event") for entry in json_lines(server)]
+    assert events.count("cluster_joined") == 2
+    assert "serving" in events
