@@ -296,13 +296,11 @@ def run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr, with time, level and logger."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, config: Any = None) -> None:
+    """One line per event on stderr, with time, level and logger (JSON objects with ``LOG_FORMAT=json``)."""
+    from .jsonlog import configure
+
+    configure(level, config)
 
 
 def quiet_duplicate_loggers() -> None:
@@ -347,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     except bootstrap.BootstrapError as exc:
         print(f"asok_green: {exc}", file=sys.stderr)
         sys.exit(2)
+    configure_logging(args.log_level, getattr(app, "config", None))
     quiet_duplicate_loggers()
     from .cluster import ClusterConfigError
     from .origins import InsecureOriginPolicy

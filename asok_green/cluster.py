@@ -49,7 +49,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -464,6 +464,7 @@ class RedisCluster:
                 "Redis at %s unreachable (%s): serving this node's clients only until it is back",
                 self.settings.url,
                 exc,
+                extra={"event": "redis_down", "node": self.node_id, "cause": str(exc)},
             )
 
     def _run_subscriber(self) -> None:
@@ -519,9 +520,18 @@ class RedisCluster:
         self._must_register = True
         self.connected = True
         if self._outage_logged:
-            logger.warning("Redis at %s is back: resubscribed and presence republished", self.settings.url)
+            logger.warning(
+                "Redis at %s is back: resubscribed and presence republished",
+                self.settings.url,
+                extra={"event": "redis_back", "node": self.node_id},
+            )
         else:
-            logger.info("node %s joined the cluster on Redis at %s", self.node_id, self.settings.url)
+            logger.info(
+                "node %s joined the cluster on Redis at %s",
+                self.node_id,
+                self.settings.url,
+                extra={"event": "cluster_joined", "node": self.node_id},
+            )
         self._outage_logged = False
         self._ready.set()
         self._wake.set()
@@ -654,8 +664,11 @@ class RedisCluster:
             pipe.publish(f"{prefix}:{target}:{name}", self._message_envelope(target, name, message))
         sent = len(pipe) - presence_commands
         if len(pipe):
+            started = perf_counter()
             pipe.execute()
             self.hub.stats["cluster_published"] += sent
+            if self.hub.metrics is not None:
+                self.hub.metrics.publish_time.observe(perf_counter() - started)
 
     def _run_heartbeat(self) -> None:
         interval = max(0.1, self.ttl / 3)

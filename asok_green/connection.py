@@ -58,6 +58,7 @@ from .frames import (
     encode_close,
     encode_frame,
 )
+from .jsonlog import conn_fields
 from .logs import log_limited
 
 if TYPE_CHECKING:
@@ -297,18 +298,25 @@ class Connection:
 
     def send(self, message: str | bytes) -> bool:
         """Send a text message (``str``) or a binary one (bytes). False once closing."""
-        self.server.messages_out += 1
         if self.deflate is None:
-            return self.send_frame(encode_message(message))
-        return self.send_frame(compressed_frame(*message_payload(message), self.deflate))
+            return self._send_counted(encode_message(message))
+        return self._send_counted(compressed_frame(*message_payload(message), self.deflate))
 
     def send_json(self, obj: Any) -> bool:
         """Send ``obj`` serialised as JSON in a text message."""
-        self.server.messages_out += 1
         payload = json.dumps(obj).encode("utf-8")
         if self.deflate is None:
-            return self.send_frame(encode_frame(OP_TEXT, payload))
-        return self.send_frame(compressed_frame(OP_TEXT, payload, self.deflate))
+            return self._send_counted(encode_frame(OP_TEXT, payload))
+        return self._send_counted(compressed_frame(OP_TEXT, payload, self.deflate))
+
+    def _send_counted(self, frame: bytes) -> bool:
+        """:meth:`send_frame`, counted in the server's stats (broadcasts count theirs once each)."""
+        if not self.send_frame(frame):
+            return False
+        stats = self.server.stats
+        stats["messages_sent"] += 1
+        stats["bytes_sent"] += len(frame)
+        return True
 
     def close(self, code: int = CLOSE_NORMAL, reason: str = "", *, timeout: float | None = None) -> None:
         """Start the closing handshake: queued messages go first, then the close frame.
@@ -428,6 +436,7 @@ class Connection:
             self.path,
             queued,
             limits.max_queue,
+            extra=conn_fields(self, "slow_consumer", close_code=CLOSE_POLICY, cause="queue", queued_bytes=queued),
         )
         head = pending[0] if pending and type(pending[0]) is memoryview else None
         pending.clear()
@@ -499,6 +508,7 @@ class Connection:
                 if not data:
                     break
                 self.last_seen = monotonic()
+                self.server.stats["bytes_received"] += len(data)
             if not self._receive(data, on_message):
                 return
             data = b""
@@ -567,6 +577,7 @@ class Connection:
                 if not data:
                     return True
                 self.last_seen = monotonic()
+                self.server.stats["bytes_received"] += len(data)
             if not others_ran:
                 # The client keeps the socket full: take turns with everyone else.
                 take_turn()
@@ -661,6 +672,7 @@ class Connection:
                     self.addr,
                     self.path,
                     error,
+                    extra=conn_fields(self, "protocol_error", close_code=error.code, cause=error.reason),
                 )
                 self.close(error.code, error.reason)
             return False
@@ -689,6 +701,7 @@ class Connection:
                 self.addr,
                 self.path,
                 self._rate.rate,
+                extra=conn_fields(self, "rate_limited", close_code=CLOSE_POLICY, cause="message rate"),
             )
             self._fail(CLOSE_POLICY, "message rate limit exceeded")
             return
@@ -696,11 +709,20 @@ class Connection:
         try:
             handler(self, data)
         except Exception:
-            logger.exception("error in message handler for %s (from %s)", self.path, self.addr)
+            logger.exception(
+                "error in message handler for %s (from %s)",
+                self.path,
+                self.addr,
+                extra=conn_fields(self, "handler_error", handler="message"),
+            )
         finally:
-            self.server.handler_seconds[handler] += monotonic() - started
-            self.server.handler_calls[handler] += 1
-            self.server.after_handler()
+            elapsed = monotonic() - started
+            server = self.server
+            server.handler_seconds[handler] += elapsed
+            server.handler_calls[handler] += 1
+            if server.metrics is not None:
+                server.metrics.handled(handler, elapsed)
+            server.after_handler()
 
     def _inflate(self, message: Message) -> str | bytes:
         """The payload of a compressed message, decoded if it is text."""

@@ -19,6 +19,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from time import perf_counter
 from typing import Any
 
 import gevent
@@ -92,8 +93,6 @@ class WebSocketServer:
         #: defaultdicts, not Counters: ``+=`` on them costs half as much, once per message.
         self.handler_seconds: defaultdict = defaultdict(float)
         self.handler_calls: defaultdict = defaultdict(int)
-        #: Messages handed to clients (one per recipient of a broadcast, one per ``send``).
-        self.messages_out = 0
         self._allowed_origins = allowed_origins
         self._limit_overrides = dict(limits)
         if max_connections is not None:
@@ -109,6 +108,8 @@ class WebSocketServer:
         #: this server belongs to (asok_green.cluster), or the single-process node.
         self.node: Node = SINGLE_PROCESS
         self.serving_port: int | None = None
+        #: Timings kept while metrics are on (asok_green.metrics.HubMetrics), else None.
+        self.metrics: Any = None
         if app is not None:
             self.bind_app(app)
         _INSTANCES.append(self)
@@ -326,8 +327,7 @@ class WebSocketServer:
 
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
         frame = _text_frame({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
-        for conn in self.connections():
-            conn.send_frame(frame)
+        self._fan_out(self.connections(), frame, None)
 
     def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
         # This node's members only: every node announces a cluster-wide change to its own.
@@ -428,32 +428,40 @@ class WebSocketServer:
         state = self.state
         members = state.by_path.get(name, ()) if target == "path" else state.rooms.get(name, ())
         delivered = self._fan_out(members, message, exclude)
-        self.messages_out += delivered
         if not from_adapter:
             # Only queued: a cluster's publisher greenlet does the Redis I/O.
             self.node.publish(target, name, message)
         return delivered
 
-    @staticmethod
-    def _fan_out(members: Iterable[Connection], message: Outgoing | bytes, exclude: Connection | None) -> int:
+    def _fan_out(self, members: Iterable[Connection], message: Outgoing | bytes, exclude: Connection | None) -> int:
         """Hand ``message`` to each member but ``exclude``; returns how many took it.
 
         ``message`` is an :class:`Outgoing` (compressed once for the members
         that negotiated permessage-deflate) or a frame to send as it is.
         """
-        delivered = 0
+        metrics = self.metrics
+        started = perf_counter() if metrics is not None else 0.0
+        delivered = size = 0
         if isinstance(message, Outgoing):
             frame = message.frame
             # A snapshot: a failed send may end a connection while we iterate.
             for conn in tuple(members):
                 if conn is not exclude:
                     deflate = conn.deflate
-                    if conn.send_frame(frame if deflate is None else message.frame_for(deflate)):
+                    sent = frame if deflate is None else message.frame_for(deflate)
+                    if conn.send_frame(sent):
                         delivered += 1
-            return delivered
-        for conn in tuple(members):
-            if conn is not exclude and conn.send_frame(message):
-                delivered += 1
+                        size += len(sent)
+        else:
+            for conn in tuple(members):
+                if conn is not exclude and conn.send_frame(message):
+                    delivered += 1
+            size = delivered * len(message)
+        stats = self.stats
+        stats["messages_sent"] += delivered
+        stats["bytes_sent"] += size
+        if metrics is not None:
+            metrics.fanout_time.observe(perf_counter() - started)
         return delivered
 
     # -- introspection -----------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import gevent
 
 from .frames import CLOSE_INTERNAL_ERROR, OP_PING, encode_frame
+from .jsonlog import conn_fields
 from .logs import flush_suppressed
 
 if TYPE_CHECKING:
@@ -37,7 +38,13 @@ def sweep(connections: Iterable[Connection], now: float, interval: float, timeou
             continue
         silent = now - conn.last_seen
         if silent >= interval + timeout:
-            logger.info("closing %s on %s: silent for %.0fs", conn.addr, conn.path, silent)
+            logger.info(
+                "closing %s on %s: silent for %.0fs",
+                conn.addr,
+                conn.path,
+                silent,
+                extra=conn_fields(conn, "silent_closed", close_code=CLOSE_INTERNAL_ERROR, cause="no pong"),
+            )
             # The peer is presumed gone: do not wait long for its close frame.
             conn.close(CLOSE_INTERNAL_ERROR, TIMEOUT_REASON, timeout=min(1.0, timeout))
             closed += 1

@@ -81,20 +81,29 @@ def log_limited(
     limits: Any,
     msg: str,
     *args: Any,
+    extra: dict[str, Any] | None = None,
 ) -> bool:
     """Log ``msg % args`` at ``level`` unless lines of ``key`` are over their rate; True if logged.
 
     ``limits`` gives the rate: ``log_burst`` lines per ``log_interval`` seconds
-    (see :class:`asok_green.limits.Limits`).
+    (see :class:`asok_green.limits.Limits`). ``extra`` holds the line's fields
+    for structured logs (an ``event`` name, the connection, the cause).
     """
     if not logger.isEnabledFor(level):
         return False
     interval = limits.log_interval
     allowed, suppressed = limiter.allow(key, monotonic(), limits.log_burst, interval)
     if suppressed:
-        logger.log(level, "suppressed %d similar lines (%s) in the last %.0fs", suppressed, key, interval)
+        logger.log(
+            level,
+            "suppressed %d similar lines (%s) in the last %.0fs",
+            suppressed,
+            key,
+            interval,
+            extra={"event": "log_suppressed", "kind": key, "suppressed": suppressed},
+        )
     if allowed:
-        logger.log(level, msg, *args)
+        logger.log(level, msg, *args, extra=extra)
     return allowed
 
 
@@ -106,5 +115,11 @@ def flush_suppressed(logger: logging.Logger, limits: Any) -> int:
     interval = limits.log_interval
     due = limiter.pending(monotonic(), interval)
     for key, suppressed in due:
-        logger.warning("suppressed %d similar lines (%s) in the last %.0fs", suppressed, key, interval)
+        logger.warning(
+            "suppressed %d similar lines (%s) in the last %.0fs",
+            suppressed,
+            key,
+            interval,
+            extra={"event": "log_suppressed", "kind": key, "suppressed": suppressed},
+        )
     return len(due)

@@ -190,16 +190,16 @@ def build_snapshot(
 
     ``previous`` is the snapshot before this one (rates are 0 without it).
     ``hub`` needs ``stats`` (a Counter), ``state`` (an
-    :class:`asok_green.state.HubState`), ``routes`` and ``node``; it may have
-    ``messages_out`` (a count) and, for handler time, ``handler_seconds`` and
-    ``handler_calls`` (mappings by handler function).
+    :class:`asok_green.state.HubState`), ``routes`` and ``node``; it may have,
+    for handler time, ``handler_seconds`` and ``handler_calls`` (mappings by
+    handler function). Messages out are ``stats["messages_sent"]``.
     """
     state = hub.state
     stats = hub.stats
     handlers = _handler_totals(hub)
     totals = {
         "messages_in": sum(entry["messages"] for entry in handlers.values()),
-        "messages_out": getattr(hub, "messages_out", 0),
+        "messages_out": stats.get("messages_sent", 0),
         "handler_calls": sum(entry["calls"] for entry in handlers.values()),
         "handler_seconds": sum(entry["seconds"] for entry in handlers.values()),
         "connections_opened": stats.get("connections_opened", 0),

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         bootstrap.require_monkey_patched()
         bootstrap.install_dropin()
         app = bootstrap.load_app(args.app)
+        configure_logging(args.log_level, getattr(app, "config", None))
         for hub in WebSocketServer.instances() or [WebSocketServer(app=app)]:
             hub.bind_app(hub.app or app)
             resolve_settings(hub)

@@ -29,7 +29,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from . import dashboard
+from . import dashboard, jsonlog, metrics
 from .auth import Credentials, StoreUnavailable
 from .connection import Connection
 from .handshake import (
@@ -89,7 +89,12 @@ def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> No
         if not registered:
             from .frames import CLOSE_TRY_AGAIN
 
-            logger.warning("closing %s on %s: every connection slot is taken", conn.addr, conn.path)
+            logger.warning(
+                "closing %s on %s: every connection slot is taken",
+                conn.addr,
+                conn.path,
+                extra=jsonlog.conn_fields(conn, "connection_refused", close_code=CLOSE_TRY_AGAIN, cause="limit"),
+            )
             conn.close(CLOSE_TRY_AGAIN, "too many connections", timeout=0)
             return
         if route.on_connect is not None:
@@ -120,6 +125,14 @@ def end_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None
                 _call_handler(route.on_disconnect, conn, "disconnect")
     finally:
         conn.finish(hub.limits.flush_timeout)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "closed %s on %s: %s",
+                conn.addr,
+                conn.path,
+                conn.close_code,
+                extra=jsonlog.conn_fields(conn, "closed", close_code=conn.close_code, reason=conn.close_reason),
+            )
 
 
 def _call_handler(handler: Any, conn: Connection, what: str) -> None:
@@ -127,7 +140,13 @@ def _call_handler(handler: Any, conn: Connection, what: str) -> None:
     try:
         handler(conn)
     except Exception:
-        logger.exception("error in %s handler for %s (from %s)", what, conn.path, conn.addr)
+        logger.exception(
+            "error in %s handler for %s (from %s)",
+            what,
+            conn.path,
+            conn.addr,
+            extra=jsonlog.conn_fields(conn, "handler_error", handler=what),
+        )
     finally:
         conn.server.handler_seconds[handler] += time.monotonic() - started
         conn.server.handler_calls[handler] += 1
@@ -253,6 +272,8 @@ class GreenHandler(WebSocketHandler):
             self._deadline = None
 
     def _handle_client_error(self, ex: Exception) -> Any:
+        if isinstance(ex, (RequestTooLarge, HandshakeTimeout)):
+            metrics.handshake_refusals["headers"] += 1
         if isinstance(ex, RequestTooLarge):
             log_limited(
                 logger,
@@ -262,6 +283,7 @@ class GreenHandler(WebSocketHandler):
                 "refused request from %s: %s",
                 self.client_address,
                 ex,
+                extra={"event": "request_refused", "status": 431, "cause": "headers", "ip": self.client_address[0]},
             )
             return ("431", _plain_response(431, str(ex)))
         if isinstance(ex, HandshakeTimeout):
@@ -272,6 +294,7 @@ class GreenHandler(WebSocketHandler):
                 self._limits(),
                 "refused request from %s: headers not complete in time",
                 self.client_address,
+                extra={"event": "request_refused", "status": 408, "cause": "headers", "ip": self.client_address[0]},
             )
             return ("408", _plain_response(408, "request headers not received in time"))
         return super()._handle_client_error(ex)
@@ -416,6 +439,9 @@ class GreenHandler(WebSocketHandler):
 
     def _refuse(self, refusal: Refusal, path: str) -> None:
         REFUSALS.note_handshake(refusal, self._hubs(), path)
+        status = int(refusal.status_line[:3])
+        cause = metrics.refusal_cause(status, refusal.reason)
+        metrics.handshake_refusals[cause] += 1
         # A flood of refused handshakes is logged as a few lines and a count, not a line each.
         log_limited(
             logger,
@@ -427,6 +453,14 @@ class GreenHandler(WebSocketHandler):
             self.client_address,
             refusal.status_line,
             refusal.reason,
+            extra={
+                "event": "handshake_refused",
+                "status": status,
+                "cause": cause,
+                "path": path,
+                "ip": self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address,
+                "origin": self.environ.get("HTTP_ORIGIN"),
+            },
         )
         body = (refusal.reason + "\n").encode("utf-8")
         self.close_connection = True
@@ -441,8 +475,13 @@ class GreenHandler(WebSocketHandler):
 
     def log_request(self) -> None:
         """Log finished HTTP requests; an upgraded connection is logged when it opens, not here."""
-        if self.code != 101:
-            WSGIHandler.log_request(self)
+        if self.code == 101:
+            return
+        if getattr(self.server.log, "_logger", None) is access_logger:
+            # pywsgi's line, with its parts as fields for structured logs.
+            access_logger.info(self.format_request(), extra=jsonlog.request_fields(self))
+            return
+        WSGIHandler.log_request(self)
 
 
 class GreenServer(WSGIServer):
@@ -476,7 +515,11 @@ class GreenServer(WSGIServer):
         self._shutting_down = True
         if timeout is None:
             timeout = max(hub.limits.shutdown_timeout for hub in self.hubs) if self.hubs else 1.0
-        logger.info("shutting down: closing %d WebSocket(s) with 1001", self.connection_count())
+        logger.info(
+            "shutting down: closing %d WebSocket(s) with 1001",
+            self.connection_count(),
+            extra={"event": "shutting_down", "connections": self.connection_count()},
+        )
         self.close()
         for hub in self.hubs:
             hub.stop()
@@ -515,6 +558,7 @@ def make_server(
         config["WS_PORT"] = port
     for hub in hubs:
         hub.attach(app, port)
+    server.application = metrics.wrap_app(app, hubs)
     server.start()
     return server
 
@@ -535,9 +579,12 @@ def serve(
     """
     server = make_server(app, ws, host, port, **kwargs)
     url = f"{'https' if server.ssl_enabled else 'http'}://{host}:{server.server_port}"
-    print(f"asok_green: serving {url} (HTTP and WebSocket on the same port)", flush=True)
+    if jsonlog.json_requested(getattr(app, "config", None)):
+        logger.info("serving %s (HTTP and WebSocket on the same port)", url, extra={"event": "serving", "url": url})
+    else:
+        print(f"asok_green: serving {url} (HTTP and WebSocket on the same port)", flush=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
     server.stopped.wait()
-    logger.info("stopped")
+    logger.info("stopped", extra={"event": "stopped"})
     sys.stdout.flush()

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 
 from .cli import serve_argv
 from .cluster import WORKERS_ENV
+from .jsonlog import announce
+from .metrics import METRICS_DIR_ENV
 
 #: The environment variable through which a worker reports that it listens.
 READY_FD_ENV = "ASOK_GREEN_READY_FD"
@@ -53,6 +57,10 @@ class Supervisor:
         self.argv = worker_argv(host, port, app, log_level)
         self.url = f"http://{host}:{port}"
         self.env = {**os.environ, WORKERS_ENV: str(workers)}
+        #: Where each worker writes its metrics, so the one that answers a scrape sums them all.
+        self.metrics_dir = os.environ.get(METRICS_DIR_ENV) or tempfile.mkdtemp(prefix="asok_green_metrics_")
+        self._own_metrics_dir = METRICS_DIR_ENV not in os.environ
+        self.env[METRICS_DIR_ENV] = self.metrics_dir
         self.children: list[subprocess.Popen] = []
         self._signal: int | None = None
         self._restarts: deque = deque()
@@ -70,10 +78,11 @@ class Supervisor:
             self.stop()
             return exc.code or 1
         pids = ", ".join(str(child.pid) for child in self.children)
-        print(
-            f"asok_green: serving {self.url} with {self.workers} worker processes ({pids}), "
-            "HTTP and WebSocket on the same port",
-            flush=True,
+        announce(
+            f"serving {self.url} with {self.workers} worker processes ({pids}), HTTP and WebSocket on the same port",
+            "serving",
+            url=self.url,
+            workers=self.workers,
         )
         while self._signal is None:
             time.sleep(0.2)
@@ -122,13 +131,21 @@ class Supervisor:
         while self._restarts and self._restarts[0] < now - _RESTART_WINDOW:
             self._restarts.popleft()
         if len(self._restarts) > _MAX_RESTARTS:
-            print(
-                f"asok_green: workers keep dying ({len(self._restarts)} in {_RESTART_WINDOW:.0f}s): giving up",
-                file=sys.stderr,
-                flush=True,
+            announce(
+                f"workers keep dying ({len(self._restarts)} in {_RESTART_WINDOW:.0f}s): giving up",
+                "workers_failing",
+                "ERROR",
+                sys.stderr,
             )
             return None
-        print(f"asok_green: worker {child.pid} exited with {child.returncode}: starting another", file=sys.stderr)
+        announce(
+            f"worker {child.pid} exited with {child.returncode}: starting another",
+            "worker_restarted",
+            "WARNING",
+            sys.stderr,
+            pid=child.pid,
+            exit_code=child.returncode,
+        )
         try:
             return self._start_worker()
         except WorkerFailed:
@@ -149,6 +166,8 @@ class Supervisor:
                 code = child.wait()
             if code not in (0, -signal.SIGTERM):
                 status = 1
+        if self._own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return status
 
 

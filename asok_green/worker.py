@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
+from . import metrics
 from .server import GreenHandler
 
 logger = logging.getLogger("asok_green")
@@ -55,6 +56,7 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
         hubs = WebSocketServer.instances()
         for hub in hubs:
             hub.attach(self.wsgi, port if port is not None else hub.port)
+        self.wsgi = metrics.wrap_app(self.wsgi, hubs)
         if self.cfg.workers > 1 and any(hub.cluster is None for hub in hubs):
             logger.warning(
                 "%d workers without WS_ADAPTER=redis: a broadcast reaches only the clients of the "

@@ -55,7 +55,6 @@ def make_hub(node=SINGLE_PROCESS) -> SimpleNamespace:
         node=node,
         handler_seconds=Counter(),
         handler_calls=Counter(),
-        messages_out=0,
         match=routes.match,
     )
 
@@ -115,7 +114,7 @@ def test_rates_come_from_the_previous_snapshot():
     hub.handler_seconds[echo] += 0.060
     hub.handler_calls[greet] += 10
     hub.handler_seconds[greet] += 0.040
-    hub.messages_out += 90
+    hub.stats["messages_sent"] += 90
     hub.stats["slow_consumers_closed"] += 4
     second = build_snapshot(hub, now=102.0, previous=first, refusals=RefusalLog())
     assert second["rates"]["messages_in"] == pytest.approx(15.0)  # 30 echo messages in 2 s; connects are not messages

@@ -1,0 +1,119 @@
+"""Structured logs: with Asok's ``LOG_FORMAT=json``, every line is one JSON object.
+
+Asok's own :class:`asok.logger.JSONFormatter` formats them (``timestamp``,
+``level``, ``logger``, ``message``, then the record's extra fields), so
+asok_green's lines sit beside Asok's in the same shape. The main log calls pass
+their fields with ``extra=``: an ``event`` name, and where the line has them the
+connection (``conn``, its ``ip:port``), the ``route`` pattern, the ``path``,
+the ``close_code`` and the ``cause``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["conn_fields", "configure", "json_requested", "request_fields"]
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def json_requested(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> bool:
+    """True when Asok's settings ask for JSON lines: ``LOG_FORMAT``, ``ASOK_LOG_FORMAT`` or the app's config."""
+    env = os.environ if environ is None else environ
+    fmt = (config or {}).get("LOG_FORMAT") or env.get("ASOK_LOG_FORMAT") or env.get("LOG_FORMAT", "")
+    return str(fmt).lower() == "json"
+
+
+def _formatter(json_lines: bool) -> logging.Formatter:
+    if json_lines:
+        from asok.logger import JSONFormatter
+
+        return JSONFormatter()
+    return logging.Formatter(_TEXT_FORMAT)
+
+
+class DefaultEvent(logging.Filter):
+    """Gives every record an ``event`` field: its own, or ``"log"`` (``"http_request"`` for the access log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Add the default event name when the line has none; never drops a line."""
+        if not hasattr(record, "event"):
+            record.event = "http_request" if record.name.endswith(".access") else "log"
+        return True
+
+
+_DEFAULT_EVENT = DefaultEvent()
+
+
+def configure(level: str, config: Mapping[str, Any] | None = None) -> None:
+    """One line per event on stderr: JSON objects when Asok's settings ask for them, else text.
+
+    Called again once the app is loaded (its config may say ``LOG_FORMAT``):
+    the root handler's formatter is replaced then.
+    """
+    json_lines = json_requested(config)
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper()))
+    for handler in root.handlers:
+        handler.setFormatter(_formatter(json_lines))
+        if json_lines and _DEFAULT_EVENT not in handler.filters:
+            handler.addFilter(_DEFAULT_EVENT)
+    if json_lines:
+        # Asok's loggers keep their own handlers; gevent's pywsgi prints tracebacks to stderr itself.
+        for name in ("asok", "asok.security"):
+            for handler in logging.getLogger(name).handlers:
+                if not isinstance(handler.formatter, type(_formatter(True))):
+                    handler.setFormatter(_formatter(True))
+
+
+def conn_fields(conn: Any, event: str, **fields: Any) -> dict[str, Any]:
+    """The ``extra=`` of a line about ``conn``: event, connection id, route pattern, path, and ``fields``."""
+    addr = conn.addr
+    conn_id = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
+    route = None
+    try:
+        found = conn.server.match(conn.path)[0]
+        route = found.pattern if found is not None else None
+    except Exception:
+        pass
+    return {"event": event, "conn": conn_id, "route": route, "path": conn.path, **fields}
+
+
+def request_fields(handler: Any) -> dict[str, Any]:
+    """The ``extra=`` of an access-log line, in the fields Asok's JSON lines use for requests."""
+    started, finished = getattr(handler, "time_start", None), getattr(handler, "time_finish", None)
+    duration = round((finished - started) * 1000, 3) if started and finished else None
+    addr = handler.client_address
+    status = getattr(handler, "code", None)
+    return {
+        "event": "http_request",
+        "method": getattr(handler, "command", None),
+        "path": getattr(handler, "path", None),
+        "status": status,
+        "duration_ms": duration,
+        "ip": addr[0] if isinstance(addr, tuple) else addr,
+        "bytes": getattr(handler, "response_length", None),
+    }
+
+
+def announce(message: str, event: str, level: str = "INFO", stream: Any = None, **fields: Any) -> None:
+    """Print one line from a process without logging set up (the ``--workers`` parent).
+
+    ``asok_green: message`` as text, or with ``LOG_FORMAT=json`` one JSON object
+    in the shape of Asok's lines, with ``event`` and ``fields``.
+    """
+    stream = stream or sys.stdout
+    if json_requested():
+        record = logging.LogRecord("asok_green", getattr(logging, level), __file__, 0, message, None, None)
+        record.__dict__.update(fields, event=event)
+        line = _formatter(True).format(record)
+    else:
+        line = f"asok_green: {message}"
+    print(line, file=stream, flush=True)

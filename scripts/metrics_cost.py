@@ -1,0 +1,178 @@
+"""What Prometheus metrics cost asok_green: the same server with metrics off and on, in one run.
+
+    python scripts/metrics_cost.py                 # 1,000 subscribers, 5,000 idle connections
+    python scripts/metrics_cost.py --quick         # a few dozen, for a smoke run
+
+Two ``asok serve --gevent`` processes on the bench project run side by side:
+``METRICS_ENABLED=false`` (no timings, Asok's path untouched) and metrics on
+(handler and fan-out timings, the families added to ``/metrics``). Measured on
+each, in alternating rounds so that load from elsewhere hits both alike:
+
+- server CPU per delivered message in the fan-out to ``--subscribers`` idle clients
+  (median of the rounds), and the difference in percent;
+- RSS per idle connection at ``--idle`` connections;
+- server CPU of one scrape of ``/metrics`` with those connections open (metrics on).
+
+``--baseline DIR`` adds a third server running the asok_green package found in
+DIR (e.g. a checkout from before metrics), to show what the always-kept
+counters cost too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from benchlib import load, procstat
+from benchlib.plan import Plan
+from benchlib.project import make_bench_project, project_env
+from benchlib.scenario import progress, warm_up
+from benchlib.servers import PEERS_BY_NAME, ServerProcess, free_port
+
+TOKEN = "metrics-cost"
+VARIANTS = {
+    "metrics off": {"METRICS_ENABLED": "false"},
+    "metrics on": {"METRICS_TOKEN": TOKEN},
+}
+
+
+def start(project: pathlib.Path, work: pathlib.Path, name: str, extra: dict[str, str]) -> ServerProcess:
+    """``asok serve --gevent`` on the bench project with ``extra`` in its environment."""
+    peer = PEERS_BY_NAME["asok_green"]
+    port = free_port()
+    log = work / f"{name.replace(' ', '-')}-{port}.log"
+    log_file = open(log, "wb")
+    proc = subprocess.Popen(
+        peer.argv(port, port, project),
+        cwd=project,
+        env=project_env(PYTHONUNBUFFERED="1", **extra),
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    server = ServerProcess(peer, proc, port, port, log, log_file)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(server.http_url + "/whoami", timeout=1).read()
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{name} did not start:\n{server.tail()}")
+
+
+def fanout_round(server: ServerProcess, holders: load.Holders, round_id: int, size: int) -> float | None:
+    """One broadcast to every holder: server CPU microseconds per delivered message."""
+    control = load.ControlClient(server.port, server.origin)
+    try:
+        holders.arm(round_id, 1)
+        cpu0 = procstat.cpu_seconds(server.pid)
+        done = control.broadcast(1, size)
+        complete, _ = holders.collect(timeout=60)
+        cpu1 = procstat.cpu_seconds(server.pid)
+    finally:
+        control.close()
+    if not done or not complete:
+        return None
+    return (cpu1 - cpu0) / complete * 1e6
+
+
+def scrape_cpu(server: ServerProcess, times: int = 20) -> float:
+    """Server CPU milliseconds per scrape of ``/metrics``."""
+    request = urllib.request.Request(server.http_url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    procstat.wait_idle(server.pid)
+    cpu0 = procstat.cpu_seconds(server.pid)
+    for _ in range(times):
+        urllib.request.urlopen(request, timeout=10).read()
+    return (procstat.cpu_seconds(server.pid) - cpu0) / times * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and print it (and write JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--idle", type=int, default=5000)
+    parser.add_argument("--json")
+    parser.add_argument("--baseline", help="a source tree whose asok_green runs as a third server")
+    args = parser.parse_args(argv)
+    variants = dict(VARIANTS)
+    if args.baseline:
+        variants["baseline"] = {"PYTHONPATH": str(pathlib.Path(args.baseline).resolve()), "METRICS_ENABLED": "false"}
+    plan = Plan.quick() if args.quick else Plan()
+    if args.quick:
+        args.subscribers, args.rounds, args.idle = 50, 4, 100
+    work = pathlib.Path(tempfile.mkdtemp(prefix="asok-metrics-cost-"))
+    sources = load.SourceAddresses()
+    project = make_bench_project(work / "project")
+    servers = {name: start(project, work, name, extra) for name, extra in variants.items()}
+    holders: dict[str, load.Holders] = {}
+    result: dict = {"subscribers": args.subscribers, "rounds": args.rounds, "idle": args.idle, "variants": {}}
+    try:
+        for name, server in servers.items():
+            warm_up(server, plan, sources)
+            holders[name] = load.Holders(server.ws_url("/room"), server.origin, sources, most=args.subscribers)
+            holders[name].grow(args.subscribers, plan.open_timeout)
+            procstat.wait_idle(server.pid)
+        progress(f"fan-out to {args.subscribers}: {args.rounds} alternating rounds")
+        cpu: dict[str, list[float]] = {name: [] for name in servers}
+        for round_id in range(args.rounds):
+            shift = round_id % len(servers)
+            order = list(servers)[shift:] + list(servers)[:shift]
+            for name in order:
+                value = fanout_round(servers[name], holders[name], round_id, plan.message_size)
+                if value is not None:
+                    cpu[name].append(value)
+        for name in servers:
+            holders[name].close()
+            procstat.wait_idle(servers[name].pid)
+        progress(f"idle memory at {args.idle} connections")
+        for name, server in servers.items():
+            idle = load.Holders(server.ws_url("/room"), server.origin, sources, most=args.idle)
+            before = procstat.rss_bytes(server.pid)
+            idle.grow(args.idle, plan.open_timeout)
+            procstat.wait_idle(server.pid)
+            opened = idle.still_open()
+            after = procstat.rss_bytes(server.pid)
+            entry = {
+                "cpu_us_per_msg": statistics.median(cpu[name]) if cpu[name] else None,
+                "rounds": len(cpu[name]),
+                "idle_open": opened,
+                "bytes_per_idle_conn": (after - before) / opened if opened else None,
+            }
+            if name == "metrics on":
+                entry["scrape_cpu_ms"] = scrape_cpu(server)
+            result["variants"][name] = entry
+            idle.close()
+    finally:
+        for h in holders.values():
+            h.close()
+        for server in servers.values():
+            server.stop()
+    off, on = result["variants"].get("metrics off", {}), result["variants"].get("metrics on", {})
+    if off.get("cpu_us_per_msg") and on.get("cpu_us_per_msg"):
+        result["cpu_overhead_percent"] = (on["cpu_us_per_msg"] / off["cpu_us_per_msg"] - 1) * 100
+    if off.get("bytes_per_idle_conn") is not None and on.get("bytes_per_idle_conn") is not None:
+        result["bytes_overhead_per_conn"] = on["bytes_per_idle_conn"] - off["bytes_per_idle_conn"]
+    base = result["variants"].get("baseline", {})
+    if base.get("cpu_us_per_msg") and on.get("cpu_us_per_msg"):
+        result["cpu_overhead_vs_baseline_percent"] = (on["cpu_us_per_msg"] / base["cpu_us_per_msg"] - 1) * 100
+    print(json.dumps(result, indent=1))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
