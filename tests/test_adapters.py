@@ -285,11 +285,8 @@ def test_a_custom_adapter_needs_no_redis_settings_even_under_workers(monkeypatch
     assert resolve_settings(hub(RecordingAdapter())) is None
 
 
-def test_asoks_in_memory_adapter_is_the_single_process(monkeypatch):
+def test_an_object_without_publish_is_a_config_error(monkeypatch):
     monkeypatch.delenv(WORKERS_ENV, raising=False)
-    assert resolve_settings(hub(InMemoryWebSocketAdapter())) is None
-
-
-def test_an_object_without_publish_is_a_config_error():
+    assert resolve_settings(hub(InMemoryWebSocketAdapter())) is None  # Asok's own: the single process
     with pytest.raises(ClusterConfigError, match="NotPublishing"):
         resolve_settings(hub(type("NotPublishing", (), {})()))

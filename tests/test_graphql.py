@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import websocket
 from gql import Client, gql
 from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
@@ -234,19 +233,3 @@ def test_presence_frames_do_not_reach_graphql_clients(server):
         chat.close()
     assert json.loads(heard) == {"op": "broadcast", "type": "presence", "user_id": 2, "status": "online"}
     assert result["userCreated"]["id"] == user_id
-
-
-def test_other_paths_keep_their_handlers(server):
-    # /graphql is added beside the project's routes, not instead of them.
-    client = ws_connect(server, "/echo")
-    try:
-        client.send("still here")
-        assert client.recv() == "still here"
-    finally:
-        client.close()
-
-
-def test_websocket_client_sees_no_graphql_route_on_a_plain_404_path(server):
-    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        ws_connect(server, "/graphql/extra")
-    assert refused.value.status_code == 404
