@@ -87,8 +87,10 @@ class WebSocketServer:
         self.app = None
         self._release_db: Callable[[], None] | None = None
         self.routes = RouteTable()
-        #: Whether a route speaks a subprotocol (it then gets no presence frames).
-        self._speaking_subprotocols = False
+        #: Paths of static routes that speak a subprotocol, and whether a dynamic one does
+        #: (their connections get no presence frames).
+        self._subprotocol_paths: set[str] = set()
+        self._subprotocol_patterns = False
         self.stats: Counter = Counter()
         self._allowed_origins = allowed_origins
         self._limit_overrides = dict(limits)
@@ -121,8 +123,12 @@ class WebSocketServer:
         route get only what is sent to them or their path: no presence frames.
         """
         if subprotocols:
-            self.routes.route(path).subprotocols = tuple(subprotocols)
-            self._speaking_subprotocols = True
+            route = self.routes.route(path)
+            route.subprotocols = tuple(subprotocols)
+            if route.is_dynamic:
+                self._subprotocol_patterns = True
+            else:
+                self._subprotocol_paths.add("/" + "/".join(route.segments))
         return self._register_handler(path, "on_message")
 
     def on_connect(self, path: str) -> Callable:
@@ -413,14 +419,19 @@ class WebSocketServer:
         A GraphQL client on ``/graphql`` (graphql-transport-ws) takes any other
         message for a protocol error and drops its subscriptions.
         """
-        if not self._speaking_subprotocols:
+        quiet, patterns = self._subprotocol_paths, self._subprotocol_patterns
+        if not quiet and not patterns:
             return self.connections()
         match = self.routes.match
         audience = []
         for path, members in self.state.by_path.items():
-            route = match(path)[0]
-            if route is None or not route.subprotocols:
-                audience.extend(members)
+            if path in quiet:
+                continue
+            if patterns:
+                route = match(path)[0]
+                if route is not None and route.subprotocols:
+                    continue
+            audience.extend(members)
         return audience
 
     def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
