@@ -112,7 +112,10 @@ def resolve_settings(hub: WebSocketServer) -> ClusterSettings | None:
     URL, or an Asok ``RedisWebSocketAdapter``), then ``WS_ADAPTER`` and
     ``WS_REDIS_URL`` from the app's config, then from the environment, as Asok
     resolves them. Under ``--workers N`` (N > 1) Redis is required and its URL
-    must be given explicitly: :class:`ClusterConfigError` otherwise.
+    must be given explicitly: :class:`ClusterConfigError` otherwise. Any other
+    Asok adapter object gives None, even under ``--workers``: the hub drives it
+    (asok_green.adapters); an object that is no adapter is a
+    :class:`ClusterConfigError`.
     """
     config = getattr(hub.app, "config", None) or {}
     adapter = hub.adapter
@@ -124,6 +127,14 @@ def resolve_settings(hub: WebSocketServer) -> ClusterSettings | None:
     elif adapter is not None:
         url = getattr(adapter, "redis_url", None)
         prefix = getattr(adapter, "channel_prefix", None) or DEFAULT_PREFIX
+        if not url:
+            from .adapters import AdapterRefused, is_custom_adapter
+
+            try:
+                if is_custom_adapter(adapter):
+                    return None  # it carries the broadcasts itself (asok_green.adapters)
+            except AdapterRefused as exc:
+                raise ClusterConfigError(str(exc)) from None
         kind = "redis" if url else "memory"
     else:
         kind = str(_setting(config, "WS_ADAPTER") or "memory").lower()

@@ -351,6 +351,28 @@ class Connection:
         return self.state is not OPEN
 
     @property
+    def sock(self) -> socket.socket:
+        """The connection's socket, as Asok's ``conn.sock``: for its address and options, not for writing.
+
+        Bytes written to it directly would cut into frames queued by :meth:`send`.
+        """
+        return self._sock
+
+    @functools.cached_property
+    def request(self) -> Any:
+        """An Asok ``Request`` made from the handshake, as Asok's ``conn.request`` (GraphQL's authorize hook reads it).
+
+        Built on first use (and kept, in the instance's ``__dict__``), so a
+        connection nobody asks costs nothing more: its headers and cookies,
+        ``REMOTE_ADDR`` (``conn.addr``), and ``request.user`` /
+        ``request.session`` as the handshake resolved them. Reading the user
+        never queries the database again. Handlers may set it as in Asok.
+        """
+        from .handshake_request import handshake_request
+
+        return handshake_request(self)
+
+    @property
     def _rooms(self) -> set:
         # Asok's live-component helpers read ``conn._rooms`` directly.
         if self._room_set is None:

@@ -5,7 +5,7 @@ Pure functions: the server does the I/O and asks these what to answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -13,6 +13,9 @@ from .deflate import PerMessageDeflate, negotiate
 from .frames import accept_key, is_valid_client_key
 
 WEBSOCKET_VERSION = "13"
+
+#: The environ key holding the subprotocol chosen for an admitted handshake (see :func:`accept_subprotocol`).
+SUBPROTOCOL_KEY = "asok_green.subprotocol"
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,48 @@ def choose_compression(environ: Mapping[str, str], enabled: bool = True) -> PerM
     return negotiate(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
 
 
+def choose_subprotocol(environ: Mapping[str, str], accepted: Iterable[str]) -> str | None:
+    """The first subprotocol the client offers (``Sec-WebSocket-Protocol``) that is ``accepted``, or None.
+
+    None when the client offers none, or none of those offered is accepted: the
+    answer then names no subprotocol (RFC 6455 section 4.2.2), and a client that
+    required one gives up on its own.
+    """
+    accepted = set(accepted)
+    if not accepted:
+        return None
+    for offered in environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(","):
+        offered = offered.strip()
+        if offered in accepted:
+            return offered
+    return None
+
+
+def accept_subprotocol(environ: MutableMapping[str, str], accepted: Iterable[str]) -> str | None:
+    """Choose the subprotocol of an admitted handshake and keep it in ``environ`` for :func:`response_headers`."""
+    chosen = choose_subprotocol(environ, accepted)
+    if chosen is None:
+        environ.pop(SUBPROTOCOL_KEY, None)
+    else:
+        environ[SUBPROTOCOL_KEY] = chosen
+    return chosen
+
+
 def response_headers(environ: Mapping[str, str], deflate: PerMessageDeflate | None = None) -> list[tuple[str, str]]:
     """The headers of the ``101 Switching Protocols`` answer to a valid handshake.
 
-    With ``deflate`` the answer accepts permessage-deflate with those parameters.
+    With ``deflate`` the answer accepts permessage-deflate with those
+    parameters; with a subprotocol chosen by :func:`accept_subprotocol` it
+    names that subprotocol.
     """
     headers = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept_key(environ["HTTP_SEC_WEBSOCKET_KEY"].strip())),
     ]
+    subprotocol = environ.get(SUBPROTOCOL_KEY)
+    if subprotocol:
+        headers.append(("Sec-WebSocket-Protocol", subprotocol))
     if deflate is not None:
         headers.append(("Sec-WebSocket-Extensions", deflate.response_header()))
     return headers

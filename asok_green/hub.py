@@ -88,6 +88,10 @@ class WebSocketServer:
         self.app = None
         self._release_db: Callable[[], None] | None = None
         self.routes = RouteTable()
+        #: Paths of static routes that speak a subprotocol, and whether a dynamic one does
+        #: (their connections get no presence frames).
+        self._subprotocol_paths: set[str] = set()
+        self._subprotocol_patterns = False
         self.stats: Counter = Counter()
         #: Seconds spent in, and calls of, each handler function (wall time, monotonic clock).
         #: defaultdicts, not Counters: ``+=`` on them costs half as much, once per message.
@@ -116,8 +120,22 @@ class WebSocketServer:
 
     # -- registration (the doc's decorators) --------------------------------
 
-    def on(self, path: str) -> Callable:
-        """Register the handler of text and binary messages on ``path``: ``fn(conn, message)``."""
+    def on(self, path: str, subprotocols: Iterable[str] = ()) -> Callable:
+        """Register the handler of text and binary messages on ``path``: ``fn(conn, message)``.
+
+        ``subprotocols`` (an asok_green extension) are the WebSocket
+        subprotocols the route speaks: the handshake answer names the first
+        one the client offers among them (``Sec-WebSocket-Protocol``). A
+        client that offers none is served all the same. Connections on such a
+        route get only what is sent to them or their path: no presence frames.
+        """
+        if subprotocols:
+            route = self.routes.route(path)
+            route.subprotocols = tuple(subprotocols)
+            if route.is_dynamic:
+                self._subprotocol_patterns = True
+            else:
+                self._subprotocol_paths.add("/" + "/".join(route.segments))
         return self._register_handler(path, "on_message")
 
     def on_connect(self, path: str) -> Callable:
@@ -145,8 +163,8 @@ class WebSocketServer:
     # -- wiring to the app and the serving process --------------------------
 
     def bind_app(self, app: Any) -> None:
-        """Use ``app`` for config, the session cookie and Asok's ``/asok/live`` operators."""
-        from . import ops
+        """Use ``app`` for config, the session cookie, Asok's ``/asok/live`` operators and ``/graphql``."""
+        from . import graphql, ops
 
         if self.app is app:
             return
@@ -162,6 +180,7 @@ class WebSocketServer:
         if "/asok/live" not in self.routes:
             self.on("/asok/live")(ops.on_live_message)
             ops.install_model_relay(self)
+        graphql.install(self)
 
     def attach(self, app: Any, port: int) -> None:
         """Called once by the serving process: bind the app and check the configuration.
@@ -184,13 +203,84 @@ class WebSocketServer:
         if self.secret_key is None and self.app is not None:
             config = getattr(self.app, "config", None) or {}
             self.secret_key = getattr(self.app, "secret_key", None) or config.get("SECRET_KEY")
-        # Built now, so a policy refused for production fails at start-up, not at the first client.
+        # Built now (again, with the serving port), so a policy refused for production
+        # fails at start-up, not at the first client.
+        self._origins = None
         logger.info("%s", self.origins.describe())
         self._start_background_jobs()
         if self.node is SINGLE_PROCESS:
-            from . import cluster
+            from . import adapters, cluster
 
-            self.node = cluster.join(self) or SINGLE_PROCESS
+            # The cluster's settings first: they refuse an adapter= that is no adapter.
+            self.node = cluster.join(self) or adapters.join(self) or SINGLE_PROCESS
+
+    # -- attributes of Asok's WebSocketServer ------------------------------------
+
+    @property
+    def allowed_origins(self) -> str | list[str]:
+        """The origins allowed to connect, as Asok's ``ws.allowed_origins``: ``"*"`` or a list.
+
+        The list holds the configured origins and wildcard patterns, then
+        localhost, 127.0.0.1 and [::1] on the allowed development ports. The
+        page's own origin (Origin equal to ``Host``) is allowed too but cannot be
+        listed. Setting it replaces the ``allowed_origins=`` argument; a server
+        already serving applies it at once (``"*"`` with DEBUG off raises
+        :class:`asok_green.origins.InsecureOriginPolicy`, as at start-up).
+        """
+        policy = self.origins
+        if policy.any_local_port:
+            return "*"
+        local = [
+            f"{scheme}://{host}{port}"
+            for scheme in ("http", "https")
+            for host in ("localhost", "127.0.0.1", "[::1]")
+            for port in ("", *(f":{p}" for p in sorted(policy.local_ports)))
+        ]
+        return [*sorted(policy.exact), *policy.wildcards, *local]
+
+    @allowed_origins.setter
+    def allowed_origins(self, value: str | Iterable[str] | None) -> None:
+        previous, previous_policy = self._allowed_origins, self._origins
+        self._allowed_origins = value
+        self._origins = None
+        if self.serving_port is not None:
+            try:
+                self.origins  # noqa: B018 - built now, so a refused policy raises here
+            except Exception:
+                self._allowed_origins, self._origins = previous, previous_policy
+                raise
+
+    @property
+    def max_connections(self) -> int:
+        """The most WebSockets this process holds at once, as Asok's ``ws.max_connections``.
+
+        ``max_connections=`` or ``WS_MAX_CONNECTIONS`` when given, capped by what
+        the open-files limit allows; that limit alone otherwise. Setting it
+        applies to the next handshake; open connections stay.
+        """
+        return self.limits.max_connections or self.limits.connection_cap(open_files_limit())
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        value = int(value)
+        self._limit_overrides["max_connections"] = value
+        self.limits.max_connections = value
+        if self.serving_port is not None:
+            self.limits.max_connections = self.limits.connection_cap(open_files_limit())
+
+    @property
+    def presence_counts(self) -> dict:
+        """User id -> how many connections the user has open in this process, as Asok's ``ws.presence_counts``.
+
+        A copy: presence changes only as connections open and close.
+        """
+        return dict(self.state.local_users)
+
+    def on_live_message(self, conn: Connection, text: str | bytes) -> None:
+        """Handle one ``/asok/live`` message, as Asok's ``ws.on_live_message`` does (a handler for ``@ws.on``)."""
+        from . import ops
+
+        ops.on_live_message(conn, text)
 
     @property
     def cluster(self) -> Any:
@@ -327,7 +417,28 @@ class WebSocketServer:
 
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
         frame = _text_frame({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
-        self._fan_out(self.connections(), frame, None)
+        self._fan_out(self._presence_audience(), frame, None)
+
+    def _presence_audience(self) -> list[Connection]:
+        """Every connection, but those on routes that speak a subprotocol of their own.
+
+        A GraphQL client on ``/graphql`` (graphql-transport-ws) takes any other
+        message for a protocol error and drops its subscriptions.
+        """
+        quiet, patterns = self._subprotocol_paths, self._subprotocol_patterns
+        if not quiet and not patterns:
+            return self.connections()
+        match = self.routes.match
+        audience = []
+        for path, members in self.state.by_path.items():
+            if path in quiet:
+                continue
+            if patterns:
+                route = match(path)[0]
+                if route is not None and route.subprotocols:
+                    continue
+            audience.extend(members)
+        return audience
 
     def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
         # This node's members only: every node announces a cluster-wide change to its own.

@@ -80,16 +80,18 @@ class Route:
     ``conn.params["name"]``; every other segment must match exactly.
     """
 
-    __slots__ = ("pattern", "segments", "params", "on_message", "on_connect", "on_disconnect")
+    __slots__ = ("pattern", "segments", "params", "on_message", "on_connect", "on_disconnect", "subprotocols")
 
     def __init__(self, pattern: str):
-        """Parse ``pattern``; handlers start unset."""
+        """Parse ``pattern``; handlers start unset, and no subprotocol is accepted."""
         self.pattern = pattern
         self.segments = split_path(pattern)
         self.params = tuple(_param_name(s) for s in self.segments)
         self.on_message: Handler | None = None
         self.on_connect: Handler | None = None
         self.on_disconnect: Handler | None = None
+        #: The WebSocket subprotocols (``Sec-WebSocket-Protocol``) this route speaks.
+        self.subprotocols: tuple[str, ...] = ()
 
     @property
     def is_dynamic(self) -> bool:

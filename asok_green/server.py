@@ -34,6 +34,7 @@ from .auth import Credentials, StoreUnavailable
 from .connection import Connection
 from .handshake import (
     Refusal,
+    accept_subprotocol,
     check_upgrade,
     choose_compression,
     is_upgrade_request,
@@ -352,6 +353,7 @@ class GreenHandler(WebSocketHandler):
         if not admitted:
             hub.stats["refused_capacity"] += 1
             return None, None, {}, Refusal(503, "too many WebSocket connections", (("Retry-After", "5"),))
+        accept_subprotocol(env, route.subprotocols)  # named in the 101 answer (response_headers)
         return hub, route, params, None
 
     def _upgrade(self) -> None:

@@ -53,7 +53,9 @@ def test_adapter_argument_url_or_asok_adapter():
     assert resolve_settings(hub(adapter="redis", WS_REDIS_URL=URL)).url == URL
     asok_adapter = SimpleNamespace(redis_url=URL, channel_prefix="myapp:ws")
     assert resolve_settings(hub(adapter=asok_adapter)) == ClusterSettings(URL, prefix="myapp:ws")
-    assert resolve_settings(hub(adapter=SimpleNamespace(), WS_ADAPTER="redis")) is None
+    # Any other object is refused (an Asok adapter of one's own is driven: tests/test_adapters.py).
+    with pytest.raises(ClusterConfigError, match="not a WebSocket adapter"):
+        resolve_settings(hub(adapter=SimpleNamespace(), WS_ADAPTER="redis"))
 
 
 def test_workers_require_a_chosen_url(monkeypatch):

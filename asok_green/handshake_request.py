@@ -1,0 +1,34 @@
+"""``conn.request``: the Asok ``Request`` a WebSocket's handshake would have been.
+
+Asok's threaded server gives every connection a request built from its
+handshake (Asok's ``asok.ws.live._build_pseudo_request``), and Asok code reads
+it: GraphQL's ``GRAPHQL_AUTHORIZE`` hook, live components. Here it is built by
+the same function, only when first asked for, and completed with what the
+handshake already knows (the client's address, the scheme, the user), so that
+reading ``request.user`` never looks the session up again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+def handshake_request(conn: Connection) -> Any:
+    """An ``asok.request.Request`` for ``conn``'s handshake: headers, cookies, path, address, user, session."""
+    from asok.ws.live import _build_pseudo_request
+
+    request = _build_pseudo_request(conn.server, conn)
+    environ = request.environ
+    addr = conn.addr
+    if isinstance(addr, tuple) and addr:
+        environ["REMOTE_ADDR"] = str(addr[0])
+        if len(addr) > 1:
+            environ["REMOTE_PORT"] = str(addr[1])
+    # A TLS socket has a cipher: the page was https, the socket wss.
+    environ["wsgi.url_scheme"] = "https" if getattr(conn.sock, "cipher", None) is not None else "http"
+    # The handshake resolved the user (None for a guest): Asok would look the session up again.
+    request.user = conn.user
+    return request
