@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import bench_cluster
+import metrics_cost
 from benchlib import encode_check, experiment, load, machine, report
 from benchlib.chart import draw
 from benchlib.plan import Plan
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
     progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
     cluster = bench_cluster.run(quick=args.quick)
+    progress("metrics cost: asok_green with Prometheus metrics off and on")
+    metrics = metrics_cost.run(quick=args.quick)
     elapsed = time.monotonic() - started
     run = {
         "machine": machine.describe(),
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "peers": results,
         "memory_experiment": memory,
         "cluster": cluster,
+        "metrics_cost": metrics,
         "encode_check": encode_check.check(),
         "seconds": round(elapsed, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

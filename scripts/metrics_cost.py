@@ -106,27 +106,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json")
     parser.add_argument("--baseline", help="a source tree whose asok_green runs as a third server")
     args = parser.parse_args(argv)
+    result = run(args.quick, args.subscribers, args.rounds, args.idle, args.baseline)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def run(
+    quick: bool = False, subscribers: int = 1000, rounds: int = 40, idle: int = 5000, baseline: str | None = None
+) -> dict:
+    """Metrics off and on (and ``baseline``'s tree) side by side: fan-out CPU per message and idle memory."""
     variants = dict(VARIANTS)
-    if args.baseline:
-        variants["baseline"] = {"PYTHONPATH": str(pathlib.Path(args.baseline).resolve()), "METRICS_ENABLED": "false"}
-    plan = Plan.quick() if args.quick else Plan()
-    if args.quick:
-        args.subscribers, args.rounds, args.idle = 50, 4, 100
+    if baseline:
+        variants["baseline"] = {"PYTHONPATH": str(pathlib.Path(baseline).resolve()), "METRICS_ENABLED": "false"}
+    plan = Plan.quick() if quick else Plan()
+    if quick:
+        subscribers, rounds, idle = 50, 4, 100
     work = pathlib.Path(tempfile.mkdtemp(prefix="asok-metrics-cost-"))
     sources = load.SourceAddresses()
     project = make_bench_project(work / "project")
     servers = {name: start(project, work, name, extra) for name, extra in variants.items()}
     holders: dict[str, load.Holders] = {}
-    result: dict = {"subscribers": args.subscribers, "rounds": args.rounds, "idle": args.idle, "variants": {}}
+    result: dict = {"subscribers": subscribers, "rounds": rounds, "idle": idle, "variants": {}}
     try:
         for name, server in servers.items():
             warm_up(server, plan, sources)
-            holders[name] = load.Holders(server.ws_url("/room"), server.origin, sources, most=args.subscribers)
-            holders[name].grow(args.subscribers, plan.open_timeout)
+            holders[name] = load.Holders(server.ws_url("/room"), server.origin, sources, most=subscribers)
+            holders[name].grow(subscribers, plan.open_timeout)
             procstat.wait_idle(server.pid)
-        progress(f"fan-out to {args.subscribers}: {args.rounds} alternating rounds")
+        progress(f"fan-out to {subscribers}: {rounds} alternating rounds")
         cpu: dict[str, list[float]] = {name: [] for name in servers}
-        for round_id in range(args.rounds):
+        for round_id in range(rounds):
             shift = round_id % len(servers)
             order = list(servers)[shift:] + list(servers)[:shift]
             for name in order:
@@ -136,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in servers:
             holders[name].close()
             procstat.wait_idle(servers[name].pid)
-        progress(f"idle memory at {args.idle} connections")
+        progress(f"idle memory at {idle} connections")
         for name, server in servers.items():
-            idle = load.Holders(server.ws_url("/room"), server.origin, sources, most=args.idle)
+            held = load.Holders(server.ws_url("/room"), server.origin, sources, most=idle)
             before = procstat.rss_bytes(server.pid)
-            idle.grow(args.idle, plan.open_timeout)
+            held.grow(idle, plan.open_timeout)
             procstat.wait_idle(server.pid)
-            opened = idle.still_open()
+            opened = held.still_open()
             after = procstat.rss_bytes(server.pid)
             entry = {
                 "cpu_us_per_msg": statistics.median(cpu[name]) if cpu[name] else None,
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "metrics on":
                 entry["scrape_cpu_ms"] = scrape_cpu(server)
             result["variants"][name] = entry
-            idle.close()
+            held.close()
     finally:
         for h in holders.values():
             h.close()
@@ -167,11 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     base = result["variants"].get("baseline", {})
     if base.get("cpu_us_per_msg") and on.get("cpu_us_per_msg"):
         result["cpu_overhead_vs_baseline_percent"] = (on["cpu_us_per_msg"] / base["cpu_us_per_msg"] - 1) * 100
-    print(json.dumps(result, indent=1))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
     shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

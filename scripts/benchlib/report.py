@@ -50,6 +50,7 @@ def markdown(run: dict, chart_path: str) -> str:
         _misses(run, verdicts),
         _memory_experiment(run.get("memory_experiment")),
         _cluster(run.get("cluster")),
+        metrics_cost_section(run.get("metrics_cost")),
         _proposals(run),
         _profiles(run),
         _method(run),
@@ -78,6 +79,34 @@ def _cluster(cluster: dict | None) -> str:
     elif cluster.get("speedup"):
         text += f"\n\n2 workers deliver **{cluster['speedup']:.2f}x** the messages per second of 1."
     return head + text
+
+
+def metrics_cost_section(cost: dict | None) -> str:
+    """What Prometheus metrics cost: fan-out CPU per delivered message and idle memory, off against on."""
+    if not cost:
+        return ""
+    variants = cost["variants"]
+    rows = "\n".join(
+        f"| {name} | {v['cpu_us_per_msg']:.2f} | {v['bytes_per_idle_conn']:,.0f} |"
+        for name, v in variants.items()
+        if v.get("cpu_us_per_msg") is not None and v.get("bytes_per_idle_conn") is not None
+    )
+    text = (
+        "## Metrics cost\n\n"
+        f"asok_green with Prometheus metrics off (`METRICS_ENABLED=false`) and on, side by side "
+        f"(`scripts/metrics_cost.py`): server CPU per delivered message in {cost['rounds']} alternating "
+        f"rounds of a broadcast to {cost['subscribers']:,} subscribers (median), and RSS per idle "
+        f"connection at {cost['idle']:,}.\n\n"
+        "| asok_green | us per delivered message | bytes per idle connection |\n| --- | ---: | ---: |\n" + rows
+    )
+    if cost.get("cpu_overhead_percent") is not None:
+        text += (
+            f"\n\nMetrics on: **{cost['cpu_overhead_percent']:+.1f}%** CPU per delivered message (budget 5%), "
+            f"**{cost.get('bytes_overhead_per_conn', 0):+.0f} B** per idle connection (budget 200 B)"
+        )
+        scrape = variants.get("metrics on", {}).get("scrape_cpu_ms")
+        text += f"; one scrape costs {scrape:.1f} ms of server CPU." if scrape else "."
+    return text
 
 
 def _intro(run: dict, chart_path: str) -> str:
