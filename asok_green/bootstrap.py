@@ -39,6 +39,7 @@ def install_dropin() -> None:
     asok.ws.Connection = Connection
     _close_sockets_on_logout()
     _advertise_websocket_endpoint()
+    _offer_asokws_where_used()
 
 
 def _close_sockets_on_logout() -> None:
@@ -98,6 +99,28 @@ def _advertise_websocket_endpoint() -> None:
     _inject_alive.advertises_ws_path = True
     AssetInjector._resolve_ws_port = _resolve_ws_port
     AssetInjector._inject_alive = _inject_alive
+
+
+def _offer_asokws_where_used() -> None:
+    """Give ``window.asokWS`` to every page whose template calls it, as Asok's documentation promises.
+
+    Asok 0.8 adds its WebSocket script only to pages that hold ``ws-`` or a live
+    component, so the documentation's own ``window.asokWS('/chat')`` snippet on a
+    plain page finds no helper. The script connects to ``/asok/live`` on load,
+    so it is added where it is used rather than to every page.
+    """
+    from asok.core._asset_injector import AssetInjector
+
+    uses_components = getattr(AssetInjector, "_content_uses_components", None)
+    if uses_components is None or getattr(uses_components, "offers_asokws", False):
+        return
+
+    @functools.wraps(uses_components)
+    def _content_uses_components(injector: Any) -> bool:
+        return uses_components(injector) or "asokWS" in injector.content
+
+    _content_uses_components.offers_asokws = True
+    AssetInjector._content_uses_components = _content_uses_components
 
 
 def load_app(spec: str, directory: str | None = None) -> Any:
