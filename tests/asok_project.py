@@ -211,6 +211,23 @@ def make_project(root: pathlib.Path, *, extra_wsgi: str = "", debug: bool = True
     return root
 
 
+def asok_create(parent: pathlib.Path, name: str, *, wsgi_tail: str = "") -> pathlib.Path:
+    """Run `asok create name` in `parent`, append `wsgi_tail` to its wsgi.py; return the project."""
+    created = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "asok"), "create", name],
+        cwd=parent,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    project = pathlib.Path(parent) / name
+    with open(project / "wsgi.py", "a") as wsgi:
+        wsgi.write(wsgi_tail)
+    return project
+
+
 def _wsgi_source(extra: str) -> str:
     parts = [WSGI, extra.strip(), "ws.start()"]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import websocket
 
-from tests.asok_project import fetch, login
+from tests.asok_project import asok_create, fetch, login
 from tests.conftest import BIN, asok_serve, ws_connect
 
 pytestmark = pytest.mark.timeout(60)
@@ -229,18 +229,7 @@ ws.start()
 
 
 def test_asok_create_project_with_the_doc_handler_pasted(tmp_path):
-    created = subprocess.run(
-        [str(BIN / "asok"), "create", "demo"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    project = tmp_path / "demo"
-    with open(project / "wsgi.py", "a") as wsgi:
-        wsgi.write(DOC_HANDLER)
+    project = asok_create(tmp_path, "demo", wsgi_tail=DOC_HANDLER)
     proc = asok_serve(project, tmp_path)
     try:
         assert fetch(proc.url + "/").status == 200
