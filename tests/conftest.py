@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pathlib
 import signal
@@ -165,3 +166,14 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+def greenlet_count() -> int:
+    """Live gevent greenlets in this process.
+
+    ``type()`` rather than ``isinstance``: the garbage collector also lists weak
+    proxies (gql's, for one), and ``isinstance`` on a dead one raises ReferenceError.
+    """
+    import gevent
+
+    return sum(issubclass(type(o), gevent.Greenlet) and not o.dead for o in gc.get_objects())

@@ -10,7 +10,6 @@ registry entry and no greenlet behind.
 from __future__ import annotations
 
 import base64
-import gc
 import socket as stdlib_socket
 
 import gevent
@@ -23,6 +22,7 @@ from asok_green import hub as hub_module
 from asok_green import ops
 from asok_green.hub import WebSocketServer
 from asok_green.server import make_server
+from tests.conftest import greenlet_count
 from tests.server_frames import client_frame
 
 pytestmark = pytest.mark.timeout(300)
@@ -56,10 +56,6 @@ def live_server():
     server.close()
     ws.stop()
     hub_module._INSTANCES.remove(ws)
-
-
-def greenlet_count() -> int:
-    return sum(isinstance(o, gevent.Greenlet) and not o.dead for o in gc.get_objects())
 
 
 def exchange(port: int, data: bytes) -> None:

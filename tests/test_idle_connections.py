@@ -10,7 +10,6 @@ is drained.
 from __future__ import annotations
 
 import base64
-import gc
 import os
 
 import gevent
@@ -23,6 +22,7 @@ from asok_green import hub as hub_module
 from asok_green.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from asok_green.hub import WebSocketServer
 from asok_green.server import make_server
+from tests.conftest import greenlet_count
 from tests.server_frames import client_frame, parse_server_frames
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,10 +73,6 @@ def served():
     server.close()
     ws.stop()
     hub_module._INSTANCES.remove(ws)
-
-
-def greenlet_count() -> int:
-    return sum(isinstance(o, gevent.Greenlet) and not o.dead for o in gc.get_objects())
 
 
 def open_files() -> int:
