@@ -26,6 +26,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_listening(proc: subprocess.Popen, port: int, what: str, details, timeout: float) -> None:
+    """Wait until ``proc`` accepts TCP connections on 127.0.0.1:``port``.
+
+    Raises RuntimeError naming ``what``, with ``details()`` (its log), if it
+    exits first or does not listen within ``timeout`` seconds (then it is stopped).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{details()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    stop_process(proc)
+    raise RuntimeError(f"{what} did not listen within {timeout}s:\n{details()}")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Send ``sig`` to ``proc`` if it still runs, kill it after ``timeout``; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class ServerProcess:
     """A server started as its users start it, with its output kept in a log file."""
 
@@ -39,17 +70,7 @@ class ServerProcess:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not listen within {timeout}s:\n{self.log()}")
+        wait_listening(self.proc, self.port, "server", self.log, timeout)
 
     def log(self) -> str:
         """Everything the server printed so far."""
@@ -68,15 +89,9 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         """Send ``sig`` and return the exit code (kill after ``timeout``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, sig, timeout)
         self._log_file.close()
-        return self.proc.returncode
+        return code
 
 
 def asok_serve(project: pathlib.Path, tmp: pathlib.Path, *extra: str, env: dict | None = None) -> ServerProcess:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
-import time
 
 import pytest
+
+from tests.conftest import stop_process, wait_listening
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -83,25 +83,9 @@ class Nginx:
         self._wait_ready(folder)
 
     def _wait_ready(self, folder: pathlib.Path, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}: {(folder / 'error.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen within {timeout}s")
+        wait_listening(self.proc, self.port, "nginx", (folder / "error.log").read_text, timeout)
 
     def stop(self) -> None:
         """Stop nginx (SIGTERM; killed if it lingers)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._out.close()

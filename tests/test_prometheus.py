@@ -19,7 +19,7 @@ import pytest
 
 from tests.asok_project import make_project, project_env
 from tests.cluster_support import Clients, node_env
-from tests.conftest import BIN, ServerProcess, asok_serve, free_port
+from tests.conftest import BIN, ServerProcess, asok_serve, free_port, stop_process
 
 pytestmark = pytest.mark.timeout(100)
 
@@ -107,13 +107,7 @@ class Prometheus:
 
     def stop(self) -> None:
         """Stop the server."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
