@@ -78,7 +78,7 @@ _COALESCE_LIMIT = 64 * 1024
 _RECV_SIZE = 64 * 1024
 
 #: Messages a reader hands to its handler before it lets every other ready greenlet run.
-_MESSAGES_PER_TURN = 64
+_MESSAGES_PER_TURN = 32
 
 #: Bytes a reader parses at once, between two turns of the others.
 _PARSE_SLICE = 2 * 1024
