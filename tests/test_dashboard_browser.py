@@ -14,7 +14,6 @@ tests/test_browser.py; without it the tests skip, or fail when CI=true.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import pytest
@@ -22,7 +21,7 @@ import websocket
 
 from tests.asok_project import login, project_env
 from tests.conftest import asok_serve, ws_connect
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, unavailable
+from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,21 +38,6 @@ CONNECTIONS = """(n) => document.querySelector("#connections").textContent === S
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Debian's headless Chromium with a fresh profile."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed: pip install -e '.[test]'")
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"{CHROMIUM} is missing: apt-get install chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
 def server(project, tmp_path_factory):
     """The test project, its dashboard opened by ``TOKEN`` too."""
     proc = asok_serve(project, tmp_path_factory.mktemp("dashboard-browser"), env=project_env(WS_DASHBOARD_TOKEN=TOKEN))
@@ -66,12 +50,12 @@ def join(client, room: str) -> None:
     client.send(json.dumps({"op": "join_room", "room": room}))
 
 
-def dashboard_page(browser, server, **context_options):
+def dashboard_page(browser, server, **context_options):  # noqa: F811 - the fixture
     page = browser.new_context(viewport={"width": 1440, "height": 960}, **context_options).new_page()
     return page
 
 
-def test_dashboard_shows_clients_join_rooms_and_leave(browser, server):
+def test_dashboard_shows_clients_join_rooms_and_leave(browser, server):  # noqa: F811 - the fixture
     page = dashboard_page(browser, server)
     answer = page.goto(f"{server.url}/asok/green/?token={TOKEN}")
     assert answer.status == 200
@@ -120,7 +104,7 @@ def test_dashboard_shows_clients_join_rooms_and_leave(browser, server):
     page.context.close()
 
 
-def test_dashboard_for_an_admin_session_and_not_for_others(browser, server):
+def test_dashboard_for_an_admin_session_and_not_for_others(browser, server):  # noqa: F811 - the fixture
     for name, status in (("alice", 200), ("bob", 403)):
         cookies = login(server.url, name)
         context = browser.new_context()

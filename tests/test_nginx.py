@@ -9,7 +9,6 @@ theirs, not nginx's. Debian's Chromium chats through nginx as well.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import urllib.request
 
@@ -19,6 +18,7 @@ import websocket
 from tests.asok_project import make_project, project_env
 from tests.conftest import INTROSPECTION, asok_serve, free_port
 from tests.nginx_support import Nginx, require_nginx
+from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,27 +161,8 @@ def test_routes_under_the_prefix_through_nginx(prefixed):
 
 # -- Chromium through nginx ----------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
 
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's headless Chromium (see tests/test_browser.py)."""
-    from tests.test_browser import CHROMIUM_FLAGS, unavailable
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed: pip install -e '.[test]'")
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"{CHROMIUM} is missing: apt-get install chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
-
-
-def chat_page(browser, proxy: Nginx):
+def chat_page(browser, proxy: Nginx):  # noqa: F811 - the fixture
     """The test project's chat page, loaded through nginx, with its socket open."""
     context = browser.new_context()
     page = context.new_page()
@@ -193,7 +174,7 @@ def chat_page(browser, proxy: Nginx):
 
 
 @pytest.mark.parametrize("setup, path", [("plain", "/chat/general"), ("prefixed", "/ws/chat/general")])
-def test_chromium_chats_through_nginx(browser, request, setup, path):
+def test_chromium_chats_through_nginx(browser, request, setup, path):  # noqa: F811 - the fixture
     proxy = request.getfixturevalue(setup)
     alice, alice_page, alice_sockets = chat_page(browser, proxy)
     bob, bob_page, _ = chat_page(browser, proxy)
