@@ -122,6 +122,17 @@ def test_asok_dev_gevent_editing_the_page_reloads_the_browser_and_the_chat_recon
     assert stopped == 0
 
 
+def assert_two_clients_chat(first, second) -> None:
+    """``first`` says hi and both clients of the doc's chat room hear it; both are closed after."""
+    try:
+        first.send("hi")
+        assert first.recv() == "Guest: hi"
+        assert second.recv() == "Guest: hi"
+    finally:
+        first.close()
+        second.close()
+
+
 def test_asok_serve_gevent_behind_nginx_chats(project, tmp_path):
     require_nginx()
     backend = asok_serve(project, tmp_path, env=project_env(TRUSTED_PROXIES="127.0.0.1"))
@@ -131,14 +142,7 @@ def test_asok_serve_gevent_behind_nginx_chats(project, tmp_path):
         proxy = Nginx(tmp_path / "nginx", site(port, backend.port, README_BLOCK), port)
         page = fetch(proxy.url + "/")
         assert page.status == 200 and CREATED_HEADING in page.text
-        first, second = connect_through_nginx(proxy, ROOM), connect_through_nginx(proxy, ROOM)
-        try:
-            first.send("hi")
-            assert first.recv() == "Guest: hi"
-            assert second.recv() == "Guest: hi"
-        finally:
-            first.close()
-            second.close()
+        assert_two_clients_chat(connect_through_nginx(proxy, ROOM), connect_through_nginx(proxy, ROOM))
     finally:
         if proxy is not None:
             proxy.stop()
@@ -152,13 +156,6 @@ def test_asok_serve_gevent_with_a_certificate_chats_over_wss(project, tmp_path):
         status, body = https_get(f"https://127.0.0.1:{server.port}/", certificates)
         assert status == 200 and CREATED_HEADING in body
         first = wss_connect(server.port, ROOM, certificates)
-        second = wss_connect(server.port, ROOM, certificates)
-        try:
-            first.send("hi")
-            assert first.recv() == "Guest: hi"
-            assert second.recv() == "Guest: hi"
-        finally:
-            first.close()
-            second.close()
+        assert_two_clients_chat(first, wss_connect(server.port, ROOM, certificates))
     finally:
         assert server.stop() == 0
