@@ -36,6 +36,7 @@ from . import envelopes
 from .connection import Outgoing
 from .frames import CLOSE_INTERNAL_ERROR
 from .history_stores import HistoryStore, make_store
+from .logs import log_limited
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -257,9 +258,17 @@ class History:
 
         try:
             self.store.publish(stream.name, message.opcode, message.payload, deliver)
-        except Exception:
+        except Exception as exc:
             self.hub.stats["history_errors"] += 1
-            logger.exception("history store failed on stream %s: message delivered without an offset", stream.name)
+            log_limited(
+                logger,
+                logging.ERROR,
+                "history store",
+                self.hub.limits,
+                "history store failed on stream %s (%r): message delivered without an offset",
+                stream.name,
+                exc,
+            )
             return self.hub._fan_out(self.members(stream), message, exclude)
         return delivered
 
