@@ -326,3 +326,18 @@ def test_workers_are_replaced_one_at_a_time_and_no_connection_is_refused(workers
         assert server.stop() == 0
     finally:
         server.stop()
+
+
+def test_the_drain_schedule_closes_everyone_once_in_order_within_the_period():
+    import random
+
+    from asok_green.drain import drain_schedule
+
+    for count, seconds in ((1, 10.0), (7, 1.0), (1000, 10.0), (5, 0.0)):
+        schedule = drain_schedule(count, seconds, random.Random(count))
+        covered = [i for _, start, stop in schedule for i in range(start, stop)]
+        assert covered == list(range(count))
+        delays = [delay for delay, _, _ in schedule]
+        assert delays == sorted(delays) and all(0 <= delay <= seconds for delay in delays)
+    assert len(drain_schedule(1000, 10.0, random.Random(1))) == 100
+    assert drain_schedule(0, 10.0, random.Random(1)) == []
