@@ -42,15 +42,13 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import gevent
 from gevent.event import Event
 
+from .history_stores import HistoryUnavailable
 from .outage import Outage
-
-if TYPE_CHECKING:
-    from .cluster import RedisCluster
 
 logger = logging.getLogger("asok_green.history")
 
@@ -66,10 +64,6 @@ REFUSALS_BEFORE_DROP = 3
 ACK_SECONDS = 3600
 
 DeliverCallback = Callable[[str, int], None]
-
-
-class HistoryUnavailable(RuntimeError):
-    """Redis cannot be reached and this node cannot answer a resume from what it knows."""
 
 
 # -- the Redis side ---------------------------------------------------------------------------
@@ -394,7 +388,7 @@ def queue_limit(config: Any = None) -> int:
 
 
 class RedisHistoryStore:
-    """A history store (asok_green.history) on Redis Streams, shared by the nodes of ``cluster``.
+    """A history store (asok_green.history_stores) on Redis Streams, shared by the nodes of the hub's cluster.
 
     ``publish`` never yields: it queues. ``read_since`` and ``position`` make one
     Redis round trip (they yield); during an outage they answer from what this
@@ -403,37 +397,51 @@ class RedisHistoryStore:
 
     #: This store carries each message to the other nodes itself (they deliver it from the
     #: history channel): the hub does not publish a stream's messages on the cluster too.
-    shares_messages = True
+    distributes = True
 
-    def __init__(self, cluster: RedisCluster, limit: int = DEFAULT_QUEUE):
-        """A store on ``cluster``'s Redis connection, keys and channel; at most ``limit`` messages queued."""
-        self.cluster = cluster
-        self.log = StreamLog(cluster.redis, cluster.settings.prefix, cluster.node_id, cluster.history_channel)
+    def __init__(self, limit: int = DEFAULT_QUEUE):
+        """A store holding at most ``limit`` messages for Redis; it uses the hub's cluster from :meth:`start`."""
         self.queue = WriteQueue(limit)
         self.hub: Any = None
+        self.cluster: Any = None
+        self.log: StreamLog | None = None
         self._limits: dict[str, tuple[int, float | None]] = {}
         #: Per stream, the (epoch, offset) of the last message this node delivered.
         self._delivered: dict[str, tuple[str, int]] = {}
         self._wake = Event()
         self._writer: gevent.Greenlet | None = None
         self._stopped = False
-        self._errors = cluster.redis_errors
+        self._errors: tuple = ()
+        self._refusal: type = Exception
+        self._outage: Outage | None = None
+        self._drop_logged = False
+
+    # -- the HistoryStore interface --------------------------------------------------------
+
+    def start(self, hub: Any) -> None:
+        """Use ``hub``'s Redis cluster: listen on its history channel, start the writer greenlet.
+
+        Raises ValueError when ``hub`` is not in a Redis cluster.
+        """
+        cluster = hub.cluster
+        if cluster is None or not hasattr(cluster, "attach_history"):
+            raise ValueError(
+                "WS_HISTORY_STORE=redis keeps history in the cluster's Redis: set WS_ADAPTER=redis and "
+                "WS_REDIS_URL (or serve with --workers N), or choose WS_HISTORY_STORE=sqlite"
+            )
         from redis.exceptions import ResponseError
 
+        self.hub = hub
+        self.cluster = cluster
+        self.log = StreamLog(cluster.redis, cluster.settings.prefix, cluster.node_id, cluster.history_channel)
+        self._errors = cluster.redis_errors
         self._refusal = ResponseError
         self._outage = Outage(
             f"Redis history writes to {cluster.settings.url}",
             logger,
             meanwhile=f"queueing them in order, up to {self.queue.limit} messages (WS_HISTORY_QUEUE)",
         )
-        self._drop_logged = False
-
-    # -- the HistoryStore interface --------------------------------------------------------
-
-    def start(self, hub: Any) -> None:
-        """Listen on the cluster's history channel and start the writer greenlet."""
-        self.hub = hub
-        self.cluster.attach_history(self)
+        cluster.attach_history(self)
         self._writer = gevent.spawn(self._run_writer)
         self._wake.set()
 
@@ -481,6 +489,8 @@ class RedisHistoryStore:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Write what is queued (``timeout`` seconds at most, while Redis answers), then stop the writer."""
+        if self.cluster is None:
+            return
         with gevent.Timeout(timeout, False):
             while len(self.queue) and self.cluster.connected and not self._outage.failing:
                 self._wake.set()
