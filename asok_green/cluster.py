@@ -30,6 +30,10 @@ One writer: only the publisher greenlet writes this node's sets and announces
 its changes (the subscriber and the heartbeat only ask it to register again), so
 a late ``remove`` can never undo a newer registration.
 
+Stream history (asok_green.history_redis): the subscriber also listens on
+``asok:ws:history`` and hands what it reads there to the history store, in the
+order Redis published it; the store writes through this node's Redis client.
+
 Redis unreachable: clients of this node keep getting local broadcasts; messages
 for other nodes are dropped, and the outage is logged once. When Redis is back
 the node subscribes again, republishes its users and re-reads everyone else's.

@@ -286,12 +286,21 @@ def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same
             publish(a, path, ["during1", "during2"], clients)
             assert recv_texts(plain, 3) == ["before", "during1", "during2"]
             assert quiet(reader.ws) == [], "a v1 client got a stream message with no offset from Redis"
+            # Meanwhile a v1 client is told the position this node delivered last...
+            newcomer = ResumeClient(a, path, clients)
+            assert (newcomer.epoch, newcomer.last) == (epoch, reader.last)
+            # ...and one on a stream this node knows nothing of is asked to come back later.
+            unknown = clients.connect(a, "/feed/unseen", subprotocols=[V1])
+            opcode, frame = unknown.recv_data_frame(True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+            assert int.from_bytes(frame.data[:2], "big") == 1013
         finally:
             redis.proc.send_signal(signal.SIGCONT)
         a.wait_for_log("is back", timeout=15)
 
         assert reader.collect(3) == ["during1", "during2"]
         assert reader.epoch == epoch and reader.duplicates == 0
+        assert newcomer.collect(2) == ["during1", "during2"] and newcomer.duplicates == 0
         # Node B missed them live (cut off too): its client fills the gap by resuming.
         try:
             remote.collect(3)
