@@ -492,6 +492,7 @@ def summarize(clients: list[dict], sent: set[int]) -> dict:
         "connects": sum(c["connects"] for c in clients),
         "refused": sum(c["refused"] for c in clients),
         "gaps_resumed": sum(c["gaps"] for c in clients),
+        "dropped_duplicates": sum(c["dropped_duplicates"] for c in clients),
         "continuity_lost": sum(c["continuity_lost"] for c in clients),
     }
 
@@ -522,6 +523,8 @@ def run_scenario(
     finally:
         for clients in kinds.values():
             clients.kill()
+    if args.workdir:
+        (pathlib.Path(args.workdir) / f"clients-{name.split(':')[0]}.json").write_text(json.dumps(logs))
     received = {seq for client_logs in logs.values() for client in client_logs for seq in client["seqs"]}
     sent = publisher.acked | received
     result = {
