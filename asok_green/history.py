@@ -134,6 +134,10 @@ class Stream:
     def remember(self, offset: int, at: float, message: Outgoing) -> None:
         """Add message ``offset`` (delivered at ``at``) to the tail, dropping the oldest if it is full."""
         tail = self.tail
+        if tail and offset != tail[-1][0] + 1:
+            # Offsets in between were published by another process and not delivered here:
+            # the tail holds consecutive offsets only, so it starts over.
+            self.forget_tail()
         size = len(message.payload)
         if len(tail) == tail.maxlen:
             size -= len(tail.popleft()[2].payload)
