@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import gevent
 from gevent.event import Event
 
+from .cluster import ClusterConfigError
 from .history_stores import HistoryUnavailable
 from .outage import Outage
 
@@ -407,7 +408,7 @@ def queue_limit(config: Any = None) -> int:
     try:
         return max(1, int(raw)) if raw not in (None, "") else DEFAULT_QUEUE
     except (TypeError, ValueError):
-        raise ValueError(f"WS_HISTORY_QUEUE must be a number of messages, not {raw!r}") from None
+        raise ClusterConfigError(f"WS_HISTORY_QUEUE must be a number of messages, not {raw!r}") from None
 
 
 class RedisHistoryStore:
@@ -445,11 +446,11 @@ class RedisHistoryStore:
     def start(self, hub: Any) -> None:
         """Use ``hub``'s Redis cluster: listen on its history channel, start the writer greenlet.
 
-        Raises ValueError when ``hub`` is not in a Redis cluster.
+        Raises :class:`asok_green.cluster.ClusterConfigError` when ``hub`` is not in a Redis cluster.
         """
         cluster = hub.cluster
         if cluster is None or not hasattr(cluster, "attach_history"):
-            raise ValueError(
+            raise ClusterConfigError(
                 "WS_HISTORY_STORE=redis keeps history in the cluster's Redis: set WS_ADAPTER=redis and "
                 "WS_REDIS_URL (or serve with --workers N), or choose WS_HISTORY_STORE=sqlite"
             )

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 import websocket
 
-from tests.asok_project import make_project
+from tests.asok_project import make_project, project_env
 from tests.cluster_support import Clients, RedisServer, node_env, recv_texts, start_node
-from tests.conftest import INTROSPECTION, asok_serve, ws_connect
+from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, ws_connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -385,3 +386,23 @@ def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
     publish(a, path, ["hello"], clients)
     assert recv_texts(listener, 1) == ["hello"]
     assert quiet(listener, 0.3) == []
+
+
+def serve_expecting_exit(project, env: dict) -> subprocess.CompletedProcess:
+    """``asok serve --gevent`` that must stop at start-up; what it printed and its exit code."""
+    argv = [str(BIN / "asok"), "serve", "--gevent", "--port", str(free_port())]
+    try:
+        return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server started instead of refusing its settings")
+
+
+def test_redis_history_without_the_cluster_is_refused_at_start_up_saying_what_to_set(feed_project):
+    done = serve_expecting_exit(feed_project, project_env(WS_HISTORY_STORE="redis"))
+    assert done.returncode == 2
+    assert "WS_ADAPTER=redis" in done.stderr and "WS_HISTORY_STORE=sqlite" in done.stderr
+
+
+def test_a_history_queue_bound_that_is_no_number_is_refused_at_start_up(feed_project, redis_server):
+    done = serve_expecting_exit(feed_project, node_env(redis_server, WS_HISTORY_QUEUE="lots"))
+    assert done.returncode == 2 and "WS_HISTORY_QUEUE" in done.stderr
