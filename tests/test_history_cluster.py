@@ -378,6 +378,22 @@ def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_p
         redis.stop()
 
 
+def test_a_broadcast_from_asoks_own_redis_adapter_is_delivered_once_everywhere_and_kept_by_no_one(
+    nodes, redis_server, clients
+):
+    a, b = nodes
+    path = "/feed/asok"
+    reader = ResumeClient(a, path, clients)
+    plain = clients.connect(b, path)
+    envelope = {"target": "path", "name": path, "msg": "from asok", "node_id": "an-asok-server"}
+    redis_server.command("PUBLISH", f"asok:ws:path:{path}", json.dumps(envelope))
+    assert reader.read(5) == {"d": "from asok"}  # live, with no offset: no node kept it
+    assert recv_texts(plain, 1) == ["from asok"]
+    publish(b, path, ["kept"], clients)
+    assert reader.collect(1) == ["kept"] and reader.last == 1
+    assert redis_server.command("XLEN", f"asok:ws:history:{path}") == ":1"
+
+
 def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
     a, b = nodes
     path = "/feed/plain"
