@@ -9,16 +9,16 @@ Offsets are global: Redis gives them, so a client resumes on any node. Per strea
 * ``<prefix>:history-meta:S``: a hash, ``epoch`` and ``last`` (the last offset given). A stream
   whose hash is missing (new, or a Redis that lost its data) gets a new epoch.
 
-Writing. :meth:`RedisHistoryStore.publish` only queues (the hub has already handed the
-message to its plain clients). One writer greenlet sends the queue in order, in batches;
-each batch is one Lua script that, per message, increments the stream's offset, appends
-the entry (``XADD``) and publishes it (``PUBLISH``) with its stream, epoch and offset on
-``<prefix>:history``. Every node's cluster subscriber hands what it reads there to its store: another node's message goes
-to ``hub.deliver_stream`` (plain and v1 clients), this node's own to the ``deliver`` callback
-it was published with (v1 clients). One channel read by one subscriber: every node delivers
-in the order Redis gave the offsets. A batch whose reply was lost is sent again as it was; the
-script remembers each node's last batch (``<prefix>:history-ack:<node>``, one hour) and
-answers a repeat with the offsets it gave, so nothing is written twice.
+Writing. :meth:`RedisHistoryStore.publish` only queues (the hub has already handed the message
+to its plain clients). One writer greenlet sends the queue in order, in batches; each batch is
+one Lua script that, per message, increments the stream's offset, appends the entry (``XADD``)
+and publishes it (``PUBLISH``) with its stream, epoch and offset on ``<prefix>:history``. Every
+node's cluster subscriber hands what it reads there to its store: another node's message goes to
+``hub.deliver_stream`` (plain and v1 clients), this node's own to the ``deliver`` callback it
+was published with (v1 clients). One channel read by one subscriber: every node delivers in the
+order Redis gave the offsets. A batch whose reply was lost is sent again as it was; the script
+remembers each node's last batch (``<prefix>:history-ack:<node>``, one hour) and answers a
+repeat with the offsets it gave, so nothing is written twice.
 
 Redis down. Plain clients of this node go on getting its broadcasts at once (the hub does
 that). History writes wait in the queue, in order, up to ``WS_HISTORY_QUEUE`` messages
