@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.socket
 
+from . import envelopes
 from .deflate import Inflater, PerMessageDeflate, compressed_frame
 from .frames import (
     CLOSE_ABNORMAL,
@@ -125,9 +126,14 @@ class Outgoing:
     permessage-deflate the compressed one, built the first time a window size
     asks for it and shared after that. The server never takes compression
     context over between messages, so the same bytes suit every such client.
+
+    :meth:`v1_frame_for` gives the frame for an ``asok-green.v1`` connection:
+    the message in its JSON envelope (with its stream, epoch and offset when it
+    is a message of a stream that keeps history), built the first time a v1
+    connection needs it and shared after that.
     """
 
-    __slots__ = ("opcode", "payload", "frame", "_deflated")
+    __slots__ = ("opcode", "payload", "frame", "_deflated", "offset", "stream_prefix", "_v1")
 
     def __init__(self, opcode: int, payload: bytes) -> None:
         """A message of ``opcode`` (text or binary) carrying ``payload``."""
@@ -135,6 +141,10 @@ class Outgoing:
         self.payload = payload
         self.frame = encode_frame(opcode, payload)
         self._deflated: dict[int, bytes] | None = None
+        #: Its offset in its stream (0: not a message of a stream that keeps history).
+        self.offset = 0
+        self.stream_prefix = b""
+        self._v1: Outgoing | None = None
 
     @classmethod
     def of(cls, message: str | bytes | bytearray | memoryview) -> Outgoing:
@@ -158,6 +168,23 @@ class Outgoing:
         if frame is None:
             frame = cache[bits] = compressed_frame(self.opcode, self.payload, deflate)
         return frame
+
+    def in_stream(self, prefix: bytes, offset: int) -> None:
+        """Make this message number ``offset`` of the stream whose envelope prefix is ``prefix``."""
+        self.offset = offset
+        self.stream_prefix = prefix
+        self._v1 = None
+
+    def v1_frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
+        """The frame to send to an ``asok-green.v1`` connection: the message in its envelope."""
+        v1 = self._v1
+        if v1 is None:
+            if self.offset:
+                text = envelopes.stream_envelope(self.stream_prefix, self.offset, self.opcode, self.payload)
+            else:
+                text = envelopes.plain_envelope(self.opcode, self.payload)
+            v1 = self._v1 = Outgoing(OP_TEXT, text)
+        return v1.frame_for(deflate)
 
 
 class TokenBucket:
@@ -241,6 +268,9 @@ class Connection:
         "__dict__",
         "__weakref__",
     )
+
+    #: False: this client gets today's frames, unwrapped (see :class:`V1Connection`).
+    speaks_v1 = False
 
     def __init__(
         self,
@@ -804,3 +834,36 @@ class Connection:
     def __repr__(self) -> str:
         user = getattr(self.user, "id", None)
         return f"<Connection {self.path} from {self.addr} user={user} {self.state}>"
+
+
+class V1Connection(Connection):
+    """A client that speaks ``asok-green.v1``: every app frame it gets is a JSON envelope.
+
+    ``send`` and ``send_json`` wrap the message (``{"d": text}`` or
+    ``{"b": base64}``); broadcasts use their shared v1 frame
+    (:meth:`Outgoing.v1_frame_for`). ``since`` is the position the client
+    resumes its path stream from (``?asok_since=``), or None.
+    """
+
+    __slots__ = ("since",)
+
+    speaks_v1 = True
+
+    def __init__(self, *args: Any, since: envelopes.Since | None = None, **kwargs: Any) -> None:
+        """As :class:`Connection`, with the path stream position to resume from."""
+        super().__init__(*args, **kwargs)
+        self.since = since
+
+    def send(self, message: str | bytes) -> bool:
+        """Send a text message (``str``) or a binary one (bytes), in its envelope. False once closing."""
+        return self.send_text(envelopes.plain_envelope(*message_payload(message)))
+
+    def send_json(self, obj: Any) -> bool:
+        """Send ``obj`` serialised as JSON, in its envelope."""
+        return self.send_text(envelopes.plain_envelope(OP_TEXT, json.dumps(obj).encode("utf-8")))
+
+    def send_text(self, text: bytes) -> bool:
+        """Send ``text`` (UTF-8 JSON) as one text frame, as it is: envelopes and the server's notices."""
+        if self.deflate is None:
+            return self._send_counted(encode_frame(OP_TEXT, text))
+        return self._send_counted(compressed_frame(OP_TEXT, text, self.deflate))

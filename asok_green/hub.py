@@ -13,7 +13,6 @@ after its announcements, never in the middle.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -26,7 +25,6 @@ import gevent
 
 from . import state as st
 from .connection import Connection, Outgoing
-from .frames import OP_TEXT, encode_frame
 from .limits import Limits, open_files_limit
 from .node import SINGLE_PROCESS, Node
 from .routing import Route, RouteTable
@@ -48,10 +46,6 @@ def is_valid_room_name(room: object) -> bool:
 
 def _is_asok_app(app: Any) -> bool:
     return hasattr(app, "config") and hasattr(app, "_session_store")
-
-
-def _text_frame(obj: Any) -> bytes:
-    return encode_frame(OP_TEXT, json.dumps(obj).encode("utf-8"))
 
 
 class WebSocketServer:
@@ -114,14 +108,19 @@ class WebSocketServer:
         self.serving_port: int | None = None
         #: Timings kept while metrics are on (asok_green.metrics.HubMetrics), else None.
         self.metrics: Any = None
+        #: The streams that keep history (asok_green.history), None until one does.
+        self.history: Any = None
         if app is not None:
             self.bind_app(app)
         _INSTANCES.append(self)
 
     # -- registration (the doc's decorators) --------------------------------
 
-    def on(self, path: str, subprotocols: Iterable[str] = ()) -> Callable:
+    def on(self, path: str, subprotocols: Iterable[str] = (), history: int | None = None) -> Callable:
         """Register the handler of text and binary messages on ``path``: ``fn(conn, message)``.
+
+        ``history`` (an asok_green extension) keeps the last ``history``
+        broadcasts of each path of the route, as :meth:`keep_history` does.
 
         ``subprotocols`` (an asok_green extension) are the WebSocket
         subprotocols the route speaks: the handshake answer names the first
@@ -136,7 +135,25 @@ class WebSocketServer:
                 self._subprotocol_patterns = True
             else:
                 self._subprotocol_paths.add("/" + "/".join(route.segments))
+        if history:
+            self.keep_history(path, size=history)
         return self._register_handler(path, "on_message")
+
+    def keep_history(self, pattern: str, size: int = 200, ttl: float | None = None) -> None:
+        """Keep the last ``size`` broadcasts (none older than ``ttl`` seconds) of a route's paths or of rooms.
+
+        ``pattern`` is a route pattern (``/chat/[room]``: each path is its own
+        stream) or a room glob (``room:*``, ``room:general``). Each broadcast
+        gets the next offset of its stream; clients that speak
+        ``asok-green.v1`` get it with its offset and can resume after a
+        reconnect. Where the history is kept: ``WS_HISTORY_STORE``
+        (``sqlite``, the default; ``memory``; ``redis``) and ``WS_HISTORY_PATH``.
+        """
+        if self.history is None:
+            from .history import History
+
+            self.history = History(self)
+        self.history.keep(pattern, size, ttl)
 
     def on_connect(self, path: str) -> Callable:
         """Register the handler called when a client connects on ``path``: ``fn(conn)``."""
@@ -213,6 +230,8 @@ class WebSocketServer:
 
             # The cluster's settings first: they refuse an adapter= that is no adapter.
             self.node = cluster.join(self) or adapters.join(self) or SINGLE_PROCESS
+        if self.history is not None:
+            self.history.start()
 
     # -- attributes of Asok's WebSocketServer ------------------------------------
 
@@ -337,6 +356,8 @@ class WebSocketServer:
         for conn in self.connections():
             conn.going_away()
         self.node.stop()
+        if self.history is not None:
+            self.history.stop()
 
     def after_handler(self) -> None:
         """Release what a handler left open in this greenlet (Asok's per-greenlet DB connections).
@@ -380,7 +401,9 @@ class WebSocketServer:
         """Make ``conn`` reachable by broadcasts; announce its user if first online.
 
         Uses the slot held under ``reservation`` if there is one, else a free
-        slot; False (and nothing registered) when none is left.
+        slot; False (and nothing registered) when none is left. A connection
+        that speaks ``asok-green.v1`` on a path with history is then told its
+        position, or given what it missed (this may yield).
         """
         try:
             changes = self.state.open(conn, conn.path, getattr(conn.user, "id", None), self._capacity, reservation)
@@ -389,6 +412,10 @@ class WebSocketServer:
             return False
         self.stats["connections_opened"] += 1
         self._announce(changes)
+        if conn.speaks_v1 and self.history is not None:
+            stream = self.history.path_stream(conn.path)
+            if stream is not None:
+                self.history.attach(conn, stream, conn.since)
         return True
 
     def unregister(self, conn: Connection) -> None:
@@ -416,8 +443,8 @@ class WebSocketServer:
                 self._broadcast_presence(change.user_id, "offline")
 
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
-        frame = _text_frame({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
-        self._fan_out(self._presence_audience(), frame, None)
+        message = Outgoing.json({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
+        self._fan_out(self._presence_audience(), message, None)
 
     def _presence_audience(self) -> list[Connection]:
         """Every connection, but those on routes that speak a subprotocol of their own.
@@ -465,11 +492,14 @@ class WebSocketServer:
 
     # -- rooms -------------------------------------------------------------------
 
-    def join_room(self, conn: Connection, room: str) -> bool:
+    def join_room(self, conn: Connection, room: str, since: Any = None) -> bool:
         """Add ``conn`` to ``room`` if the name is valid and the authorizer agrees.
 
         A user's first connection in the room (on any node) is announced to the
         room as ``room_presence`` ``joined``; joining a room twice changes nothing.
+        A connection that speaks ``asok-green.v1`` joining a room with history
+        is told the room stream's position, or, with ``since`` (an
+        :class:`asok_green.envelopes.Since`), given what it missed (this may yield).
         """
         if not is_valid_room_name(room) or not self.check_room_authorization(conn, room):
             return False
@@ -481,6 +511,10 @@ class WebSocketServer:
             return False
         conn._rooms.add(room)
         self._announce(changes)
+        if conn.speaks_v1 and self.history is not None:
+            stream = self.history.room_stream(room)
+            if stream is not None:
+                self.history.attach(conn, stream, since)
         return True
 
     def leave_room(self, conn: Connection, room: str) -> None:
@@ -536,6 +570,14 @@ class WebSocketServer:
     def _send(
         self, target: str, name: str, message: Outgoing, exclude: Connection | None, from_adapter: bool = False
     ) -> int:
+        history = self.history
+        if history is not None:
+            stream = history.path_stream(name) if target == "path" else history.room_stream(name)
+            if stream is not None:
+                delivered = history.publish(stream, message, exclude)
+                if not from_adapter and not history.distributes:
+                    self.node.publish(target, name, message)
+                return delivered
         state = self.state
         members = state.by_path.get(name, ()) if target == "path" else state.rooms.get(name, ())
         delivered = self._fan_out(members, message, exclude)
@@ -544,11 +586,20 @@ class WebSocketServer:
             self.node.publish(target, name, message)
         return delivered
 
-    def _fan_out(self, members: Iterable[Connection], message: Outgoing | bytes, exclude: Connection | None) -> int:
+    def _fan_out(
+        self,
+        members: Iterable[Connection],
+        message: Outgoing | bytes,
+        exclude: Connection | None,
+        held: dict | None = None,
+    ) -> int:
         """Hand ``message`` to each member but ``exclude``; returns how many took it.
 
         ``message`` is an :class:`Outgoing` (compressed once for the members
-        that negotiated permessage-deflate) or a frame to send as it is.
+        that negotiated permessage-deflate, wrapped once for those that speak
+        ``asok-green.v1``) or a frame to send as it is. Members in ``held``
+        (connections whose replay is being read) get it added to their list
+        instead.
         """
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
@@ -558,8 +609,14 @@ class WebSocketServer:
             # A snapshot: a failed send may end a connection while we iterate.
             for conn in tuple(members):
                 if conn is not exclude:
+                    if held and conn in held:
+                        held[conn].append(message)
+                        continue
                     deflate = conn.deflate
-                    sent = frame if deflate is None else message.frame_for(deflate)
+                    if conn.speaks_v1:
+                        sent = message.v1_frame_for(deflate)
+                    else:
+                        sent = frame if deflate is None else message.frame_for(deflate)
                     if conn.send_frame(sent):
                         delivered += 1
                         size += len(sent)
@@ -574,6 +631,20 @@ class WebSocketServer:
         if metrics is not None:
             metrics.fanout_time.observe(perf_counter() - started)
         return delivered
+
+    def deliver_stream(self, stream: str, epoch: str, offset: int, opcode: int, data: bytes) -> int:
+        """Deliver message ``offset`` of ``stream`` (``/path`` or ``room:name``), published by another process.
+
+        Delivered here with the offset it carries, to plain and v1 members
+        alike, after any message of the stream still missing here (read from
+        the store). Returns how many connections got it.
+        """
+        if self.history is None:
+            from .history import History
+
+            self.history = History(self)
+        history = self.history
+        return history.deliver(history.stream_named(stream), epoch, offset, Outgoing(opcode, data), None)
 
     # -- introspection -----------------------------------------------------------
 

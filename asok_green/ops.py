@@ -49,7 +49,16 @@ def on_live_message(conn: Connection, text: Any) -> None:
 
 def _join_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
     room = data.get("room")
-    if isinstance(room, str) and _model_room_allowed(conn, room) and conn.join(room):
+    since = None
+    if data.get("since") is not None:
+        from .envelopes import BadSince, parse_since_object
+
+        try:
+            since = parse_since_object(data["since"])
+        except BadSince as exc:
+            conn.send_json(_room_error(room, str(exc)))
+            return
+    if isinstance(room, str) and _model_room_allowed(conn, room) and server.join_room(conn, room, since):
         return
     conn.send_json(_room_error(room, _JOIN_ERROR.format(room=room)))
 

@@ -29,10 +29,11 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from . import browser_client, dashboard, jsonlog, metrics
+from . import browser_client, dashboard, envelopes, jsonlog, metrics
 from .auth import Credentials, StoreUnavailable
-from .connection import Connection
+from .connection import Connection, V1Connection
 from .handshake import (
+    SUBPROTOCOL_KEY,
     Refusal,
     accept_subprotocol,
     check_upgrade,
@@ -50,6 +51,9 @@ from .routing import Route, request_path
 
 logger = logging.getLogger("asok_green")
 access_logger = logging.getLogger("asok_green.access")
+
+#: The environ key holding an asok-green.v1 client's resume position (``?asok_since=``).
+_SINCE_KEY = "asok_green.since"
 
 
 def take_buffered(rfile: Any, sock: Any) -> bytes:
@@ -342,6 +346,12 @@ class GreenHandler(WebSocketHandler):
         origin = env.get("HTTP_ORIGIN")
         if not hub.origins.allows(origin, env.get("HTTP_HOST"), forwarded_scheme(env)):
             return None, None, {}, Refusal(403, f"origin {origin!r} is not allowed")
+        # Named in the 101 answer (response_headers); routes of no subprotocol of their own speak asok-green.v1.
+        if accept_subprotocol(env, route.subprotocols or (envelopes.SUBPROTOCOL,)) == envelopes.SUBPROTOCOL:
+            try:
+                env[_SINCE_KEY] = envelopes.since_from_query(env.get("QUERY_STRING", ""))
+            except envelopes.BadSince as exc:
+                return None, None, {}, Refusal(400, str(exc))
         # A slot is held from here: the handshake may yield (session lookup) before the
         # connection registers, and every handshake in flight counts toward the limit.
         handshake = gevent.getcurrent()
@@ -355,7 +365,6 @@ class GreenHandler(WebSocketHandler):
         if not admitted:
             hub.stats["refused_capacity"] += 1
             return None, None, {}, Refusal(503, "too many WebSocket connections", (("Retry-After", "5"),))
-        accept_subprotocol(env, route.subprotocols)  # named in the 101 answer (response_headers)
         return hub, route, params, None
 
     def _upgrade(self) -> None:
@@ -389,6 +398,7 @@ class GreenHandler(WebSocketHandler):
         # (no Content-Length, no chunking, connection owned by us) when it sees this key.
         env["wsgi.websocket"] = True
         deflate = choose_compression(env, hub.limits.compression)
+        v1, since = env.get(SUBPROTOCOL_KEY) == envelopes.SUBPROTOCOL, env.get(_SINCE_KEY)
         self.start_response("101 Switching Protocols", response_headers(env, deflate))
         self.write(b"")
         leftover = take_buffered(self.rfile, self.socket)
@@ -396,7 +406,7 @@ class GreenHandler(WebSocketHandler):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.limits.send_buffer)
         self._release_request_state()
         sock, own = self._take_socket()
-        conn = Connection(
+        conn = (V1Connection if v1 else Connection)(
             hub,
             sock,
             addr,
@@ -410,6 +420,8 @@ class GreenHandler(WebSocketHandler):
             deflate=deflate,
             own_socket=own,
         )
+        if v1:
+            conn.since = since
         serve_connection(hub, conn, route)
 
     def _release_request_state(self) -> None:
