@@ -196,8 +196,13 @@ def open_chat(browser, base_url: str, path: str, **query: str):  # noqa: F811 - 
     """A new tab on the chat page for ``path``, its resume socket open."""
     page = browser.new_context().new_page()
     page.goto(f"{base_url}/resume?" + urllib.parse.urlencode({"path": path, **query}))
-    page.wait_for_selector("#chat[data-state=open]", timeout=WAIT_MS)
+    wait_open(page)
     return page
+
+
+def wait_open(page) -> None:
+    """Wait until the page's resume socket is open."""
+    page.wait_for_selector("#chat[data-state=open]", state="attached", timeout=WAIT_MS)
 
 
 def wait_shown(page, count: int) -> list[str]:
@@ -300,7 +305,7 @@ def test_a_reload_resumes_from_session_storage(browser, server):  # noqa: F811 -
     page = context.new_page()
     url = f"{server.url}/resume?path=/feed/reload&persist=1"
     page.goto(url)
-    page.wait_for_selector("#chat[data-state=open]", timeout=WAIT_MS)
+    wait_open(page)
     publisher = Publisher(server, "n", path="/feed/reload")
     publisher.publish(3)
     wait_shown(page, 3)
