@@ -10,14 +10,17 @@ tests/test_resume_browser.py.
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
-from asok_green.browser_client import SCRIPT_FILE
 from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
 
 pytestmark = pytest.mark.timeout(60)
 
 ORIGIN = "http://resume.test"
+#: The resume client as shipped in the package.
+SCRIPT_FILE = pathlib.Path(__file__).resolve().parent.parent / "asok_green" / "client_assets" / "resume.js"
 
 #: A WebSocket stand-in: records what the client does, and lets the test open, feed and drop it.
 SCRIPTED_SOCKET = """
