@@ -13,6 +13,7 @@ after its announcements, never in the middle.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ import gevent
 
 from . import state as st
 from .connection import Connection, Outgoing
+from .frames import OP_TEXT
 from .limits import Limits, open_files_limit
 from .node import SINGLE_PROCESS, Node
 from .routing import Route, RouteTable
@@ -443,7 +445,8 @@ class WebSocketServer:
                 self._broadcast_presence(change.user_id, "offline")
 
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
-        message = Outgoing.json({"op": "broadcast", "type": "presence", "user_id": user_id, "status": status})
+        presence = {"op": "broadcast", "type": "presence", "user_id": user_id, "status": status}
+        message = Outgoing(OP_TEXT, json.dumps(presence).encode("utf-8"))
         self._fan_out(self._presence_audience(), message, None)
 
     def _presence_audience(self) -> list[Connection]:
