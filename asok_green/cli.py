@@ -317,7 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(prog="python -m asok_green", description="asok_green server")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_serve_options(commands.add_parser("serve", help="serve a WSGI app and its WebSockets on one port"))
+    serve_parser = commands.add_parser("serve", help="serve a WSGI app and its WebSockets on one port")
+    _add_serve_options(serve_parser)
+    # A restart's new process serves the listening socket its parent passes down (asok_green.restarter).
+    serve_parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     commands.add_parser("version", help="print the version")
     _add_deploy_options(commands.add_parser("deploy", help="write an nginx site and a systemd unit for the project"))
     args = parser.parse_args(argv)
@@ -353,10 +356,55 @@ def main(argv: list[str] | None = None) -> None:
     from .tls import TLSConfigError, server_tls_options
 
     try:
-        serve(app, host=args.host, port=args.port, **server_tls_options(args.certfile, args.keyfile))
+        serve(
+            app,
+            host=args.host,
+            port=args.port,
+            **_restart_options(args),
+            **server_tls_options(args.certfile, args.keyfile),
+        )
     except (InsecureOriginPolicy, ClusterConfigError, TLSConfigError) as exc:
         print(f"asok_green: {exc}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
         print(f"asok_green: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def _restart_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What SIGHUP does to a single server process, and the listener a restarted one inherits.
+
+    The process ``asok serve --gevent`` started hands its port to a successor
+    and becomes its parent (``asok_green.handoff``); a process started by that
+    parent (``--fd``) drains and exits, the parent having started its successor.
+    """
+    import functools
+
+    if args.fd is None:
+        from .handoff import hand_over
+
+        tls = tls_argv(args.certfile, args.keyfile)
+
+        def successor_argv(fd: int) -> list[str]:
+            return [*serve_argv(args.host, args.port, args.app, args.log_level), "--fd", str(fd), *tls]
+
+        return {"on_hangup": functools.partial(hand_over, server_argv=successor_argv)}
+    import gevent
+
+    from .drain import drain
+    from .listeners import inherited_listener
+
+    gevent.spawn(_stop_when_orphaned)
+    return {"on_hangup": drain, "listener": inherited_listener(args.fd)}
+
+
+def _stop_when_orphaned() -> None:
+    """SIGTERM this process once the parent that started it is gone."""
+    import signal
+
+    import gevent
+
+    parent = os.getppid()
+    while os.getppid() == parent:
+        gevent.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)

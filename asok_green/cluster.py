@@ -30,6 +30,10 @@ One writer: only the publisher greenlet writes this node's sets and announces
 its changes (the subscriber and the heartbeat only ask it to register again), so
 a late ``remove`` can never undo a newer registration.
 
+Stream history (asok_green.history_redis): the subscriber also listens on
+``asok:ws:history`` and hands what it reads there to the history store, in the
+order Redis published it; the store writes through this node's Redis client.
+
 Redis unreachable: clients of this node keep getting local broadcasts; messages
 for other nodes are dropped, and the outage is logged once. When Redis is back
 the node subscribes again, republishes its users and re-reads everyone else's.
@@ -309,6 +313,8 @@ class RedisCluster:
         self.ttl = settings.presence_ttl
         self.connected = False
         self._redis_errors = (redis.RedisError, OSError)
+        #: What a failed Redis call raises (an outage or an error reply).
+        self.redis_errors = self._redis_errors
         # No retries inside redis-py: this module's own loop reconnects, so an outage shows at once.
         self._redis = redis.Redis.from_url(
             settings.url,
@@ -320,6 +326,10 @@ class RedisCluster:
         self._path_pattern = f"{prefix}:path:*"
         self._room_pattern = f"{prefix}:room:*"
         self._presence_channel = f"{prefix}:presence"
+        #: Where the history store (asok_green.history_redis) publishes each stream message with its offset.
+        self.history_channel = f"{prefix}:history"
+        self._history_channel_bytes = self.history_channel.encode()
+        self._history: Any = None
         self._nodes_key = f"{prefix}:presence:nodes"
         self._node_prefix = f"{prefix}:presence:node:"
         self._rooms_prefix = f"{prefix}:presence:rooms:"
@@ -340,6 +350,21 @@ class RedisCluster:
         self._greenlets: list[gevent.Greenlet] = []
         # Nodes missing from Redis after a reconnect: node -> when they count as down.
         self._unconfirmed: dict[str, float] = {}
+
+    @property
+    def redis(self) -> Any:
+        """The redis-py client of this node (its settings and connection pool), for the history store."""
+        return self._redis
+
+    def attach_history(self, store: Any) -> None:
+        """Hand what arrives on the history channel to ``store.received(data)``, and tell it each subscription.
+
+        ``store.subscribed()`` runs after every (re)subscription, once the
+        channel is listened to: messages published before it may have been missed.
+        """
+        self._history = store
+        if self.connected:
+            store.subscribed()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -507,10 +532,10 @@ class RedisCluster:
 
     def _connect(self, pubsub: Any) -> None:
         pubsub.psubscribe(self._path_pattern, self._room_pattern)
-        pubsub.subscribe(self._presence_channel)
+        pubsub.subscribe(self._presence_channel, self.history_channel)
         confirmed = 0
         deadline = monotonic() + 5
-        while confirmed < 3:
+        while confirmed < 4:
             if monotonic() > deadline:
                 raise TimeoutError("Redis did not confirm the subscriptions")
             item = pubsub.get_message(timeout=1.0)
@@ -544,6 +569,8 @@ class RedisCluster:
                 extra={"event": "cluster_joined", "node": self.node_id},
             )
         self._outage_logged = False
+        if self._history is not None:
+            self._history.subscribed()
         self._ready.set()
         self._wake.set()
 
@@ -581,6 +608,10 @@ class RedisCluster:
 
     def _dispatch(self, item: dict) -> None:
         if item.get("type") not in ("message", "pmessage"):
+            return
+        if item.get("channel") == self._history_channel_bytes:
+            if self._history is not None:
+                self._history.received(item["data"])
             return
         try:
             envelope = json.loads(item["data"])

@@ -158,7 +158,9 @@ def systemd_unit(options: DeployOptions) -> str:
     """A systemd service that runs ``asok serve --gevent`` in the project's folder.
 
     SIGTERM closes every WebSocket with 1001 and exits 0; ``Restart=on-failure``
-    brings a crashed server back; ``LimitNOFILE`` sets the connection ceiling.
+    brings a crashed server back; ``systemctl reload`` (SIGHUP) restarts it with
+    new code on the same socket, refusing no one and keeping the main PID;
+    ``LimitNOFILE`` sets the connection ceiling.
     """
     options.checked()
     environment = [
@@ -177,6 +179,7 @@ After=network.target
 Type=simple
 {user}WorkingDirectory={options.project}
 {env_lines}ExecStart={options.asok} serve --gevent --host {options.host} --port {options.port}
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
 KillSignal=SIGTERM

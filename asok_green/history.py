@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import envelopes
 from .connection import Outgoing
-from .frames import CLOSE_INTERNAL_ERROR
-from .history_stores import HistoryStore, make_store
+from .frames import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN
+from .history_stores import HistoryStore, HistoryUnavailable, make_store
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -246,14 +246,19 @@ class History:
     def publish(self, stream: Stream, message: Outgoing, exclude: Connection | None) -> int:
         """Append ``message`` to ``stream`` and deliver it with its offset; how many got it here.
 
-        A store that fails does not stop delivery: the message goes out
-        without an offset, and the store starts the stream's next epoch.
+        A store that gives the offset later (Redis: after a round trip, or after
+        an outage) has only queued it when ``publish`` returns: plain clients get
+        the message now, as they would without history, and v1 clients when the
+        offset comes. A store that fails does not stop delivery: the message
+        goes out without an offset, and the store starts the stream's next epoch.
         """
         delivered = 0
+        called = later = False
 
         def deliver(epoch: str, offset: int) -> None:
-            nonlocal delivered
-            delivered = self.deliver(stream, epoch, offset, message, exclude)
+            nonlocal delivered, called
+            called = True
+            delivered = self.deliver(stream, epoch, offset, message, exclude, v1_only=later)
 
         try:
             self.store.publish(stream.name, message.opcode, message.payload, deliver)
@@ -261,28 +266,49 @@ class History:
             self.hub.stats["history_errors"] += 1
             logger.exception("history store failed on stream %s: message delivered without an offset", stream.name)
             return self.hub._fan_out(self.members(stream), message, exclude)
+        if not called:
+            # No offset yet: the plain clients' copy goes now, the v1 clients' with the offset.
+            later = True
+            delivered = self.hub._fan_out(self.members(stream), message, exclude, v1=False)
         return delivered
 
-    def deliver(self, stream: Stream, epoch: str, offset: int, message: Outgoing, exclude: Connection | None) -> int:
-        """Deliver message ``offset`` of ``stream`` here, after any missing before it; how many got it."""
+    def deliver(
+        self,
+        stream: Stream,
+        epoch: str,
+        offset: int,
+        message: Outgoing,
+        exclude: Connection | None,
+        v1_only: bool = False,
+    ) -> int:
+        """Deliver message ``offset`` of ``stream`` here, after any missing before it; how many got it.
+
+        ``v1_only``: its plain clients had it already (when it was published here).
+        """
         if stream.backlog is not None:
             # Missing messages are being read: this one waits its turn.
-            stream.backlog.append((epoch, offset, message, exclude))
+            stream.backlog.append((epoch, offset, message, exclude, v1_only))
             return 0
         if epoch != stream.epoch or offset <= stream.last + 1:
-            return self._deliver_now(stream, epoch, offset, message, exclude)
+            return self._deliver_now(stream, epoch, offset, message, exclude, v1_only)
         stream.backlog = []
         try:
             self._fill(stream, offset)
         finally:
             backlog, stream.backlog = stream.backlog, None
-        delivered = self._deliver_now(stream, epoch, offset, message, exclude)
+        delivered = self._deliver_now(stream, epoch, offset, message, exclude, v1_only)
         for item in backlog:
             self.deliver(stream, *item)
         return delivered
 
     def _deliver_now(
-        self, stream: Stream, epoch: str, offset: int, message: Outgoing, exclude: Connection | None
+        self,
+        stream: Stream,
+        epoch: str,
+        offset: int,
+        message: Outgoing,
+        exclude: Connection | None,
+        v1_only: bool = False,
     ) -> int:
         if epoch != stream.epoch:
             stream.enter_epoch(epoch, offset - 1)
@@ -291,7 +317,7 @@ class History:
         stream.last = offset
         message.in_stream(stream.prefix, offset)
         stream.tail.append((offset, time(), message))
-        return self.hub._fan_out(self.members(stream), message, exclude, stream.held)
+        return self.hub._fan_out(self.members(stream), message, exclude, stream.held, True if v1_only else None)
 
     def _fill(self, stream: Stream, upto: int) -> None:
         """Read the messages between the last delivered here and ``upto`` (published elsewhere) and deliver them."""
@@ -323,8 +349,13 @@ class History:
             held = stream.held = {}
         queued = held[conn] = []
         answer = None
+        code = CLOSE_INTERNAL_ERROR
         try:
             answer = self._answer(conn, stream, since)
+        except HistoryUnavailable as exc:
+            # The store's server is down: the client keeps its position and tries again later.
+            code = CLOSE_TRY_AGAIN
+            logger.info("stream %s cannot be resumed for %s now: %s", stream.name, conn.addr, exc)
         except Exception:
             logger.exception("resuming stream %s for %s failed", stream.name, conn.addr)
         finally:
@@ -332,7 +363,7 @@ class History:
             if not held and stream.held is held:
                 stream.held = None
         if answer is None:
-            conn.close(CLOSE_INTERNAL_ERROR, "stream history unavailable, reconnect")
+            conn.close(code, "stream history unavailable, reconnect")
             return
         prefix, upto = answer
         for message in queued:

@@ -8,7 +8,9 @@ and reads back what a reconnecting client missed. The hub's history
 * ``memory``: this process only; a restart starts every stream in a new epoch.
 * ``sqlite`` (asok_green.history_sqlite): a file that survives restarts and
   that several processes of one machine may share.
-* other stores (Redis Streams) register themselves with :func:`register_store`.
+* ``redis`` (asok_green.history_redis): Redis Streams in the cluster's Redis, offsets
+  shared by every node (the default when the server is in a Redis cluster).
+* other stores register themselves with :func:`register_store`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ Entry = tuple[int, int, bytes]
 
 #: What ``read_since`` answers: the epoch, the last offset, and the messages after the asked offset.
 Replay = tuple[str, int, list[Entry]]
+
+
+class HistoryUnavailable(RuntimeError):
+    """The store cannot answer now (its server is unreachable): the client should try again later."""
 
 
 def new_epoch() -> str:
@@ -171,5 +177,12 @@ def _sqlite_store(settings: Any) -> HistoryStore:
     return SqliteStore(settings.get("WS_HISTORY_PATH") or default_path())
 
 
+def _redis_store(settings: Any) -> HistoryStore:
+    from .history_redis import RedisHistoryStore, queue_limit
+
+    return RedisHistoryStore(queue_limit(settings))
+
+
 register_store("memory", lambda settings: MemoryStore())
 register_store("sqlite", _sqlite_store)
+register_store("redis", _redis_store)

@@ -357,9 +357,10 @@ class WebSocketServer:
         self._jobs.clear()
         for conn in self.connections():
             conn.going_away()
-        self.node.stop()
         if self.history is not None:
+            # Before the node: a store that writes through the cluster's Redis flushes first.
             self.history.stop()
+        self.node.stop()
 
     def after_handler(self) -> None:
         """Release what a handler left open in this greenlet (Asok's per-greenlet DB connections).
@@ -595,6 +596,7 @@ class WebSocketServer:
         message: Outgoing | bytes,
         exclude: Connection | None,
         held: dict | None = None,
+        v1: bool | None = None,
     ) -> int:
         """Hand ``message`` to each member but ``exclude``; returns how many took it.
 
@@ -602,7 +604,8 @@ class WebSocketServer:
         that negotiated permessage-deflate, wrapped once for those that speak
         ``asok-green.v1``) or a frame to send as it is. Members in ``held``
         (connections whose replay is being read) get it added to their list
-        instead.
+        instead. ``v1`` True or False: only the members that speak
+        ``asok-green.v1``, or only those that do not.
         """
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
@@ -612,6 +615,8 @@ class WebSocketServer:
             # A snapshot: a failed send may end a connection while we iterate.
             for conn in tuple(members):
                 if conn is not exclude:
+                    if v1 is not None and conn.speaks_v1 is not v1:
+                        continue
                     if held and conn in held:
                         held[conn].append(message)
                         continue

@@ -48,6 +48,10 @@ class Limits:
     flush_timeout: float = 5.0
     #: Seconds graceful shutdown waits for clients before dropping them.
     shutdown_timeout: float = 4.0
+    #: Seconds over which a process replaced by a restart (SIGHUP) closes its
+    #: WebSockets with 1012, in jittered batches, so their clients do not all
+    #: reconnect at once; it then waits up to ``shutdown_timeout`` more.
+    drain_seconds: float = 10.0
     #: Whether permessage-deflate (RFC 7692) is accepted when a client offers
     #: it; ``WS_COMPRESSION=0`` or ``config["WS_COMPRESSION"] = False`` turns it off.
     compression: bool = True

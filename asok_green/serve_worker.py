@@ -20,30 +20,14 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
+from .listeners import inherited_listener, listen  # noqa: E402
+
 
 def reuse_port_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     """A listening socket on ``host:port`` that other processes may also bind (``SO_REUSEPORT``)."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
+    sock = listen(host, port, reuse_port=True, backlog=backlog)
+    sock.set_inheritable(False)
     return sock
-
-
-def _tell_parent_ready() -> None:
-    fd = os.environ.pop("ASOK_GREEN_READY_FD", None)
-    if fd is not None:
-        try:
-            os.write(int(fd), b"1")
-            os.close(int(fd))
-        except (OSError, ValueError):
-            pass
 
 
 def _watch_parent(server: Any) -> None:
@@ -53,14 +37,21 @@ def _watch_parent(server: Any) -> None:
     server.shutdown()
 
 
-def serve_worker(app: Any, host: str, port: int) -> None:
-    """Serve ``app`` and its WebSockets on a shared ``host:port`` until SIGTERM, SIGINT or orphaning."""
+def serve_worker(app: Any, host: str, port: int, fd: int | None = None) -> None:
+    """Serve ``app`` and its WebSockets on a shared ``host:port`` until SIGTERM, SIGINT, SIGHUP or orphaning.
+
+    ``fd`` is the listening socket the parent passed down (else one is bound
+    here). SIGHUP drains: a new worker already serves in this one's place.
+    """
+    from .drain import drain, tell_parent_ready
     from .server import make_server
 
-    server = make_server(app, host=host, port=port, listener=reuse_port_listener(host, port))
-    _tell_parent_ready()
+    listener = inherited_listener(fd) if fd is not None else reuse_port_listener(host, port)
+    server = make_server(app, host=host, port=port, listener=listener)
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
+    gevent.signal_handler(signal.SIGHUP, gevent.spawn, drain, server)
+    tell_parent_ready()
     gevent.spawn(_watch_parent, server)
     server.stopped.wait()
 
@@ -78,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--app", default="wsgi:app")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--fd", type=int, help="a listening socket inherited from the parent")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
@@ -88,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         for hub in WebSocketServer.instances() or [WebSocketServer(app=app)]:
             hub.bind_app(hub.app or app)
             resolve_settings(hub)
-        serve_worker(app, args.host, args.port)
+        serve_worker(app, args.host, args.port, args.fd)
     except (bootstrap.BootstrapError, ClusterConfigError, InsecureOriginPolicy) as exc:
         print(f"asok_green: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

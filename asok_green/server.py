@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -244,6 +244,10 @@ class GreenHandler(WebSocketHandler):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+        server = self.server
+        counted = isinstance(server, GreenServer)
+        if counted:
+            server.requests_in_flight += 1  # from accept to the end: a draining server waits for it
         try:
             super().handle()
         except HandshakeTimeout:
@@ -252,6 +256,8 @@ class GreenHandler(WebSocketHandler):
             )
         finally:
             self._cancel_deadline()
+            if counted:
+                server.requests_in_flight -= 1
 
     def read_requestline(self) -> str:
         """Start the handshake clock, then read the request line."""
@@ -322,8 +328,13 @@ class GreenHandler(WebSocketHandler):
         if dashboard.serve(self, self._hubs()):  # its own path, before the app (asok_green.dashboard)
             return
         if not is_upgrade_request(self.environ):
-            return WSGIHandler.run_application(self)
+            return self._run_page()
         self._upgrade()
+
+    def _run_page(self) -> None:
+        if getattr(self.server, "draining", False):
+            self.close_connection = True  # the next request belongs to the process that replaces this one
+        return WSGIHandler.run_application(self)
 
     def _hubs(self) -> Iterable[WebSocketServer]:
         return getattr(self.server, "hubs", None) or WebSocketServer.instances()
@@ -506,6 +517,10 @@ class GreenServer(WSGIServer):
     handler_class = GreenHandler
     #: Upgraded connections outlive their handler's greenlet; :meth:`shutdown` waits for them.
     watches_connections = True
+    #: True once a restart's successor serves and this server winds down (``asok_green.drain``).
+    draining = False
+    #: Accepted connections whose handler still runs (HTTP requests, and handshakes not yet upgraded).
+    requests_in_flight = 0
 
     def __init__(self, listener: Any, application: Any, hubs: Iterable[WebSocketServer], **kwargs: Any):
         """Listen on ``listener`` (an address or a socket); nothing is accepted before ``start``."""
@@ -584,6 +599,8 @@ def serve(
     ws: WebSocketServer | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
+    *,
+    on_hangup: Callable[[GreenServer], None] | None = None,
     **kwargs: Any,
 ) -> None:
     """Serve ``app`` and its WebSockets on ``host:port`` until SIGINT or SIGTERM.
@@ -591,8 +608,11 @@ def serve(
     The process must have been monkey-patched by gevent first
     (``python -m asok_green serve`` and ``asok serve --gevent`` do it for you).
     With ``ssl_context=`` (or gevent's ``certfile=``/``keyfile=``) the port
-    serves https and wss.
+    serves https and wss. ``on_hangup(server)`` runs in a greenlet of its own
+    on each SIGHUP (``asok serve --gevent`` restarts there).
     """
+    from .drain import tell_parent_ready
+
     server = make_server(app, ws, host, port, **kwargs)
     url = f"{'https' if server.ssl_enabled else 'http'}://{host}:{server.server_port}"
     if jsonlog.json_requested(getattr(app, "config", None)):
@@ -601,6 +621,9 @@ def serve(
         print(f"asok_green: serving {url} (HTTP and WebSocket on the same port)", flush=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
+    if on_hangup is not None:
+        gevent.signal_handler(signal.SIGHUP, gevent.spawn, on_hangup, server)
+    tell_parent_ready()  # only now: the parent may send SIGHUP as soon as it hears this
     server.stopped.wait()
     logger.info("stopped", extra={"event": "stopped"})
     sys.stdout.flush()

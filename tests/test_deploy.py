@@ -63,6 +63,7 @@ def test_the_unit_runs_asok_serve_gevent_in_the_project():
         "ExecStart=/srv/shop/venv/bin/asok serve --gevent --host 127.0.0.1 --port 8000",
         "Restart=on-failure",
         "KillSignal=SIGTERM",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "LimitNOFILE=65536",
         'Environment="TRUSTED_PROXIES=127.0.0.1"',
         "WantedBy=multi-user.target",

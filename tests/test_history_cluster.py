@@ -1,0 +1,387 @@
+"""Stream history shared through Redis Streams by two server nodes, with real clients.
+
+Nodes A and B (`asok serve --gevent`, `WS_ADAPTER=redis`) serve a project whose
+``/feed/[name]`` paths keep history. Clients that speak ``asok-green.v1`` read
+each message with its stream, epoch and offset and follow the client rule of the
+protocol (deliver offset last + 1, drop a duplicate, reconnect with
+``asok_since`` on a gap). Offsets come from Redis, so a client resumes on the
+other node; a killed node's clients move to the other one; a Redis outage keeps
+plain delivery going and writes the history when Redis is back, or changes the
+epoch when the queue had to drop something.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+import websocket
+
+from tests.asok_project import make_project
+from tests.cluster_support import Clients, RedisServer, node_env, recv_texts, start_node
+from tests.conftest import INTROSPECTION, asok_serve, ws_connect
+
+pytestmark = pytest.mark.timeout(90)
+
+V1 = "asok-green.v1"
+
+FEED_ROUTES = """
+
+ws.keep_history("/feed/[name]", size=1000)
+
+
+@ws.on("/feed/[name]")
+def feed(conn, message):
+    ws.broadcast(conn.path, message)
+"""
+
+
+@pytest.fixture(scope="module")
+def feed_project(tmp_path_factory):
+    """The test project plus ``/feed/[name]``: each message is broadcast to its path, which keeps history."""
+    return make_project(tmp_path_factory.mktemp("history-project"), extra_wsgi=INTROSPECTION + FEED_ROUTES)
+
+
+@pytest.fixture(scope="module")
+def nodes(feed_project, redis_server, tmp_path_factory):
+    """Nodes A and B on the module's Redis."""
+    logs = tmp_path_factory.mktemp("history-node-logs")
+    started = [start_node(feed_project, logs, redis_server) for _ in range(2)]
+    yield started
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def clients():
+    """The test's WebSocket clients, closed when it ends."""
+    opened = Clients()
+    yield opened
+    opened.close_all()
+
+
+class Gap(Exception):
+    """A stream message arrived with an offset beyond last + 1: the client must resume."""
+
+
+class Closed(Exception):
+    """The server closed the connection (or its process died)."""
+
+
+class ResumeClient:
+    """A v1 client of one path stream that follows the protocol's client rule.
+
+    ``delivered`` holds the payloads it delivered, in order; ``duplicates`` counts
+    the messages it dropped as already seen.
+    """
+
+    def __init__(self, node, path: str, opened: Clients, since: tuple[str, int] | None = None):
+        """Connect to ``node`` on ``path``: fresh (read the ``position``), or resuming from ``since``."""
+        self.path = path
+        self.opened = opened
+        self.epoch, self.last = since or (None, 0)
+        self.delivered: list[str] = []
+        self.duplicates = 0
+        self.notices: list[dict] = []
+        self.first_notice = self.connect(node, since=since is not None)
+
+    def connect(self, node, since: bool = False) -> dict:
+        """(Re)connect to ``node``, with ``asok_since`` when ``since``; returns the first notice."""
+        query = f"?asok_since={self.epoch}:{self.last}" if since else ""
+        self.ws = self.opened.connect(node, self.path + query, subprotocols=[V1])
+        assert self.ws.getsubprotocol() == V1
+        return self.next_notice()
+
+    def next_notice(self, timeout: float = 10.0) -> dict:
+        """Read (delivering stream messages) until the next server notice, and apply it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.read(deadline - time.monotonic())
+            if "asok" in message:
+                self.notices.append(message)
+                if message["asok"] in ("position", "continuity_lost"):
+                    self.epoch, self.last = message["e"], message["o"]
+                return message
+            self.take(message)
+
+    def read(self, timeout: float) -> dict:
+        """The next frame as JSON; :class:`Closed` when the connection ends."""
+        if timeout <= 0:
+            raise AssertionError(f"nothing from the server in time (last {self.epoch}:{self.last})")
+        self.ws.settimeout(timeout)
+        try:
+            text = self.ws.recv()
+        except websocket.WebSocketTimeoutException:
+            raise AssertionError(f"nothing from the server in time (last {self.epoch}:{self.last})") from None
+        except (websocket.WebSocketConnectionClosedException, OSError) as exc:
+            raise Closed(str(exc)) from None
+        if not text:
+            raise Closed("closed")
+        return json.loads(text)
+
+    def take(self, message: dict) -> None:
+        """Apply the client rule to one stream message."""
+        assert message.get("s") == self.path, message
+        epoch, offset = message["e"], message["o"]
+        if epoch != self.epoch:
+            self.notices.append({"asok": "new_epoch", "e": epoch, "o": offset})
+            self.epoch, self.last = epoch, offset - 1
+        if offset <= self.last:
+            self.duplicates += 1
+            return
+        if offset > self.last + 1:
+            raise Gap(f"got {offset} after {self.last}")
+        self.last = offset
+        self.delivered.append(message["d"])
+
+    def collect(self, count: int, timeout: float = 10.0) -> list[str]:
+        """Read until ``count`` messages are delivered in all; the new ones."""
+        start = len(self.delivered)
+        deadline = time.monotonic() + timeout
+        while len(self.delivered) < count:
+            message = self.read(deadline - time.monotonic())
+            if "asok" in message:
+                self.notices.append(message)
+            else:
+                self.take(message)
+        return self.delivered[start:]
+
+
+def publish(node, path: str, payloads, clients: Clients, pause: float = 0.0) -> None:
+    """Send each payload from a plain client on ``node`` (the route broadcasts it)."""
+    sender = clients.connect(node, path)
+    for payload in payloads:
+        sender.send(payload)
+        if pause:
+            time.sleep(pause)
+
+
+def test_a_v1_client_resumes_on_the_other_node_with_no_gap_or_duplicate(nodes, clients):
+    a, b = nodes
+    path = "/feed/move"
+    reader = ResumeClient(a, path, clients)
+    first_position = reader.last
+    publish(a, path, [f"m{i}" for i in range(5)], clients)
+    assert reader.collect(5) == [f"m{i}" for i in range(5)]
+    reader.ws.close()
+
+    # Published on both nodes while the reader is away; a watcher on B sees them land.
+    watcher = ResumeClient(b, path, clients)
+    publish(a, path, ["m5", "m6"], clients)
+    publish(b, path, ["m7", "m8", "m9"], clients)
+    watcher.collect(5)
+
+    notice = reader.connect(b, since=True)
+    assert notice["asok"] == "resumed", notice
+    assert notice["replayed"] == 5 and notice["o"] == first_position + 10
+    assert reader.delivered == [f"m{i}" for i in range(10)]
+    publish(a, path, ["m10"], clients)
+    assert reader.collect(11) == ["m10"]
+    assert reader.duplicates == 0
+    assert reader.last == first_position + 11
+
+
+def test_offsets_are_one_sequence_when_both_nodes_publish_at_once(nodes, clients):
+    a, b = nodes
+    path = "/feed/both"
+    readers = [ResumeClient(node, path, clients) for node in (a, b)]
+    plain = [clients.connect(node, path) for node in (a, b)]
+    per_node = 100
+    senders = [
+        threading.Thread(target=publish, args=(node, path, [f"{name}{i}" for i in range(per_node)], clients))
+        for name, node in (("a", a), ("b", b))
+    ]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(30)
+    expected = {f"{name}{i}" for name in "ab" for i in range(per_node)}
+    for reader in readers:
+        got = reader.collect(2 * per_node, timeout=20)
+        assert set(got) == expected and reader.duplicates == 0
+        for name in "ab":  # each node's messages in the order it sent them
+            assert [m for m in got if m[0] == name] == [f"{name}{i}" for i in range(per_node)]
+    # One order, the offsets', on both nodes.
+    assert readers[0].delivered == readers[1].delivered
+    assert readers[0].last == readers[1].last
+    for client in plain:  # plain clients get each message once, as before
+        got = recv_texts(client, 2 * per_node, timeout=20)
+        assert sorted(got) == sorted(expected)
+
+
+def test_clients_of_a_killed_node_resume_whole_on_the_other(feed_project, redis_server, tmp_path, clients):
+    path = "/feed/kill"
+    doomed = start_node(feed_project, tmp_path, redis_server)
+    survivor = start_node(feed_project, tmp_path, redis_server)
+    try:
+        readers = [ResumeClient(doomed, path, clients) for _ in range(5)]
+        payloads = [f"k{i}" for i in range(150)]
+        sender = threading.Thread(target=publish, args=(survivor, path, payloads, clients, 0.01))
+        sender.start()
+        readers[0].collect(20, timeout=10)
+        doomed.proc.send_signal(signal.SIGKILL)
+        for reader in readers:
+            while len(reader.delivered) < len(payloads):
+                try:
+                    reader.collect(len(payloads), timeout=15)
+                except (Closed, Gap):
+                    notice = reader.connect(survivor, since=True)
+                    assert notice["asok"] == "resumed", notice
+        sender.join(30)
+        for reader in readers:
+            assert reader.delivered == payloads
+            assert reader.duplicates == 0
+            assert not [n for n in reader.notices if n["asok"] in ("continuity_lost", "new_epoch")]
+    finally:
+        clients.close_all()
+        survivor.stop()
+        doomed.stop()
+
+
+def outage_nodes(project, tmp_path, redis: RedisServer, **extra: str):
+    """Nodes A and B of ``redis``'s cluster, A with ``extra`` settings."""
+    first = asok_serve(project, tmp_path, env=node_env(redis, **extra))
+    first.wait_for_log("joined the cluster")
+    return first, start_node(project, tmp_path, redis)
+
+
+def wait_for_count(node, text: str, count: int, timeout: float = 15) -> None:
+    """Wait until ``text`` appears ``count`` times in ``node``'s log."""
+    deadline = time.monotonic() + timeout
+    while node.log().count(text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not {count} times in the log:\n{node.log()}")
+        time.sleep(0.05)
+
+
+def quiet(client, seconds: float = 0.5) -> list:
+    """What arrives on ``client`` within ``seconds``."""
+    got = []
+    client.settimeout(seconds)
+    try:
+        while True:
+            got.append(client.recv())
+    except websocket.WebSocketTimeoutException:
+        return got
+
+
+def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same_epoch(feed_project, tmp_path, clients):
+    redis = RedisServer(tmp_path)
+    a, b = outage_nodes(feed_project, tmp_path, redis)
+    path = "/feed/pause"
+    try:
+        reader = ResumeClient(a, path, clients)
+        remote = ResumeClient(b, path, clients)
+        plain = clients.connect(a, path)
+        publish(a, path, ["before"], clients)
+        assert reader.collect(1) == ["before"] and remote.collect(1) == ["before"]
+        epoch = reader.epoch
+
+        redis.proc.send_signal(signal.SIGSTOP)  # unreachable, data kept
+        try:
+            a.wait_for_log("unreachable", timeout=15)
+            publish(a, path, ["during1", "during2"], clients)
+            assert recv_texts(plain, 3) == ["before", "during1", "during2"]
+            assert quiet(reader.ws) == [], "a v1 client got a stream message with no offset from Redis"
+            # Meanwhile a v1 client is told the position this node delivered last...
+            newcomer = ResumeClient(a, path, clients)
+            assert (newcomer.epoch, newcomer.last) == (epoch, reader.last)
+            # ...and one on a stream this node knows nothing of is asked to come back later.
+            unknown = clients.connect(a, "/feed/unseen", subprotocols=[V1])
+            opcode, frame = unknown.recv_data_frame(True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+            assert int.from_bytes(frame.data[:2], "big") == 1013
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        a.wait_for_log("is back", timeout=15)
+
+        assert reader.collect(3) == ["during1", "during2"]
+        assert reader.epoch == epoch and reader.duplicates == 0
+        assert newcomer.collect(2) == ["during1", "during2"] and newcomer.duplicates == 0
+        # Node B missed them live (cut off too): its client fills the gap by resuming.
+        try:
+            remote.collect(3)
+        except Gap:
+            assert remote.connect(b, since=True)["asok"] == "resumed"
+        assert remote.delivered == ["before", "during1", "during2"] and remote.epoch == epoch
+    finally:
+        clients.close_all()
+        a.stop()
+        b.stop()
+        redis.stop()
+
+
+def test_redis_paused_past_the_queue_the_epoch_changes(feed_project, tmp_path, clients):
+    redis = RedisServer(tmp_path)
+    a, b = outage_nodes(feed_project, tmp_path, redis, WS_HISTORY_QUEUE="3")
+    path = "/feed/overflow"
+    try:
+        reader = ResumeClient(a, path, clients)
+        publish(a, path, ["before"], clients)
+        assert reader.collect(1) == ["before"]
+        old_epoch, old_last = reader.epoch, reader.last
+
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            a.wait_for_log("unreachable", timeout=15)
+            publish(a, path, [f"d{i}" for i in range(5)], clients)
+            a.wait_for_log("history queue full")
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        a.wait_for_log("is back", timeout=15)
+
+        # The two oldest were dropped: the three others land in a new epoch, from offset 1.
+        assert reader.collect(4) == ["d2", "d3", "d4"]
+        assert reader.epoch != old_epoch and reader.last == 3
+        assert {"asok": "new_epoch", "e": reader.epoch, "o": 1} in reader.notices
+        # A client that was away resumes from the old epoch: told so, nothing replayed.
+        notice = ResumeClient(b, path, clients, since=(old_epoch, old_last)).first_notice
+        assert notice["asok"] == "continuity_lost" and notice["reason"] == "epoch_changed"
+        assert (notice["e"], notice["o"]) == (reader.epoch, 3)
+    finally:
+        clients.close_all()
+        a.stop()
+        b.stop()
+        redis.stop()
+
+
+def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_project, tmp_path, clients):
+    redis = RedisServer(tmp_path)
+    a, b = outage_nodes(feed_project, tmp_path, redis)
+    path = "/feed/restart"
+    try:
+        reader = ResumeClient(a, path, clients)
+        plain = clients.connect(a, path)
+        publish(a, path, ["before"], clients)
+        assert reader.collect(1) == ["before"]
+        old_epoch = reader.epoch
+
+        redis.stop()
+        a.wait_for_log("unreachable", timeout=15)
+        publish(a, path, ["during"], clients)
+        assert recv_texts(plain, 2) == ["before", "during"]
+        redis.start()
+        a.wait_for_log("is back", timeout=15)
+
+        assert reader.collect(2) == ["during"]
+        assert reader.epoch != old_epoch and reader.last == 1
+        publish(b, path, ["after"], clients)
+        assert reader.collect(3) == ["after"] and reader.last == 2
+    finally:
+        clients.close_all()
+        a.stop()
+        b.stop()
+        redis.stop()
+
+
+def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
+    a, b = nodes
+    path = "/feed/plain"
+    listener = ws_connect(b, path)
+    clients.opened.append(listener)
+    publish(a, path, ["hello"], clients)
+    assert recv_texts(listener, 1) == ["hello"]
+    assert quiet(listener, 0.3) == []
