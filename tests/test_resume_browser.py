@@ -88,7 +88,7 @@ RESUME_HTML = """\
 <script type="module">
 const query = new URLSearchParams(location.search);
 const box = document.getElementById("chat");
-const log = window.resumeLog = { opens: 0, reconnecting: 0, resumed: [], lost: [] };
+const log = window.resumeLog = { opens: 0, reconnecting: 0, codes: [], resumed: [], lost: [] };
 const socket = window.asokWS(query.get("path"), {
     resume: true, persist: query.has("persist"), backoffBase: 200, backoffCap: 1000,
 });
@@ -97,7 +97,11 @@ if (query.get("room")) {
     socket.send(JSON.stringify({ op: "join_room", room: query.get("room") }));
 }
 socket.onopen = () => { log.opens += 1; box.dataset.state = "open"; };
-socket.addEventListener("reconnecting", () => { log.reconnecting += 1; box.dataset.state = "reconnecting"; });
+socket.addEventListener("reconnecting", (event) => {
+    log.reconnecting += 1;
+    log.codes.push(event.detail.code);
+    box.dataset.state = "reconnecting";
+});
 socket.onresumed = (event) => { log.resumed.push(event.detail); };
 socket.oncontinuitylost = (event) => {
     log.lost.push(event.detail);
@@ -221,6 +225,20 @@ def settle(page, expected: list[str]) -> list[str]:
     return page.evaluate(SHOWN)
 
 
+def wait_reopened(page, opens: int) -> None:
+    """Wait until the page's socket has opened more than ``opens`` times."""
+    page.wait_for_function("(n) => window.resumeLog.opens > n", arg=opens, timeout=WAIT_MS)
+
+
+def wait_until(condition, what: str, timeout: float = 20) -> None:
+    """Wait until ``condition()`` holds; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout}s")
+        time.sleep(0.05)
+
+
 def resume_log(page) -> dict:
     return page.evaluate("window.resumeLog")
 
@@ -253,22 +271,26 @@ def test_every_message_survives_dropped_links(browser, server, proxy):  # noqa: 
 
     publisher.start()
     for _ in range(2):  # quick drops: the page reconnects at once
-        page.wait_for_timeout(400)
-        assert proxy.cut() > 0
-    page.wait_for_timeout(400)
+        opens = resume_log(page)["opens"]
+        page.wait_for_timeout(300)
+        proxy.cut()
+        wait_reopened(page, opens)
+    opens = resume_log(page)["opens"]
     proxy.hold()  # away for a while: messages go on without the page
-    page.wait_for_timeout(1500)
+    held_from = len(publisher.sent)
+    wait_until(lambda: len(publisher.sent) >= held_from + 10, "10 broadcasts while the page is away")
     proxy.release()
-    page.wait_for_timeout(600)
+    wait_reopened(page, opens)
+    page.wait_for_timeout(300)
     sent = publisher.stop()
 
     assert not publisher.failures, publisher.failures
-    assert len(sent) > 40
     assert settle(page, sent) == sent
     log = resume_log(page)
-    assert log["reconnecting"] >= 3 and log["opens"] >= 4, log
-    assert sum(resumed["replayed"] for resumed in log["resumed"]) > 0, log
+    assert log["opens"] == 4, log
+    assert sum(resumed["replayed"] for resumed in log["resumed"]) >= 10, log
     assert log["lost"] == [] and page.text_content("#notice") == ""
+    print(f"dropped links: {len(sent)} broadcasts, {proxy.refused} links refused while held, {log}")
     page.context.close()
 
 
@@ -284,18 +306,22 @@ def test_every_room_message_survives_a_dropped_link(browser, server, proxy):  # 
     assert first, "the page never received a message of the room it joined"
 
     publisher.start()
-    page.wait_for_timeout(400)
+    page.wait_for_timeout(300)
+    opens = resume_log(page)["opens"]
     proxy.hold()
-    page.wait_for_timeout(1200)
+    held_from = len(publisher.sent)
+    wait_until(lambda: len(publisher.sent) >= held_from + 10, "10 broadcasts while the page is away")
     proxy.release()
-    page.wait_for_timeout(600)
+    wait_reopened(page, opens)
+    page.wait_for_timeout(300)
     sent = publisher.stop()
 
     assert not publisher.failures, publisher.failures
     expected = sent[sent.index(first[0]) :]
     assert settle(page, expected) == expected
     log = resume_log(page)
-    assert any(resumed["stream"] == "room:resume-lobby" and resumed["replayed"] > 0 for resumed in log["resumed"]), log
+    replayed = [resumed["replayed"] for resumed in log["resumed"] if resumed["stream"] == "room:resume-lobby"]
+    assert replayed and replayed[-1] >= 10, log
     assert log["lost"] == []
     page.context.close()
 
@@ -360,5 +386,7 @@ def test_every_message_survives_a_sighup_restart(browser, server):  # noqa: F811
     assert not publisher.failures, f"broadcasts refused during the restart: {publisher.failures}"
     assert settle(page, sent) == sent
     log = resume_log(page)
+    assert 1012 in log["codes"], f"the old process did not close the page's socket with 1012: {log}"
     assert log["lost"] == [] and page.text_content("#notice") == "", log
+    print(f"restart: {len(sent)} broadcasts, {log}")
     page.context.close()
