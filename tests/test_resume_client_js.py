@@ -358,3 +358,20 @@ def test_a_server_without_the_protocol_gets_a_reconnecting_plain_socket(page):
     }"""
     )
     assert seen == {"got": ['{"s": "/old", "e": "E", "o": 1, "d": "as is"}', "plain text"], "protocol": ""}
+
+
+def test_handlers_see_the_socket_as_target_and_one_that_throws_stops_no_one(page):
+    seen = page.evaluate(
+        """async () => {
+        const seen = [];
+        const socket = asokWS("/x", { resume: true });
+        socket.onmessage = (event) => { seen.push(["on", event.target === socket]); throw new Error("page bug"); };
+        socket.addEventListener("message", (event) => seen.push(["listener", event.currentTarget === socket]));
+        window.addEventListener("error", (event) => { event.preventDefault(); seen.push(["reported"]); });
+        sockets[0].accept();
+        sockets[0].frame({ d: "hello" });
+        await tick();
+        return seen;
+    }"""
+    )
+    assert seen == [["on", True], ["reported"], ["listener", True]]

@@ -163,16 +163,6 @@
     return binaryType === "arraybuffer" ? bytes.buffer : new Blob([bytes]);
   }
 
-  function reportError(error) {
-    if (typeof window.reportError === "function") {
-      window.reportError(error);
-    } else {
-      setTimeout(function () {
-        throw error;
-      });
-    }
-  }
-
   /** A room op the page sends ({"op": "join_room" | "leave_room", "room": ...}), or null. */
   function roomOp(data) {
     if (typeof data !== "string" || data.charAt(0) !== "{" || data.indexOf("_room") < 0) {
@@ -190,6 +180,8 @@
     return null;
   }
 
+  var EVENTS = ["open", "message", "error", "close", "resumed", "continuitylost", "reconnecting"];
+
   /**
    * A WebSocket-like object that survives drops: `onopen`, `onmessage`, `onclose`, `onerror`,
    * `send`, `close`, `readyState`, `addEventListener`, plus the events "resumed",
@@ -199,363 +191,361 @@
    * after close() is called. While the link is down readyState is CONNECTING and send() keeps
    * the messages for the next link.
    */
-  function ResumingSocket(path, options) {
-    var target = new EventTarget();
-    this._target = target;
-    this._options = Object.assign({}, DEFAULTS, options || {});
-    this._path = path;
-    this.url = socketUrl(path);
-    this._origin = new URL(this.url).origin;
-    this.protocol = "";
-    this.extensions = "";
-    this.binaryType = "blob";
-    this.onopen = this.onmessage = this.onclose = this.onerror = null;
-    this.onresumed = this.oncontinuitylost = this.onreconnecting = null;
-    this._readyState = CONNECTING;
-    this._socket = null;
-    this._timer = null;
-    this._attempt = 0;
-    this._links = 0;
-    this._openedAt = 0;
-    this._closeRequested = false;
-    this._queue = [];
-    this._rooms = new Map(); // room name -> the join op the page sent
-    this._storageKey = this._storageKeyFor(path);
-    var saved = this._load();
-    this._pathStream = saved.path || null;
-    this.positions = new StreamPositions(saved.streams);
-    var self = this;
-    this._onPageHide = function () {
-      self._save();
-    };
-    this._onOnline = function () {
-      if (self._timer !== null) {
-        clearTimeout(self._timer);
-        self._timer = null;
-        self._connect();
+  class ResumingSocket extends EventTarget {
+    constructor(path, options) {
+      super();
+      this._options = Object.assign({}, DEFAULTS, options || {});
+      this._path = path;
+      this.url = socketUrl(path);
+      this._origin = new URL(this.url).origin;
+      this.protocol = "";
+      this.extensions = "";
+      this.binaryType = "blob";
+      var self = this;
+      EVENTS.forEach(function (type) {
+        // Each on<type> property is called first, as a listener added before any other.
+        self["on" + type] = null;
+        self.addEventListener(type, function (event) {
+          var handler = self["on" + type];
+          if (typeof handler === "function") {
+            handler.call(self, event);
+          }
+        });
+      });
+      this._readyState = CONNECTING;
+      this._socket = null;
+      this._timer = null;
+      this._attempt = 0;
+      this._links = 0;
+      this._openedAt = 0;
+      this._closeRequested = false;
+      this._queue = [];
+      this._rooms = new Map(); // room name -> the join op the page sent
+      this._storageKey = this._storageKeyFor(path);
+      var saved = this._load();
+      this._pathStream = typeof saved.path === "string" ? saved.path : null;
+      this.positions = new StreamPositions(saved.streams);
+      this._onPageHide = function () {
+        self._save();
+      };
+      this._onOnline = function () {
+        if (self._timer !== null) {
+          clearTimeout(self._timer);
+          self._connect();
+        }
+      };
+      window.addEventListener("pagehide", this._onPageHide);
+      window.addEventListener("online", this._onOnline);
+      this._connect();
+    }
+
+    get readyState() {
+      return this._readyState;
+    }
+
+    get bufferedAmount() {
+      return this._socket ? this._socket.bufferedAmount : 0;
+    }
+
+    /** Send a message now, or on the next link while this one is down; nothing once closed. */
+    send(data) {
+      if (this._readyState === CLOSING || this._readyState === CLOSED) {
+        return;
       }
-    };
-    window.addEventListener("pagehide", this._onPageHide);
-    window.addEventListener("online", this._onOnline);
-    this._connect();
+      var op = roomOp(data);
+      if (op !== null) {
+        data = this._trackRoom(op, data);
+      }
+      if (this._readyState === OPEN && this._socket) {
+        this._socket.send(data);
+        return;
+      }
+      this._queue.push(data);
+      if (this._queue.length > this._options.maxQueued) {
+        this._queue.shift();
+      }
+    }
+
+    /** Close for good: no more reconnects; "close" fires once the link is closed. */
+    close(code, reason) {
+      if (this._readyState === CLOSING || this._readyState === CLOSED) {
+        return;
+      }
+      this._closeRequested = true;
+      this._save();
+      window.removeEventListener("pagehide", this._onPageHide);
+      window.removeEventListener("online", this._onOnline);
+      if (this._timer !== null) {
+        clearTimeout(this._timer);
+        this._timer = null;
+      }
+      code = code === undefined ? 1000 : code;
+      var socket = this._socket;
+      if (socket && (socket.readyState === CONNECTING || socket.readyState === OPEN)) {
+        this._readyState = CLOSING;
+        socket.close(code, reason);
+        return;
+      }
+      this._socket = null;
+      this._readyState = CLOSED;
+      var self = this;
+      setTimeout(function () {
+        self.dispatchEvent(new CloseEvent("close", { code: code, reason: reason || "", wasClean: true }));
+      });
+    }
+
+    _connect() {
+      this._timer = null;
+      this._readyState = CONNECTING;
+      var since = this._pathStream ? this.positions.get(this._pathStream) : undefined;
+      var socket;
+      try {
+        socket = new WebSocket(socketUrl(withSince(this._path, since)), PROTOCOL);
+      } catch (error) {
+        if (this._links === 0 && this._attempt === 0) {
+          throw error; // a bad URL or port: the same error as new WebSocket(...) gives
+        }
+        var self = this;
+        setTimeout(function () {
+          self.dispatchEvent(new Event("error"));
+          self._dropped({ code: 1006, reason: String(error), wasClean: false });
+        });
+        return;
+      }
+      socket.binaryType = "arraybuffer";
+      this._socket = socket;
+      this._watch(socket);
+    }
+
+    _watch(socket) {
+      var self = this;
+      socket.onopen = function () {
+        if (self._socket === socket) {
+          self._opened(socket);
+        }
+      };
+      socket.onmessage = function (event) {
+        if (self._socket === socket) {
+          self._received(event);
+        }
+      };
+      socket.onerror = function () {
+        if (self._socket === socket) {
+          self.dispatchEvent(new Event("error"));
+        }
+      };
+      socket.onclose = function (event) {
+        if (self._socket === socket) {
+          self._dropped(event);
+        }
+      };
+    }
+
+    _opened(socket) {
+      this._readyState = OPEN;
+      this._openedAt = Date.now();
+      this.protocol = socket.protocol;
+      this.extensions = socket.extensions;
+      var self = this;
+      this._rooms.forEach(function (op, room) {
+        socket.send(self._joinWithSince(op, room));
+      });
+      var queued = this._queue;
+      this._queue = [];
+      for (var i = 0; i < queued.length; i++) {
+        socket.send(queued[i]);
+      }
+      var event = new Event("open");
+      event.reconnected = this._links > 0;
+      this._links += 1;
+      this.dispatchEvent(event);
+    }
+
+    _received(event) {
+      if (this.protocol !== PROTOCOL) {
+        this._deliver(event.data); // a server that does not speak asok-green.v1: frames as they come
+        return;
+      }
+      var frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch (error) {
+        this._deliver(event.data);
+        return;
+      }
+      if (!frame || typeof frame !== "object") {
+        this._deliver(event.data);
+      } else if (typeof frame.asok === "string") {
+        this._notice(frame);
+      } else if (typeof frame.s === "string") {
+        this._streamMessage(frame);
+      } else {
+        this._deliver(this._payload(frame));
+      }
+    }
+
+    _payload(frame) {
+      return typeof frame.b === "string" ? decodeBase64(frame.b, this.binaryType) : frame.d;
+    }
+
+    _deliver(data, frame) {
+      if (data instanceof ArrayBuffer && this.binaryType === "blob") {
+        data = new Blob([data]);
+      }
+      var init = { data: data, origin: this._origin };
+      if (frame) {
+        init.lastEventId = frame.e + ":" + frame.o;
+      }
+      var event = new MessageEvent("message", init);
+      if (frame) {
+        event.stream = frame.s;
+        event.epoch = frame.e;
+        event.offset = frame.o;
+      }
+      this.dispatchEvent(event);
+    }
+
+    _learnStream(stream) {
+      if (stream.indexOf("room:") !== 0) {
+        this._pathStream = stream;
+      }
+    }
+
+    _streamMessage(frame) {
+      this._learnStream(frame.s);
+      var verdict = this.positions.accept(frame.s, frame.e, frame.o);
+      if (verdict === "gap") {
+        this._resumeNow();
+        return;
+      }
+      if (verdict === "duplicate") {
+        return;
+      }
+      if (verdict === "epoch") {
+        this._continuityLost(frame.s, frame.e, frame.o, "epoch_changed");
+      }
+      this._deliver(this._payload(frame), frame);
+    }
+
+    _notice(frame) {
+      var kind = frame.asok;
+      if ((kind !== "position" && kind !== "resumed" && kind !== "continuity_lost") || typeof frame.s !== "string") {
+        return; // a notice of a later version: not ours to act on
+      }
+      this._learnStream(frame.s);
+      var verdict = this.positions.notice(kind, frame.s, frame.e, frame.o);
+      if (verdict === "gap") {
+        this._resumeNow();
+        return;
+      }
+      this._save();
+      if (verdict === "lost") {
+        this._continuityLost(frame.s, frame.e, frame.o, frame.reason || "position_changed");
+      }
+      if (kind === "resumed") {
+        var detail = { stream: frame.s, epoch: frame.e, offset: frame.o, replayed: frame.replayed || 0 };
+        this.dispatchEvent(new CustomEvent("resumed", { detail: detail }));
+      }
+    }
+
+    _continuityLost(stream, epoch, offset, reason) {
+      var detail = { stream: stream, epoch: epoch, offset: offset, reason: reason };
+      this.dispatchEvent(new CustomEvent("continuitylost", { detail: detail }));
+    }
+
+    /** Something was missed on this link: drop it and reconnect at once, asking for it. */
+    _resumeNow() {
+      var socket = this._socket;
+      this._socket = null;
+      socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
+      socket.close(1000, "resume");
+      this._retry(0, 1006, "resume");
+    }
+
+    _dropped(event) {
+      this._socket = null;
+      if (this._closeRequested) {
+        this._readyState = CLOSED;
+        this.dispatchEvent(new CloseEvent("close", { code: event.code, reason: event.reason, wasClean: event.wasClean }));
+        return;
+      }
+      var options = this._options;
+      if (this._openedAt && Date.now() - this._openedAt >= options.stableAfter) {
+        this._attempt = 0;
+      }
+      this._retry(backoffDelay(this._attempt, options.backoffBase, options.backoffCap), event.code, event.reason);
+    }
+
+    _retry(delay, code, reason) {
+      this._readyState = CONNECTING;
+      this._openedAt = 0;
+      this._attempt += 1;
+      var detail = { attempt: this._attempt, delay: delay, code: code, reason: reason };
+      this.dispatchEvent(new CustomEvent("reconnecting", { detail: detail }));
+      if (this._closeRequested) {
+        return; // the page closed the socket from its reconnecting handler
+      }
+      var self = this;
+      this._timer = setTimeout(function () {
+        self._connect();
+      }, delay);
+    }
+
+    _trackRoom(op, data) {
+      if (op.op === "leave_room") {
+        this._rooms.delete(op.room);
+        this.positions.forget("room:" + op.room);
+        return data;
+      }
+      this._rooms.set(op.room, op);
+      return this._joinWithSince(op, op.room);
+    }
+
+    _joinWithSince(op, room) {
+      var position = this.positions.get("room:" + room);
+      if (!position || op.since) {
+        return JSON.stringify(op);
+      }
+      return JSON.stringify(Object.assign({}, op, { since: { e: position.e, o: position.o } }));
+    }
+
+    _storageKeyFor(path) {
+      var persist = this._options.persist;
+      if (!persist) {
+        return null;
+      }
+      return STORAGE_PREFIX + (typeof persist === "string" ? persist : path);
+    }
+
+    _load() {
+      if (!this._storageKey) {
+        return {};
+      }
+      try {
+        var saved = JSON.parse(window.sessionStorage.getItem(this._storageKey) || "{}");
+        return saved && typeof saved === "object" ? saved : {};
+      } catch (error) {
+        return {};
+      }
+    }
+
+    _save() {
+      if (!this._storageKey) {
+        return;
+      }
+      try {
+        var state = { path: this._pathStream, streams: this.positions.toJSON() };
+        window.sessionStorage.setItem(this._storageKey, JSON.stringify(state));
+      } catch (error) {
+        // storage full or disabled: resuming after a reload is a bonus, never a failure
+      }
+    }
   }
 
   ResumingSocket.CONNECTING = ResumingSocket.prototype.CONNECTING = CONNECTING;
   ResumingSocket.OPEN = ResumingSocket.prototype.OPEN = OPEN;
   ResumingSocket.CLOSING = ResumingSocket.prototype.CLOSING = CLOSING;
   ResumingSocket.CLOSED = ResumingSocket.prototype.CLOSED = CLOSED;
-
-  Object.defineProperty(ResumingSocket.prototype, "readyState", {
-    get: function () {
-      return this._readyState;
-    },
-  });
-
-  Object.defineProperty(ResumingSocket.prototype, "bufferedAmount", {
-    get: function () {
-      return this._socket ? this._socket.bufferedAmount : 0;
-    },
-  });
-
-  ResumingSocket.prototype.addEventListener = function (type, listener, options) {
-    this._target.addEventListener(type, listener, options);
-  };
-
-  ResumingSocket.prototype.removeEventListener = function (type, listener, options) {
-    this._target.removeEventListener(type, listener, options);
-  };
-
-  ResumingSocket.prototype.dispatchEvent = function (event) {
-    return this._target.dispatchEvent(event);
-  };
-
-  /** Send a message now, or on the next link while this one is down; nothing once closed. */
-  ResumingSocket.prototype.send = function (data) {
-    if (this._readyState === CLOSING || this._readyState === CLOSED) {
-      return;
-    }
-    var op = roomOp(data);
-    if (op !== null) {
-      data = this._trackRoom(op, data);
-    }
-    if (this._readyState === OPEN && this._socket) {
-      this._socket.send(data);
-      return;
-    }
-    this._queue.push(data);
-    if (this._queue.length > this._options.maxQueued) {
-      this._queue.shift();
-    }
-  };
-
-  /** Close for good: no more reconnects; "close" fires once the link is closed. */
-  ResumingSocket.prototype.close = function (code, reason) {
-    if (this._readyState === CLOSING || this._readyState === CLOSED) {
-      return;
-    }
-    this._closeRequested = true;
-    this._save();
-    window.removeEventListener("pagehide", this._onPageHide);
-    window.removeEventListener("online", this._onOnline);
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-      this._timer = null;
-    }
-    var socket = this._socket;
-    if (socket && (socket.readyState === CONNECTING || socket.readyState === OPEN)) {
-      this._readyState = CLOSING;
-      socket.close(code === undefined ? 1000 : code, reason);
-      return;
-    }
-    this._socket = null;
-    this._readyState = CLOSED;
-    var self = this;
-    setTimeout(function () {
-      self._emit(new CloseEvent("close", { code: code === undefined ? 1000 : code, reason: reason || "", wasClean: true }));
-    });
-  };
-
-  ResumingSocket.prototype._emit = function (event) {
-    var handler = this["on" + event.type];
-    if (typeof handler === "function") {
-      try {
-        handler.call(this, event);
-      } catch (error) {
-        reportError(error);
-      }
-    }
-    this._target.dispatchEvent(event);
-  };
-
-  ResumingSocket.prototype._connect = function () {
-    this._timer = null;
-    var since = this._pathStream ? this.positions.get(this._pathStream) : undefined;
-    var socket = new WebSocket(socketUrl(withSince(this._path, since)), PROTOCOL);
-    socket.binaryType = "arraybuffer";
-    this._socket = socket;
-    this._readyState = CONNECTING;
-    var self = this;
-    socket.onopen = function () {
-      if (self._socket === socket) {
-        self._opened(socket);
-      }
-    };
-    socket.onmessage = function (event) {
-      if (self._socket === socket) {
-        self._received(socket, event);
-      }
-    };
-    socket.onerror = function () {
-      if (self._socket === socket) {
-        self._emit(new Event("error"));
-      }
-    };
-    socket.onclose = function (event) {
-      if (self._socket === socket) {
-        self._dropped(event);
-      }
-    };
-  };
-
-  ResumingSocket.prototype._opened = function (socket) {
-    this._readyState = OPEN;
-    this._openedAt = Date.now();
-    this.protocol = socket.protocol;
-    this.extensions = socket.extensions;
-    var self = this;
-    this._rooms.forEach(function (op, room) {
-      socket.send(self._joinWithSince(op, room));
-    });
-    var queued = this._queue;
-    this._queue = [];
-    for (var i = 0; i < queued.length; i++) {
-      socket.send(queued[i]);
-    }
-    var event = new Event("open");
-    event.reconnected = this._links > 0;
-    this._links += 1;
-    this._emit(event);
-  };
-
-  ResumingSocket.prototype._received = function (socket, event) {
-    if (this.protocol !== PROTOCOL) {
-      this._deliver(event.data); // a server that does not speak asok-green.v1: frames as they come
-      return;
-    }
-    var frame;
-    try {
-      frame = JSON.parse(event.data);
-    } catch (error) {
-      this._deliver(event.data);
-      return;
-    }
-    if (!frame || typeof frame !== "object") {
-      this._deliver(event.data);
-    } else if (typeof frame.asok === "string") {
-      this._notice(frame);
-    } else if (typeof frame.s === "string") {
-      this._streamMessage(frame);
-    } else {
-      this._deliver(this._payload(frame));
-    }
-  };
-
-  ResumingSocket.prototype._payload = function (frame) {
-    return typeof frame.b === "string" ? decodeBase64(frame.b, this.binaryType) : frame.d;
-  };
-
-  ResumingSocket.prototype._deliver = function (data, frame) {
-    if (data instanceof ArrayBuffer && this.binaryType === "blob") {
-      data = new Blob([data]);
-    }
-    var init = { data: data, origin: this._origin };
-    if (frame) {
-      init.lastEventId = frame.e + ":" + frame.o;
-    }
-    var event = new MessageEvent("message", init);
-    if (frame) {
-      event.stream = frame.s;
-      event.epoch = frame.e;
-      event.offset = frame.o;
-    }
-    this._emit(event);
-  };
-
-  ResumingSocket.prototype._learnStream = function (stream) {
-    if (stream.indexOf("room:") !== 0 && this._pathStream !== stream) {
-      this._pathStream = stream;
-    }
-  };
-
-  ResumingSocket.prototype._streamMessage = function (frame) {
-    this._learnStream(frame.s);
-    var verdict = this.positions.accept(frame.s, frame.e, frame.o);
-    if (verdict === "gap") {
-      this._resumeNow();
-      return;
-    }
-    if (verdict === "duplicate") {
-      return;
-    }
-    if (verdict === "epoch") {
-      this._continuityLost(frame.s, frame.e, frame.o, "epoch_changed");
-    }
-    this._deliver(this._payload(frame), frame);
-  };
-
-  ResumingSocket.prototype._notice = function (frame) {
-    var kind = frame.asok;
-    if ((kind !== "position" && kind !== "resumed" && kind !== "continuity_lost") || typeof frame.s !== "string") {
-      return; // a notice of a later version: not ours to act on
-    }
-    this._learnStream(frame.s);
-    var verdict = this.positions.notice(kind, frame.s, frame.e, frame.o);
-    if (verdict === "gap") {
-      this._resumeNow();
-      return;
-    }
-    this._save();
-    if (verdict === "lost") {
-      this._continuityLost(frame.s, frame.e, frame.o, frame.reason || "position_changed");
-    }
-    if (kind === "resumed") {
-      var detail = { stream: frame.s, epoch: frame.e, offset: frame.o, replayed: frame.replayed || 0 };
-      this._emit(new CustomEvent("resumed", { detail: detail }));
-    }
-  };
-
-  ResumingSocket.prototype._continuityLost = function (stream, epoch, offset, reason) {
-    var detail = { stream: stream, epoch: epoch, offset: offset, reason: reason };
-    this._emit(new CustomEvent("continuitylost", { detail: detail }));
-  };
-
-  /** Something was missed on this link: drop it and reconnect at once, asking for it. */
-  ResumingSocket.prototype._resumeNow = function () {
-    var socket = this._socket;
-    this._socket = null;
-    socket.onopen = socket.onmessage = socket.onerror = socket.onclose = null;
-    socket.close(1000, "resume");
-    this._retry(0, 1006, "resume");
-  };
-
-  ResumingSocket.prototype._dropped = function (event) {
-    this._socket = null;
-    if (this._closeRequested) {
-      this._readyState = CLOSED;
-      this._emit(new CloseEvent("close", { code: event.code, reason: event.reason, wasClean: event.wasClean }));
-      return;
-    }
-    var options = this._options;
-    if (this._openedAt && Date.now() - this._openedAt >= options.stableAfter) {
-      this._attempt = 0;
-    }
-    this._retry(backoffDelay(this._attempt, options.backoffBase, options.backoffCap), event.code, event.reason);
-  };
-
-  ResumingSocket.prototype._retry = function (delay, code, reason) {
-    this._readyState = CONNECTING;
-    this._openedAt = 0;
-    this._attempt += 1;
-    var detail = { attempt: this._attempt, delay: delay, code: code, reason: reason };
-    this._emit(new CustomEvent("reconnecting", { detail: detail }));
-    if (this._closeRequested) {
-      return; // the page closed the socket from its reconnecting handler
-    }
-    var self = this;
-    this._timer = setTimeout(function () {
-      self._connect();
-    }, delay);
-  };
-
-  ResumingSocket.prototype._trackRoom = function (op, data) {
-    var stream = "room:" + op.room;
-    if (op.op === "leave_room") {
-      this._rooms.delete(op.room);
-      this.positions.forget(stream);
-      return data;
-    }
-    this._rooms.set(op.room, op);
-    return this._joinWithSince(op, op.room);
-  };
-
-  ResumingSocket.prototype._joinWithSince = function (op, room) {
-    var position = this.positions.get("room:" + room);
-    if (!position || op.since) {
-      return JSON.stringify(op);
-    }
-    return JSON.stringify(Object.assign({}, op, { since: { e: position.e, o: position.o } }));
-  };
-
-  ResumingSocket.prototype._storageKeyFor = function (path) {
-    var persist = this._options.persist;
-    if (!persist) {
-      return null;
-    }
-    return STORAGE_PREFIX + (typeof persist === "string" ? persist : path);
-  };
-
-  ResumingSocket.prototype._load = function () {
-    if (!this._storageKey) {
-      return {};
-    }
-    try {
-      return JSON.parse(window.sessionStorage.getItem(this._storageKey) || "{}") || {};
-    } catch (error) {
-      return {};
-    }
-  };
-
-  ResumingSocket.prototype._save = function () {
-    if (!this._storageKey) {
-      return;
-    }
-    try {
-      var state = { path: this._pathStream, streams: this.positions.toJSON() };
-      window.sessionStorage.setItem(this._storageKey, JSON.stringify(state));
-    } catch (error) {
-      // storage full or disabled: resuming after a reload is a bonus, never a failure
-    }
-  };
 
   // window.asokWS(path) stays Asok's helper (whenever Asok's script defines it, before or after
   // this one); window.asokWS(path, {resume: true}) makes a ResumingSocket.
