@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from itertools import islice
 from time import time
@@ -36,6 +36,7 @@ from . import envelopes
 from .connection import Outgoing
 from .frames import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN
 from .history_stores import HistoryStore, HistoryUnavailable, make_store
+from .logs import log_limited
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -47,7 +48,11 @@ logger = logging.getLogger("asok_green")
 ROOM_PREFIX = "room:"
 
 #: Most messages of one stream held in memory to answer replays without asking the store.
-_TAIL_LIMIT = 1000
+_TAIL_LIMIT = 500
+
+#: Most payload bytes the tails of every stream hold together: beyond, the least recently
+#: published streams' tails are emptied (their replays are read from the store).
+_TAIL_BUDGET = 16 * 1024 * 1024
 
 #: Most path or room names whose lookup (stream or no history) is remembered.
 _LOOKUP_CACHE_LIMIT = 10_000
@@ -69,6 +74,34 @@ def check_policy(size: Any, ttl: Any) -> Policy:
     return Policy(size, None if ttl is None else float(ttl))
 
 
+class TailBudget:
+    """The payload bytes every stream's tail holds, and whose tail to empty first when that is too much."""
+
+    def __init__(self, limit: int = _TAIL_BUDGET) -> None:
+        """A budget of ``limit`` bytes, none used."""
+        self.limit = limit
+        self.used = 0
+        #: Streams with a tail, the least recently added to first.
+        self._recent: OrderedDict[Stream, None] = OrderedDict()
+
+    def added(self, stream: Stream, size: int) -> None:
+        """``stream``'s tail grew by ``size`` bytes (less if it dropped its oldest): empty others' if over."""
+        self.used += size
+        recent = self._recent
+        recent[stream] = None
+        recent.move_to_end(stream)
+        while self.used > self.limit and len(recent) > 1:
+            oldest = next(iter(recent))
+            if oldest is stream:
+                break
+            oldest.forget_tail()
+
+    def removed(self, stream: Stream, size: int) -> None:
+        """``stream``'s tail was emptied of its ``size`` bytes."""
+        self.used -= size
+        self._recent.pop(stream, None)
+
+
 class Stream:
     """One stream with history as this process sees it: its epoch, the last offset delivered here, its tail.
 
@@ -77,10 +110,10 @@ class Stream:
     arrive while missing ones are read from the store.
     """
 
-    __slots__ = ("name", "policy", "epoch", "last", "prefix", "tail", "held", "backlog")
+    __slots__ = ("name", "policy", "epoch", "last", "prefix", "tail", "budget", "held", "backlog")
 
-    def __init__(self, name: str, policy: Policy):
-        """A stream not yet loaded (no epoch known)."""
+    def __init__(self, name: str, policy: Policy, budget: TailBudget | None = None):
+        """A stream not yet loaded (no epoch known); its tail counts toward ``budget``."""
         self.name = name
         self.policy = policy
         self.epoch: str | None = None
@@ -88,6 +121,7 @@ class Stream:
         self.prefix = b""
         #: ``(offset, at, Outgoing)`` of the last messages delivered here, offsets consecutive.
         self.tail: deque = deque(maxlen=min(policy.size, _TAIL_LIMIT))
+        self.budget = budget if budget is not None else TailBudget()
         self.held: dict[Connection, list[Outgoing]] | None = None
         self.backlog: list | None = None
 
@@ -95,7 +129,28 @@ class Stream:
         """From now on the stream is in ``epoch``, and ``last`` is its last offset delivered here."""
         self.epoch, self.last = epoch, last
         self.prefix = envelopes.stream_prefix(self.name, epoch)
-        self.tail.clear()
+        self.forget_tail()
+
+    def remember(self, offset: int, at: float, message: Outgoing) -> None:
+        """Add message ``offset`` (delivered at ``at``) to the tail, dropping the oldest if it is full."""
+        tail = self.tail
+        if tail and offset != tail[-1][0] + 1:
+            # Offsets in between were published by another process and not delivered here:
+            # the tail holds consecutive offsets only, so it starts over.
+            self.forget_tail()
+        size = len(message.payload)
+        if len(tail) == tail.maxlen:
+            size -= len(tail.popleft()[2].payload)
+        tail.append((offset, at, message))
+        self.budget.added(self, size)
+
+    def forget_tail(self) -> None:
+        """Empty the tail (replays are then read from the store)."""
+        tail = self.tail
+        if tail:
+            size = sum(len(message.payload) for _, _, message in tail)
+            tail.clear()
+            self.budget.removed(self, size)
 
     def tail_since(self, since: envelopes.Since, now: float) -> list[Outgoing] | None:
         """The messages after ``since`` if the tail holds every one of them, else None."""
@@ -140,6 +195,7 @@ class History:
         self._paths: dict[str, Stream | None] = {}
         self._rooms: dict[str, Stream | None] = {}
         self._store: HistoryStore | None = None
+        self._tail_budget = TailBudget()
 
     # -- configuration ------------------------------------------------------------
 
@@ -229,7 +285,7 @@ class History:
     def _stream(self, name: str, policy: Policy) -> Stream:
         stream = self._streams.get(name)
         if stream is None:
-            stream = self._streams[name] = Stream(name, policy)
+            stream = self._streams[name] = Stream(name, policy, self._tail_budget)
             self.store.configure(name, policy.size, policy.ttl)
         return stream
 
@@ -262,9 +318,17 @@ class History:
 
         try:
             self.store.publish(stream.name, message.opcode, message.payload, deliver)
-        except Exception:
+        except Exception as exc:
             self.hub.stats["history_errors"] += 1
-            logger.exception("history store failed on stream %s: message delivered without an offset", stream.name)
+            log_limited(
+                logger,
+                logging.ERROR,
+                "history store",
+                self.hub.limits,
+                "history store failed on stream %s (%r): message delivered without an offset",
+                stream.name,
+                exc,
+            )
             return self.hub._fan_out(self.members(stream), message, exclude)
         if not called:
             # No offset yet: the plain clients' copy goes now, the v1 clients' with the offset.
@@ -316,7 +380,7 @@ class History:
             return 0  # delivered already (read from the store to fill a gap)
         stream.last = offset
         message.in_stream(stream.prefix, offset)
-        stream.tail.append((offset, time(), message))
+        stream.remember(offset, time(), message)
         return self.hub._fan_out(self.members(stream), message, exclude, stream.held, True if v1_only else None)
 
     def _fill(self, stream: Stream, upto: int) -> None:
@@ -329,7 +393,7 @@ class History:
             replay = None
         if replay is None or replay[0] != epoch:
             # Out of reach: the clients see the gap and resume (continuity_lost if need be).
-            stream.tail.clear()
+            stream.forget_tail()
             return
         for offset, opcode, data in replay[2]:
             if offset >= upto:

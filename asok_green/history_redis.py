@@ -84,6 +84,16 @@ if ack then
   if id == batch then return cjson.decode(body) end
 end
 local channel, node, candidate = ARGV[2], ARGV[3], ARGV[4]
+local made = 0
+-- A new epoch for a stream: its old entries go, and so do keys of a wrong type in its place.
+local function fresh(skey, mkey)
+  made = made + 1
+  local epoch = candidate
+  if made > 1 then epoch = candidate .. '-' .. made end
+  redis.call('DEL', skey, mkey)
+  redis.call('HSET', mkey, 'epoch', epoch, 'last', 0)
+  return epoch
+end
 local out = {}
 local k = 2
 for i = 5, #ARGV, 7 do
@@ -91,22 +101,35 @@ for i = 5, #ARGV, 7 do
   local size, ttl, renew = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
   local skey, mkey = KEYS[k], KEYS[k + 1]
   k = k + 2
-  local epoch = redis.call('HGET', mkey, 'epoch')
-  if (not epoch) or renew == '1' then
-    epoch = candidate
-    redis.call('DEL', skey)
-    redis.call('HSET', mkey, 'epoch', epoch, 'last', 0)
+  local epoch = false
+  if renew ~= '1' then
+    local known = redis.pcall('HGET', mkey, 'epoch')
+    if type(known) == 'string' then epoch = known end
   end
+  if not epoch then epoch = fresh(skey, mkey) end
   local offset = redis.call('HINCRBY', mkey, 'last', 1)
   local digits = string.format('%d', offset)
-  redis.call('XADD', skey, 'MAXLEN', size, '0-' .. digits, 'p', opcode, 'd', data, 't', now)
+  local added = redis.pcall('XADD', skey, 'MAXLEN', size, '0-' .. digits, 'p', opcode, 'd', data, 't', now)
+  if type(added) == 'table' and added.err then
+    -- Not a stream, or ids ahead of the offsets: this stream starts over rather than fail the batch.
+    epoch = fresh(skey, mkey)
+    offset = redis.call('HINCRBY', mkey, 'last', 1)
+    digits = string.format('%d', offset)
+    redis.call('XADD', skey, 'MAXLEN', size, '0-' .. digits, 'p', opcode, 'd', data, 't', now)
+  end
   if ttl > 0 then
     local cutoff = now - ttl
     local oldest = redis.call('XRANGE', skey, '-', '+', 'COUNT', 1)
     if #oldest > 0 and tonumber(oldest[1][2][6]) < cutoff then
-      local keep = '0-' .. digits
-      for _, entry in ipairs(redis.call('XRANGE', skey, '-', '+', 'COUNT', 64)) do
+      -- At most 64 looked at per append: the rest go at the next ones.
+      local first = redis.call('XRANGE', skey, '-', '+', 'COUNT', 64)
+      local keep = false
+      for _, entry in ipairs(first) do
         if tonumber(entry[2][6]) >= cutoff then keep = entry[1] break end
+      end
+      if not keep then
+        local seen = tonumber(string.match(first[#first][1], '%-(%d+)$'))
+        keep = '0-' .. string.format('%d', seen + 1)
       end
       redis.call('XTRIM', skey, 'MINID', keep)
     end
@@ -415,6 +438,7 @@ class RedisHistoryStore:
         self._refusal: type = Exception
         self._outage: Outage | None = None
         self._drop_logged = False
+        self._refusals = 0
 
     # -- the HistoryStore interface --------------------------------------------------------
 
@@ -541,35 +565,49 @@ class RedisHistoryStore:
 
     def _run_writer(self) -> None:
         delay = 0.05
-        refusals = 0
         while not self._stopped:
             self._wake.wait()
             self._wake.clear()
-            queue = self.queue
-            while len(queue) and self.cluster.connected and not self._stopped:
-                batch = queue.next_batch()
-                try:
-                    results = self.log.append(batch[0].seq, batch, self._limits_of)
-                except self._refusal as exc:
-                    refusals += 1
-                    if refusals >= REFUSALS_BEFORE_DROP:
-                        refusals = 0
-                        dropped = queue.refused()
-                        self._count("history_dropped", len(dropped))
-                        logger.error("Redis refused %d history message(s): dropped (%s)", len(dropped), exc)
-                    else:
-                        self._outage.failed(exc)
-                        gevent.sleep(delay)
-                        delay = min(delay * 2, 1.0)
-                    continue
-                except self._errors as exc:
-                    self._outage.failed(exc)
+            while len(self.queue) and self.cluster.connected and not self._stopped:
+                if self._write_batch():
+                    delay = 0.05
+                else:
                     gevent.sleep(delay)
                     delay = min(delay * 2, 1.0)
-                    continue
-                delay = 0.05
-                refusals = 0
-                self._outage.answered()
-                self._count("history_written", len(results))
-                for message in queue.written(results):
-                    self._deliver(message)
+
+    def _write_batch(self) -> bool:
+        """Send the next batch and deliver what is due; False when it must be tried again later."""
+        queue = self.queue
+        batch = queue.next_batch()
+        try:
+            results = self.log.append(batch[0].seq, batch, self._limits_of)
+        except self._errors as exc:
+            if not isinstance(exc, self._refusal):
+                self._outage.failed(exc)  # unreachable: the batch waits, in order
+                return False
+            refusal: Exception = exc
+        except Exception as exc:
+            logger.exception("history batch could not be sent")
+            refusal = exc
+        else:
+            self._refusals = 0
+            self._outage.answered()
+            self._count("history_written", len(results))
+            for message in queue.written(results):
+                self._deliver(message)
+            return True
+        # An error answer (out of memory, a key of the wrong type): tried a few times, then dropped.
+        self._refusals += 1
+        if self._refusals < REFUSALS_BEFORE_DROP:
+            return False
+        self._refusals = 0
+        dropped = queue.refused()
+        self._count("history_dropped", len(dropped))
+        logger.error(
+            "Redis refused %d history message(s) %d times: dropped, their streams start a new epoch (%s)",
+            len(dropped),
+            REFUSALS_BEFORE_DROP,
+            refusal,
+            extra={"event": "history_dropped"},
+        )
+        return True

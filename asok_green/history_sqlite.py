@@ -34,6 +34,9 @@ _FILE_CHECK_INTERVAL = 1.0
 #: Seconds between two deletions of expired messages in one stream.
 _EXPIRE_INTERVAL = 1.0
 
+#: Most trimmed rows of a stream left in the file before they are deleted (at most a quarter of its size).
+_DELETE_BATCH = 64
+
 #: Milliseconds a write waits for another process' transaction to end.
 _BUSY_TIMEOUT_MS = 5000
 
@@ -66,6 +69,8 @@ class SqliteStore:
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
         self._expired: dict[str, float] = {}
+        #: The highest offset of each stream whose rows this process deleted (trimmed rows wait for a batch).
+        self._deleted: dict[str, int] = {}
         #: Streams whose last write failed: their next message opens a new epoch.
         self._broken: set[str] = set()
 
@@ -102,6 +107,7 @@ class SqliteStore:
         for statement in _SCHEMA:
             db.execute(statement)
         self._db, self._pid, self._checked = db, os.getpid(), now
+        self._deleted.clear()
         self._inode = self._file_identity()
         return db
 
@@ -127,6 +133,7 @@ class SqliteStore:
                 # A write was lost: the stream starts over, in a new epoch, at offset 1.
                 epoch, last, trimmed = new_epoch(), 0, 0
                 db.execute("DELETE FROM messages WHERE stream = ?", (stream,))
+                self._deleted.pop(stream, None)
                 db.execute("UPDATE streams SET epoch = ? WHERE name = ?", (epoch, stream))
             offset = last + 1
             db.execute(
@@ -202,8 +209,12 @@ class SqliteStore:
     def _trim(
         self, db: sqlite3.Connection, stream: str, offset: int, trimmed: int, size: int, ttl: float | None, now: float
     ) -> int:
-        """Delete what is past ``size`` (and, once a second, past ``ttl``); the new highest deleted offset."""
-        cut = offset - size
+        """Trim what is past ``size`` (and, once a second, past ``ttl``); the new highest trimmed offset.
+
+        Trimmed messages are out of reach at once (``trimmed`` says so); their
+        rows are deleted a batch at a time, which costs a publish far less.
+        """
+        cut = max(trimmed, offset - size)
         if ttl is not None and now - self._expired.get(stream, 0.0) >= _EXPIRE_INTERVAL:
             self._expired[stream] = now
             row = db.execute(
@@ -211,7 +222,7 @@ class SqliteStore:
             ).fetchone()
             if row[0] is not None:
                 cut = max(cut, row[0])
-        if cut > trimmed:
+        if cut >= self._deleted.get(stream, 0) + max(1, min(_DELETE_BATCH, size // 4)):
             db.execute("DELETE FROM messages WHERE stream = ? AND offset <= ?", (stream, cut))
-            return cut
-        return trimmed
+            self._deleted[stream] = cut
+        return cut

@@ -417,8 +417,14 @@ class WebSocketServer:
         self._announce(changes)
         if conn.speaks_v1 and self.history is not None:
             stream = self.history.path_stream(conn.path)
+            since, conn.since = conn.since, None  # not kept for the connection's life
             if stream is not None:
-                self.history.attach(conn, stream, conn.since)
+                try:
+                    self.history.attach(conn, stream, since)
+                except BaseException:
+                    # Killed while the replay was read: the caller sees an unregistered connection.
+                    self.unregister(conn)
+                    raise
         return True
 
     def unregister(self, conn: Connection) -> None:

@@ -24,7 +24,7 @@ from asok_green.envelopes import (
     stream_prefix,
 )
 from asok_green.frames import OP_BINARY, OP_TEXT
-from asok_green.history import Policy, Stream, check_policy
+from asok_green.history import Policy, Stream, TailBudget, check_policy
 from asok_green.history_sqlite import SqliteStore
 from asok_green.history_stores import MemoryStore, make_store
 from asok_green.hub import WebSocketServer
@@ -266,7 +266,7 @@ def tail_stream(size: int = 5, ttl: float | None = None) -> Stream:
     for offset in range(1, 9):
         message = Outgoing(OP_TEXT, b"%d" % offset)
         message.in_stream(stream.prefix, offset)
-        stream.tail.append((offset, 100.0, message))
+        stream.remember(offset, 100.0, message)
         stream.last = offset
     return stream
 
@@ -289,6 +289,26 @@ def test_a_new_epoch_empties_the_tail():
     stream = tail_stream()
     stream.enter_epoch("next", 0)
     assert not stream.tail and stream.tail_since(Since("ep", 5), 100.0) is None
+
+
+def test_a_full_tail_drops_its_oldest_and_counts_what_it_holds():
+    stream = tail_stream()  # 8 messages of 1 byte through a tail of 5
+    assert [offset for offset, _, _ in stream.tail] == [4, 5, 6, 7, 8]
+    assert stream.budget.used == 5
+    stream.forget_tail()
+    assert stream.budget.used == 0 and not stream.tail
+
+
+def test_tails_over_the_budget_empty_the_least_recently_published_first():
+    budget = TailBudget(limit=250)
+    quiet, busy = Stream("/quiet", Policy(10, None), budget), Stream("/busy", Policy(10, None), budget)
+    for stream in (quiet, busy):
+        stream.enter_epoch("ep", 0)
+    quiet.remember(1, 0.0, Outgoing(OP_TEXT, b"q" * 100))
+    busy.remember(1, 0.0, Outgoing(OP_TEXT, b"b" * 100))
+    assert len(quiet.tail) == 1 and budget.used == 200
+    busy.remember(2, 0.0, Outgoing(OP_TEXT, b"b" * 100))
+    assert not quiet.tail and len(busy.tail) == 2 and budget.used == 200
 
 
 # -- the app's API ---------------------------------------------------------------------------

@@ -162,6 +162,50 @@ def test_a_renewed_stream_starts_a_new_epoch_without_its_old_entries(client):
     assert log.read_since("/chat/a", new, 0) == (new, 1, [(1, 1, b"3")])
 
 
+def test_keys_of_another_type_in_the_way_start_the_stream_over_instead_of_failing_the_batch(client):
+    log = make_log(client)
+    client.set("asok:ws:history-meta:/meta", "not a hash")
+    client.set("asok:ws:history:/entries", "not a stream")
+    batch = messages("/meta", b"m") + messages("/entries", b"e", first_seq=2) + messages("/fine", b"f", first_seq=3)
+    results = log.append(1, batch, sized(10))
+    assert [offset for _, offset in results] == [1, 1, 1]
+    for stream, (epoch, _), data in zip(("/meta", "/entries", "/fine"), results, (b"m", b"e", b"f")):
+        assert log.read_since(stream, epoch, 0) == (epoch, 1, [(1, 1, data)])
+
+
+def test_a_stream_whose_ids_run_ahead_of_its_offsets_starts_a_new_epoch(client):
+    log = make_log(client)
+    ((old, _),) = log.append(1, messages("/chat/a", b"1"), sized(10))
+    client.hset("asok:ws:history-meta:/chat/a", "last", 0)  # offset 1 again: its id is taken
+    ((new, offset),) = log.append(2, messages("/chat/a", b"2", first_seq=2), sized(10))
+    assert new != old and offset == 1
+    assert log.read_since("/chat/a", new, 0) == (new, 1, [(1, 1, b"2")])
+
+
+def test_ttl_trimming_goes_64_expired_entries_per_append_and_keeps_the_young(client):
+    log = make_log(client)
+    ttl = sized(1000, ttl=2.0)
+    (epoch, _), *_ = log.append(1, messages("/t", *[b"old"] * 100), ttl)
+    time.sleep(1.2)
+    log.append(101, messages("/t", b"mid", first_seq=101), ttl)  # the stream stays while it is written
+    time.sleep(1.2)
+    log.append(102, messages("/t", b"young", first_seq=102), ttl)
+    assert client.xlen("asok:ws:history:/t") == 100 - 64 + 2
+    log.append(103, messages("/t", b"last", first_seq=103), ttl)
+    assert client.xlen("asok:ws:history:/t") == 3
+    assert log.read_since("/t", epoch, 100)[2] == [(101, 1, b"mid"), (102, 1, b"young"), (103, 1, b"last")]
+    assert log.read_since("/t", epoch, 99) is None
+
+
+def test_an_idle_stream_with_a_ttl_vanishes_but_keeps_its_epoch_and_offsets(client):
+    log = make_log(client)
+    (epoch, _), _ = log.append(1, messages("/idle", b"1", b"2"), sized(10, ttl=0.2))
+    time.sleep(0.5)
+    assert client.exists("asok:ws:history:/idle") == 0
+    assert log.read_since("/idle", epoch, 0) is None
+    assert log.position("/idle") == (epoch, 2)
+
+
 # -- WriteQueue: pure bookkeeping ------------------------------------------------------------
 
 

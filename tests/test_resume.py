@@ -13,13 +13,14 @@ import os
 import re
 import sqlite3
 import threading
+import zlib
 
 import pytest
 
 from tests.asok_project import login, make_project, project_env
 from tests.conftest import asok_serve, ws_connect
 from tests.raw_client import OP_BINARY, OP_TEXT, RawClient
-from tests.server_frames import parse_server_frames
+from tests.server_frames import parse_server_frames, split_server_frame
 from tests.v1_client import V1Client, payload, since_of, stream_messages
 
 HISTORY_APP = '''
@@ -431,3 +432,29 @@ def test_frames_on_the_wire_are_single_text_frames_for_v1(server):
     assert OP_BINARY not in [op for op, _ in frames]
     assert json.loads(frames[1][1])["b"] == base64.b64encode(b"x0").decode()
     raw.close()
+
+
+def test_v1_envelopes_are_compressed_for_deflate_clients(server):
+    raw = RawClient(server.port)
+    offer = "Sec-WebSocket-Protocol: asok-green.v1\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"
+    head = raw.upgrade("/feed/deflate", extra=offer).lower()
+    assert b"sec-websocket-protocol: asok-green.v1" in head and b"permessage-deflate" in head
+    publish(server, path="/feed/deflate", text="squeeze me " * 40)
+    data, frames = raw.buffer, []
+    while len(frames) < 2:
+        data += raw.sock.recv(65536)
+        frames, rest = [], data
+        while (split := split_server_frame(rest)) is not None:
+            frame, rest = split
+            frames.append(frame)
+    texts = [inflate(body) if rsv1 else body for _, rsv1, _, body in frames]
+    assert json.loads(texts[0])["asok"] == "position"
+    assert frames[1][1], "the stream message is compressed"
+    message = json.loads(texts[1])
+    assert message["s"] == "/feed/deflate" and message["o"] == 1 and message["d"] == "squeeze me " * 40 + "0"
+    raw.close()
+
+
+def inflate(body: bytes) -> bytes:
+    """One compressed message body, inflated as a client without context takeover does."""
+    return zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff")

@@ -1,0 +1,139 @@
+"""What stream history costs asok_green: the same fan-out with history off and on, in one run.
+
+    python scripts/history_cost.py                      # 1,000 subscribers, 5,000 idle connections
+    python scripts/history_cost.py --baseline /tmp/main # and a third server running another tree
+    python scripts/history_cost.py --quick              # a few dozen, for a smoke run
+
+``asok serve --gevent`` processes on the bench project run side by side: one
+whose ``/room`` keeps no history, one where it keeps 200 messages in the
+SQLite store (the default), one with the memory store. Every subscriber is a
+plain client (no ``asok-green.v1``): the cost measured is what history adds to
+a broadcast (the store's append, the offset, the tail), in alternating rounds
+so that load from elsewhere hits each alike:
+
+- server CPU per delivered message in the fan-out to ``--subscribers`` clients
+  (median of the rounds), and the difference in percent against history off;
+- RSS per idle connection at ``--idle`` connections.
+
+``--baseline DIR`` adds a server running the asok_green package found in DIR
+(e.g. a checkout from before streams), history off, to show what the v1
+support costs connections that do not use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+
+from benchlib import load, procstat
+from benchlib.plan import Plan
+from benchlib.project import make_bench_project
+from benchlib.scenario import progress, warm_up
+from metrics_cost import fanout_round, start
+
+#: Appended to the bench project's wsgi.py: ``BENCH_HISTORY=N`` makes ``/room`` keep N messages.
+HISTORY_SWITCH = """
+import os as _os
+
+if _os.environ.get("BENCH_HISTORY"):
+    ws.keep_history("/room", size=int(_os.environ["BENCH_HISTORY"]))
+"""
+
+VARIANTS = {
+    "history off": {},
+    "history on (sqlite)": {"BENCH_HISTORY": "200"},
+    "history on (memory)": {"BENCH_HISTORY": "200", "WS_HISTORY_STORE": "memory"},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and print it (and write JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--idle", type=int, default=5000)
+    parser.add_argument("--json")
+    parser.add_argument("--baseline", help="a source tree whose asok_green runs as another server (history off)")
+    args = parser.parse_args(argv)
+    result = run(args.quick, args.subscribers, args.rounds, args.idle, args.baseline)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def run(
+    quick: bool = False, subscribers: int = 1000, rounds: int = 40, idle: int = 5000, baseline: str | None = None
+) -> dict:
+    """History off and on (and ``baseline``'s tree) side by side: fan-out CPU per message and idle memory."""
+    variants = dict(VARIANTS)
+    if baseline:
+        variants["baseline"] = {"PYTHONPATH": str(pathlib.Path(baseline).resolve())}
+    plan = Plan.quick() if quick else Plan()
+    if quick:
+        subscribers, rounds, idle = 50, 4, 100
+    work = pathlib.Path(tempfile.mkdtemp(prefix="asok-history-cost-"))
+    sources = load.SourceAddresses()
+    project = make_bench_project(work / "project")
+    with open(project / "wsgi.py", "a") as wsgi:
+        wsgi.write(HISTORY_SWITCH)
+    servers = {name: start(project, work, name, extra) for name, extra in variants.items()}
+    holders: dict[str, load.Holders] = {}
+    result: dict = {"subscribers": subscribers, "rounds": rounds, "idle": idle, "variants": {}}
+    try:
+        for name, server in servers.items():
+            warm_up(server, plan, sources)
+            holders[name] = load.Holders(server.ws_url("/room"), server.origin, sources, most=subscribers)
+            holders[name].grow(subscribers, plan.open_timeout)
+            procstat.wait_idle(server.pid)
+        progress(f"fan-out to {subscribers}: {rounds} alternating rounds")
+        cpu: dict[str, list[float]] = {name: [] for name in servers}
+        for round_id in range(rounds):
+            shift = round_id % len(servers)
+            order = list(servers)[shift:] + list(servers)[:shift]
+            for name in order:
+                value = fanout_round(servers[name], holders[name], round_id, plan.message_size)
+                if value is not None:
+                    cpu[name].append(value)
+        for name in servers:
+            holders[name].close()
+            procstat.wait_idle(servers[name].pid)
+        progress(f"idle memory at {idle} connections")
+        for name, server in servers.items():
+            held = load.Holders(server.ws_url("/room"), server.origin, sources, most=idle)
+            before = procstat.rss_bytes(server.pid)
+            held.grow(idle, plan.open_timeout)
+            procstat.wait_idle(server.pid)
+            opened = held.still_open()
+            after = procstat.rss_bytes(server.pid)
+            result["variants"][name] = {
+                "cpu_us_per_msg": statistics.median(cpu[name]) if cpu[name] else None,
+                "rounds": len(cpu[name]),
+                "idle_open": opened,
+                "bytes_per_idle_conn": (after - before) / opened if opened else None,
+            }
+            held.close()
+    finally:
+        for h in holders.values():
+            h.close()
+        for server in servers.values():
+            server.stop()
+    off = result["variants"].get("history off", {})
+    for name, entry in result["variants"].items():
+        if name == "history off" or not off.get("cpu_us_per_msg") or not entry.get("cpu_us_per_msg"):
+            continue
+        entry["cpu_vs_history_off_percent"] = (entry["cpu_us_per_msg"] / off["cpu_us_per_msg"] - 1) * 100
+        if off.get("bytes_per_idle_conn") is not None and entry.get("bytes_per_idle_conn") is not None:
+            entry["bytes_per_conn_vs_history_off"] = entry["bytes_per_idle_conn"] - off["bytes_per_idle_conn"]
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
