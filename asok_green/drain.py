@@ -67,6 +67,7 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
     if server.stopped.is_set() or server.draining or getattr(server, "_shutting_down", False):
         return False
     server.draining = True
+    rng = rng or random.Random()
     hubs = server.hubs
     limits = hubs[0].limits if hubs else None
     if seconds is None:
@@ -74,7 +75,7 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
     grace = max(hub.limits.shutdown_timeout for hub in hubs) if hubs else 1.0
     server.close()
     connections = [conn for hub in hubs for conn in hub.connections()]
-    (rng or random.Random()).shuffle(connections)
+    rng.shuffle(connections)
     logger.info(
         "restarting: a new process serves; closing %d WebSocket(s) with 1012 over %.1fs",
         len(connections),
@@ -82,11 +83,11 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
         extra={"event": "draining", "connections": len(connections), "seconds": seconds},
     )
     started = time.monotonic()
-    for delay, start, stop in drain_schedule(len(connections), seconds, rng or random.Random()):
+    for delay, first, end in drain_schedule(len(connections), seconds, rng):
         gevent.sleep(max(0.0, started + delay - time.monotonic()))
         if server.stopped.is_set():
             return False
-        for conn in connections[start:stop]:
+        for conn in connections[first:end]:
             conn.close(CLOSE_SERVICE_RESTART, "server restarting")
     for hub in hubs:  # handshakes that were under way when the listener closed
         for conn in hub.connections():

@@ -151,7 +151,7 @@ class Supervisor:
             self._wait_drained(old)
 
     def _wait_drained(self, old: subprocess.Popen) -> None:
-        deadline = time.monotonic() + _DRAIN_MARGIN + float(os.environ.get("WS_DRAIN_SECONDS") or 10)
+        deadline = time.monotonic() + _DRAIN_MARGIN + _drain_seconds()
         while old.poll() is None and self._signal is None:
             if time.monotonic() > deadline:
                 old.kill()
@@ -207,6 +207,14 @@ class Supervisor:
         if self._own_metrics_dir:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return status
+
+
+def _drain_seconds() -> float:
+    """``WS_DRAIN_SECONDS`` from the environment (the workers may also read it from the app's config)."""
+    try:
+        return max(0.0, float(os.environ.get("WS_DRAIN_SECONDS") or 10))
+    except ValueError:
+        return 10.0
 
 
 def supervise(workers: int, host: str, port: int, app: str, log_level: str = "info") -> int:

@@ -158,6 +158,7 @@ async def run_client(kind: str, index: int, urls: list[str], path: str, origin: 
     from websockets.exceptions import InvalidStatus, WebSocketException
 
     state = ResumeState(log) if kind == "resume" else None
+    offer = [SUBPROTOCOL] if kind in ("resume", "hold") else None
     which = index % len(urls)
     while not stop.is_set():
         url = urls[which] + path
@@ -167,7 +168,7 @@ async def run_client(kind: str, index: int, urls: list[str], path: str, origin: 
             async with connect(
                 url,
                 origin=origin,
-                subprotocols=[SUBPROTOCOL] if state is not None else None,
+                subprotocols=offer,
                 open_timeout=10,
                 ping_interval=None,
                 close_timeout=1,
@@ -178,6 +179,8 @@ async def run_client(kind: str, index: int, urls: list[str], path: str, origin: 
                 if state is None:
                     log.ready = True
                 async for raw in ws:
+                    if kind == "hold":
+                        continue
                     if state is None:
                         log.seqs.append(seq_of(raw))
                     elif not state.frame(json.loads(raw)):
@@ -635,13 +638,15 @@ def history_cost(project: pathlib.Path, work: pathlib.Path, args: argparse.Names
             procstat.wait_idle(server.pid)
             opened = held.still_open()
             after = procstat.rss_bytes(server.pid)
+            held.close()
+            procstat.wait_idle(server.pid)
             result["variants"][name] = {
                 "cpu_us_per_msg": round(statistics.median(cpu[name]), 3) if cpu[name] else None,
                 "rounds": len(cpu[name]),
                 "idle_open": opened,
                 "bytes_per_idle_conn": round((after - before) / opened) if opened else None,
+                "bytes_per_idle_v1_conn": v1_idle_bytes(server, args.idle),
             }
-            held.close()
     finally:
         for held in holders.values():
             held.close()
@@ -652,7 +657,25 @@ def history_cost(project: pathlib.Path, work: pathlib.Path, args: argparse.Names
         result["cpu_overhead_percent"] = round((on["cpu_us_per_msg"] / off["cpu_us_per_msg"] - 1) * 100, 1)
     if off.get("bytes_per_idle_conn") is not None and on.get("bytes_per_idle_conn") is not None:
         result["bytes_overhead_per_conn"] = on["bytes_per_idle_conn"] - off["bytes_per_idle_conn"]
+    if off.get("bytes_per_idle_v1_conn") is not None and on.get("bytes_per_idle_v1_conn") is not None:
+        result["v1_bytes_overhead_per_conn"] = on["bytes_per_idle_v1_conn"] - off["bytes_per_idle_v1_conn"]
     return result
+
+
+def v1_idle_bytes(server, count: int) -> int | None:
+    """Server RSS per idle ``asok-green.v1`` connection to ``/feed``, ``count`` of them held by a client process."""
+    from benchlib import procstat
+
+    before = procstat.rss_bytes(server.pid)
+    clients = ClientProcess("hold", count, [server.ws_url("")], ORIGIN)
+    try:
+        clients.wait_ready(timeout=180)
+        procstat.wait_idle(server.pid)
+        after = procstat.rss_bytes(server.pid)
+        clients.finish()
+    finally:
+        clients.kill()
+    return round((after - before) / count)
 
 
 SCENARIOS = {"a": scenario_links, "b": scenario_restart, "c": scenario_failover, "cost": history_cost}
@@ -703,11 +726,14 @@ def markdown(result: dict) -> str:
             f"History's cost, two servers side by side ({cost['subscribers']:,} plain subscribers of a path "
             f"that keeps history or not, SQLite store; idle memory at {cost['idle']:,} connections):",
             "",
-            "| | server CPU per delivered message | RSS per idle connection |",
-            "|---|---|---|",
-            f"| history off | {off.get('cpu_us_per_msg')} µs | {off.get('bytes_per_idle_conn')} B |",
-            f"| history on | {on.get('cpu_us_per_msg')} µs | {on.get('bytes_per_idle_conn')} B |",
-            f"| difference | {cost.get('cpu_overhead_percent')}% | {cost.get('bytes_overhead_per_conn')} B |",
+            "| | server CPU per delivered message | RSS per idle plain connection | RSS per idle v1 connection |",
+            "|---|---|---|---|",
+            f"| history off | {off.get('cpu_us_per_msg')} µs | {off.get('bytes_per_idle_conn')} B |"
+            f" {off.get('bytes_per_idle_v1_conn')} B |",
+            f"| history on | {on.get('cpu_us_per_msg')} µs | {on.get('bytes_per_idle_conn')} B |"
+            f" {on.get('bytes_per_idle_v1_conn')} B |",
+            f"| difference | {cost.get('cpu_overhead_percent')}% | {cost.get('bytes_overhead_per_conn')} B |"
+            f" {cost.get('v1_bytes_overhead_per_conn')} B |",
         ]
     return "\n".join(lines) + "\n"
 
@@ -731,7 +757,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if argv[:1] == ["clients"]:
         parser = argparse.ArgumentParser(prog="resume_bench.py clients")
         parser.add_argument("command")
-        parser.add_argument("kind", choices=["resume", "plain"])
+        parser.add_argument("kind", choices=["resume", "plain", "hold"])
         parser.add_argument("--count", type=int, required=True)
         parser.add_argument("--urls", required=True)
         parser.add_argument("--origin", required=True)

@@ -240,6 +240,9 @@ def test_open_websockets_get_1012_and_reconnect_to_the_new_process(server):
     for conn in again:
         conn.close(timeout=1)
     server.wait_for_log("closing 6 WebSocket(s) with 1012")
+    wait_until(lambda: not serves(server, old), what="the old process drained", timeout=60)
+    assert server.proc.poll() is None, "the process asok started became the restarting parent"
+    assert len({http_pid(server.port) for _ in range(5)} - pids) == 0
 
 
 @pytest.mark.timeout(110)
