@@ -69,10 +69,13 @@ def answer(method: str) -> Answer:
 
 def serve(handler: Any) -> bool:
     """Answer pywsgi ``handler``'s request if it is for the script; False to let others have it."""
-    environ = handler.environ
-    if environ.get("PATH_INFO") != SCRIPT_PATH:
+    # The request's CGI variables, without building a whole WSGI environ when the handler has them apart.
+    variables = getattr(handler, "request_variables", None)
+    if variables is None:
+        variables = handler.environ
+    if variables.get("PATH_INFO") != SCRIPT_PATH:
         return False
-    method = environ.get("REQUEST_METHOD") or "GET"
+    method = variables.get("REQUEST_METHOD") or "GET"
     found = answer(method)
     handler.start_response(found.status, list(found.headers))
     handler.write(b"" if method == "HEAD" else found.body)
