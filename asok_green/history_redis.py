@@ -9,16 +9,16 @@ Offsets are global: Redis gives them, so a client resumes on any node. Per strea
 * ``<prefix>:history-meta:S``: a hash, ``epoch`` and ``last`` (the last offset given). A stream
   whose hash is missing (new, or a Redis that lost its data) gets a new epoch.
 
-Writing. :meth:`RedisHistoryStore.publish` only queues (the hub has already handed the
-message to its plain clients). One writer greenlet sends the queue in order, in batches;
-each batch is one Lua script that, per message, increments the stream's offset, appends
-the entry (``XADD``) and publishes it (``PUBLISH``) with its stream, epoch and offset on ``<prefix>:history``. Every
-node's cluster subscriber hands what it reads there to its store: another node's message goes
-to ``hub.deliver_stream`` (plain and v1 clients), this node's own to the ``deliver`` callback
-it was published with (v1 clients). One channel read by one subscriber: every node delivers
-in the order Redis gave the offsets. A batch whose reply was lost is sent again as it was; the
-script remembers each node's last batch (``<prefix>:history-ack:<node>``, one hour) and
-answers a repeat with the offsets it gave, so nothing is written twice.
+Writing. :meth:`RedisHistoryStore.publish` only queues (the hub has already handed the message
+to its plain clients). One writer greenlet sends the queue in order, in batches; each batch is
+one Lua script that, per message, increments the stream's offset, appends the entry (``XADD``)
+and publishes it (``PUBLISH``) with its stream, epoch and offset on ``<prefix>:history``. Every
+node's cluster subscriber hands what it reads there to its store: another node's message goes to
+``hub.deliver_stream`` (plain and v1 clients), this node's own to the ``deliver`` callback it
+was published with (v1 clients). One channel read by one subscriber: every node delivers in the
+order Redis gave the offsets. A batch whose reply was lost is sent again as it was; the script
+remembers each node's last batch (``<prefix>:history-ack:<node>``, one hour) and answers a
+repeat with the offsets it gave, so nothing is written twice.
 
 Redis down. Plain clients of this node go on getting its broadcasts at once (the hub does
 that). History writes wait in the queue, in order, up to ``WS_HISTORY_QUEUE`` messages
@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import gevent
 from gevent.event import Event
 
+from .cluster import ClusterConfigError
 from .history_stores import HistoryUnavailable
 from .outage import Outage
 
@@ -407,7 +408,7 @@ def queue_limit(config: Any = None) -> int:
     try:
         return max(1, int(raw)) if raw not in (None, "") else DEFAULT_QUEUE
     except (TypeError, ValueError):
-        raise ValueError(f"WS_HISTORY_QUEUE must be a number of messages, not {raw!r}") from None
+        raise ClusterConfigError(f"WS_HISTORY_QUEUE must be a number of messages, not {raw!r}") from None
 
 
 class RedisHistoryStore:
@@ -445,11 +446,11 @@ class RedisHistoryStore:
     def start(self, hub: Any) -> None:
         """Use ``hub``'s Redis cluster: listen on its history channel, start the writer greenlet.
 
-        Raises ValueError when ``hub`` is not in a Redis cluster.
+        Raises :class:`asok_green.cluster.ClusterConfigError` when ``hub`` is not in a Redis cluster.
         """
         cluster = hub.cluster
         if cluster is None or not hasattr(cluster, "attach_history"):
-            raise ValueError(
+            raise ClusterConfigError(
                 "WS_HISTORY_STORE=redis keeps history in the cluster's Redis: set WS_ADAPTER=redis and "
                 "WS_REDIS_URL (or serve with --workers N), or choose WS_HISTORY_STORE=sqlite"
             )

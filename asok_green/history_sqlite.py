@@ -128,20 +128,15 @@ class SqliteStore:
         now = time()
         db.execute("BEGIN IMMEDIATE")
         try:
-            epoch, last, trimmed = self._stream_row(db, stream)
             if stream in self._broken:
-                # A write was lost: the stream starts over, in a new epoch, at offset 1.
-                epoch, last, trimmed = new_epoch(), 0, 0
-                db.execute("DELETE FROM messages WHERE stream = ?", (stream,))
-                self._deleted.pop(stream, None)
-                db.execute("UPDATE streams SET epoch = ? WHERE name = ?", (epoch, stream))
-            offset = last + 1
+                epoch, offset, trimmed = self._start_over(db, stream)
+            else:
+                epoch, offset, trimmed = self._next_offset(db, stream, size)
             db.execute(
                 "INSERT INTO messages (stream, offset, opcode, data, at) VALUES (?, ?, ?, ?, ?)",
                 (stream, offset, opcode, data, now),
             )
-            trimmed = self._trim(db, stream, offset, trimmed, size, ttl, now)
-            db.execute("UPDATE streams SET last = ?, trimmed = ? WHERE name = ?", (offset, trimmed, stream))
+            self._trim(db, stream, trimmed, size, ttl, now)
             db.execute("COMMIT")
         except BaseException:
             self._broken.add(stream)
@@ -206,23 +201,45 @@ class SqliteStore:
         db.execute("INSERT INTO streams (name, epoch, last, trimmed) VALUES (?, ?, 0, 0)", (stream, epoch))
         return epoch, 0, 0
 
-    def _trim(
-        self, db: sqlite3.Connection, stream: str, offset: int, trimmed: int, size: int, ttl: float | None, now: float
-    ) -> int:
-        """Trim what is past ``size`` (and, once a second, past ``ttl``); the new highest trimmed offset.
+    @staticmethod
+    def _next_offset(db: sqlite3.Connection, stream: str, size: int) -> tuple[str, int, int]:
+        """Take the stream's next offset: ``(epoch, offset, trimmed)``, the messages past ``size`` trimmed."""
+        rows = db.execute(
+            "UPDATE streams SET last = last + 1, trimmed = MAX(trimmed, last + 1 - ?) WHERE name = ?"
+            " RETURNING epoch, last, trimmed",
+            (size, stream),
+        ).fetchall()
+        if rows:
+            return rows[0]
+        epoch = new_epoch()
+        db.execute("INSERT INTO streams (name, epoch, last, trimmed) VALUES (?, ?, 1, 0)", (stream, epoch))
+        return epoch, 1, 0
 
-        Trimmed messages are out of reach at once (``trimmed`` says so); their
-        rows are deleted a batch at a time, which costs a publish far less.
+    def _start_over(self, db: sqlite3.Connection, stream: str) -> tuple[str, int, int]:
+        """A write of ``stream`` was lost: it starts over in a new epoch, at offset 1."""
+        epoch = new_epoch()
+        db.execute("DELETE FROM messages WHERE stream = ?", (stream,))
+        self._deleted.pop(stream, None)
+        db.execute("INSERT OR REPLACE INTO streams (name, epoch, last, trimmed) VALUES (?, ?, 1, 0)", (stream, epoch))
+        return epoch, 1, 0
+
+    def _trim(
+        self, db: sqlite3.Connection, stream: str, trimmed: int, size: int, ttl: float | None, now: float
+    ) -> None:
+        """Trim what is past ``ttl`` (once a second), and delete trimmed rows.
+
+        Trimmed messages are out of reach at once (the stream's ``trimmed``
+        says so); their rows are deleted a batch at a time, which costs a
+        publish far less.
         """
-        cut = max(trimmed, offset - size)
         if ttl is not None and now - self._expired.get(stream, 0.0) >= _EXPIRE_INTERVAL:
             self._expired[stream] = now
             row = db.execute(
                 "SELECT MAX(offset) FROM messages WHERE stream = ? AND at < ?", (stream, now - ttl)
             ).fetchone()
-            if row[0] is not None:
-                cut = max(cut, row[0])
-        if cut >= self._deleted.get(stream, 0) + max(1, min(_DELETE_BATCH, size // 4)):
-            db.execute("DELETE FROM messages WHERE stream = ? AND offset <= ?", (stream, cut))
-            self._deleted[stream] = cut
-        return cut
+            if row[0] is not None and row[0] > trimmed:
+                trimmed = row[0]
+                db.execute("UPDATE streams SET trimmed = ? WHERE name = ?", (trimmed, stream))
+        if trimmed >= self._deleted.get(stream, 0) + max(1, min(_DELETE_BATCH, size // 4)):
+            db.execute("DELETE FROM messages WHERE stream = ? AND offset <= ?", (stream, trimmed))
+            self._deleted[stream] = trimmed

@@ -581,7 +581,9 @@ class WebSocketServer:
         self, target: str, name: str, message: Outgoing, exclude: Connection | None, from_adapter: bool = False
     ) -> int:
         history = self.history
-        if history is not None:
+        # A broadcast handed back by the cluster reached every node at once: with a store that
+        # the nodes share, each would append it again. It is delivered live only (no offset).
+        if history is not None and not (from_adapter and history.distributes):
             stream = history.path_stream(name) if target == "path" else history.room_stream(name)
             if stream is not None:
                 delivered = history.publish(stream, message, exclude)

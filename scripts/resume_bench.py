@@ -684,11 +684,36 @@ SCENARIOS = {"a": scenario_links, "b": scenario_restart, "c": scenario_failover,
 # -- the report ------------------------------------------------------------------------------------
 
 
+#: How the section's numbers are made, printed under them.
+METHOD = """\
+How it is measured: every client connects to `/feed` of a generated Asok project (DEBUG off) served by
+`asok serve --gevent`; a publisher in the script sends `<seq>:<padding>` to `/pub` at the given rate, which
+broadcasts it to `/feed` (history of 5,000 messages). Resume clients follow the contract's client rule
+(deliver offset last + 1, drop older, on a gap close and reconnect with `?asok_since=`); plain clients
+just reconnect. A message counts as sent when the publisher got its acknowledgement or any client got it
+(the one in flight when the publisher's own link is closed by a restart is not resent). "delivered / sent"
+counts distinct messages each client handed to its application; "duplicates" a message handed over twice;
+"out of order" one older than one handed over before it; "reconnections" connections after the first.
+(a) goes through a TCP proxy in the script that resets each link (both sides) 2 s after it opened.
+(b) sends SIGHUP to the process `asok serve --gevent` started, halfway; `WS_DRAIN_SECONDS` is 10 (the
+default), so the old process closes its sockets with 1012 over 10 s while the new one already serves;
+"refused" counts every connection attempt refused by TCP or answered with an HTTP error.
+(c) starts two nodes on one Redis (history in Redis Streams), the clients spread over both, the
+publisher on the second; halfway the first is killed with SIGKILL and its clients move to the second.
+History's cost: two servers side by side, `/room` with history (SQLite) and without, 1,000 plain
+subscribers, alternating fan-out rounds (median server CPU per delivered message); then idle
+connections held open and the server's RSS growth divided by their number."""
+
+
 def markdown(result: dict) -> str:
     """The "Resume" section of BENCHMARKS.md."""
     machine = result["machine"]
     lines = [
         "## Resume",
+        "",
+        "Resume clients against plain clients, and what keeping history costs: `scripts/resume_bench.py` "
+        "(`--seconds`, `--clients`, `--rate`, `--scenarios a,b,c,cost` to shorten it; "
+        "`tests/test_resume_bench_smoke.py` runs it tiny).",
         "",
         f"`{result['command']}` on {result['date']}: {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB, Linux {machine['kernel']}, Python {machine['python']} "
@@ -735,6 +760,7 @@ def markdown(result: dict) -> str:
             f"| difference | {cost.get('cpu_overhead_percent')}% | {cost.get('bytes_overhead_per_conn')} B |"
             f" {cost.get('v1_bytes_overhead_per_conn')} B |",
         ]
+    lines += ["", METHOD]
     return "\n".join(lines) + "\n"
 
 

@@ -338,3 +338,43 @@ def test_routes_and_room_globs_choose_the_streams_with_history(tmp_path):
         assert ws.history.room_stream("sports") is None
     finally:
         hub_module._INSTANCES.remove(ws)
+
+
+# -- messages from other processes (hub.deliver_stream) ---------------------------------------
+
+
+def frames_from(sock, count: int) -> list[dict]:
+    """``count`` text frames the server wrote to the other end of ``sock``, decoded."""
+    data, frames = b"", []
+    sock.settimeout(5)
+    while len(frames) < count:
+        data += sock.recv(65536)
+        frames, _ = parse_server_frames(data)
+    return [json.loads(payload) for _, payload in frames]
+
+
+def test_a_message_from_elsewhere_past_a_gap_comes_after_the_missing_ones_and_once():
+    import gevent.socket
+
+    from asok_green import hub as hub_module
+    from asok_green.connection import V1Connection
+
+    ws = WebSocketServer()
+    a, b = gevent.socket.socketpair()
+    try:
+        ws.on("/feed", history=50)(lambda conn, message: None)
+        ws.history.store = store = MemoryStore()
+        ws.register(V1Connection(ws, a, ("127.0.0.1", 1), "/feed", {}))
+        for text in (b"one", b"two", b"three"):  # published by another process
+            store.publish("/feed", OP_TEXT, text, lambda epoch, offset: None)
+        epoch, _ = store.position("/feed")
+        assert ws.deliver_stream("/feed", epoch, 3, OP_TEXT, b"three") == 1
+        assert ws.deliver_stream("/feed", epoch, 2, OP_TEXT, b"two") == 0  # had it already
+        ws.broadcast("/feed", "four")
+        frames = frames_from(b, 5)
+        assert frames[0] == {"asok": "position", "s": "/feed", "e": epoch, "o": 0}
+        assert [(f["o"], f["d"]) for f in frames[1:]] == [(1, "one"), (2, "two"), (3, "three"), (4, "four")]
+    finally:
+        a.close()
+        b.close()
+        hub_module._INSTANCES.remove(ws)

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 import websocket
 
-from tests.asok_project import make_project
+from tests.asok_project import make_project, project_env
 from tests.cluster_support import Clients, RedisServer, node_env, recv_texts, start_node
-from tests.conftest import INTROSPECTION, asok_serve, ws_connect
+from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, ws_connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -150,6 +151,23 @@ class ResumeClient:
         return self.delivered[start:]
 
 
+def catch_up(reader: ResumeClient, node, count: int, timeout: float = 15.0) -> None:
+    """Collect until ``reader`` has delivered ``count`` messages, resuming on ``node`` after a gap or a close."""
+    while len(reader.delivered) < count:
+        try:
+            reader.collect(count, timeout=timeout)
+        except (Closed, Gap):
+            notice = reader.connect(node, since=True)
+            assert notice["asok"] == "resumed", notice
+
+
+def position_on(node, path: str, clients: Clients) -> tuple[str, int]:
+    """The (epoch, offset) a new v1 client of ``path`` is told on ``node``."""
+    client = ResumeClient(node, path, clients)
+    client.ws.close()
+    return client.epoch, client.last
+
+
 def publish(node, path: str, payloads, clients: Clients, pause: float = 0.0) -> None:
     """Send each payload from a plain client on ``node`` (the route broadcasts it)."""
     sender = clients.connect(node, path)
@@ -224,12 +242,7 @@ def test_clients_of_a_killed_node_resume_whole_on_the_other(feed_project, redis_
         readers[0].collect(20, timeout=10)
         doomed.proc.send_signal(signal.SIGKILL)
         for reader in readers:
-            while len(reader.delivered) < len(payloads):
-                try:
-                    reader.collect(len(payloads), timeout=15)
-                except (Closed, Gap):
-                    notice = reader.connect(survivor, since=True)
-                    assert notice["asok"] == "resumed", notice
+            catch_up(reader, survivor, len(payloads))
         sender.join(30)
         for reader in readers:
             assert reader.delivered == payloads
@@ -301,12 +314,12 @@ def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same
         assert reader.collect(3) == ["during1", "during2"]
         assert reader.epoch == epoch and reader.duplicates == 0
         assert newcomer.collect(2) == ["during1", "during2"] and newcomer.duplicates == 0
-        # Node B missed them live (cut off too): its client fills the gap by resuming.
-        try:
-            remote.collect(3)
-        except Gap:
-            assert remote.connect(b, since=True)["asok"] == "resumed"
-        assert remote.delivered == ["before", "during1", "during2"] and remote.epoch == epoch
+        # Node B, cut off too, may have missed them live: its client sees the gap at the next
+        # message and fills it by resuming.
+        publish(a, path, ["after"], clients)
+        catch_up(remote, b, 4)
+        assert remote.delivered == ["before", "during1", "during2", "after"] and remote.epoch == epoch
+        assert reader.collect(4) == ["after"]
     finally:
         clients.close_all()
         a.stop()
@@ -337,10 +350,17 @@ def test_redis_paused_past_the_queue_the_epoch_changes(feed_project, tmp_path, c
         assert reader.collect(4) == ["d2", "d3", "d4"]
         assert reader.epoch != old_epoch and reader.last == 3
         assert {"asok": "new_epoch", "e": reader.epoch, "o": 1} in reader.notices
-        # A client that was away resumes from the old epoch: told so, nothing replayed.
+        # Once node B has seen the new epoch too, a client that was away resumes there from the
+        # old one: told so, nothing replayed.
+        publish(a, path, ["after"], clients)
+        assert reader.collect(5) == ["after"]
+        deadline = time.monotonic() + 10
+        while position_on(b, path, clients) != (reader.epoch, 4):
+            assert time.monotonic() < deadline, "node B never saw the new epoch"
+            time.sleep(0.1)
         notice = ResumeClient(b, path, clients, since=(old_epoch, old_last)).first_notice
         assert notice["asok"] == "continuity_lost" and notice["reason"] == "epoch_changed"
-        assert (notice["e"], notice["o"]) == (reader.epoch, 3)
+        assert (notice["e"], notice["o"]) == (reader.epoch, 4)
     finally:
         clients.close_all()
         a.stop()
@@ -377,6 +397,22 @@ def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_p
         redis.stop()
 
 
+def test_a_broadcast_from_asoks_own_redis_adapter_is_delivered_once_everywhere_and_kept_by_no_one(
+    nodes, redis_server, clients
+):
+    a, b = nodes
+    path = "/feed/asok"
+    reader = ResumeClient(a, path, clients)
+    plain = clients.connect(b, path)
+    envelope = {"target": "path", "name": path, "msg": "from asok", "node_id": "an-asok-server"}
+    redis_server.command("PUBLISH", f"asok:ws:path:{path}", json.dumps(envelope))
+    assert reader.read(5) == {"d": "from asok"}  # live, with no offset: no node kept it
+    assert recv_texts(plain, 1) == ["from asok"]
+    publish(b, path, ["kept"], clients)
+    assert reader.collect(1) == ["kept"] and reader.last == 1
+    assert redis_server.command("XLEN", f"asok:ws:history:{path}") == ":1"
+
+
 def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
     a, b = nodes
     path = "/feed/plain"
@@ -385,3 +421,23 @@ def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
     publish(a, path, ["hello"], clients)
     assert recv_texts(listener, 1) == ["hello"]
     assert quiet(listener, 0.3) == []
+
+
+def serve_expecting_exit(project, env: dict) -> subprocess.CompletedProcess:
+    """``asok serve --gevent`` that must stop at start-up; what it printed and its exit code."""
+    argv = [str(BIN / "asok"), "serve", "--gevent", "--port", str(free_port())]
+    try:
+        return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server started instead of refusing its settings")
+
+
+def test_redis_history_without_the_cluster_is_refused_at_start_up_saying_what_to_set(feed_project):
+    done = serve_expecting_exit(feed_project, project_env(WS_HISTORY_STORE="redis"))
+    assert done.returncode == 2
+    assert "WS_ADAPTER=redis" in done.stderr and "WS_HISTORY_STORE=sqlite" in done.stderr
+
+
+def test_a_history_queue_bound_that_is_no_number_is_refused_at_start_up(feed_project, redis_server):
+    done = serve_expecting_exit(feed_project, node_env(redis_server, WS_HISTORY_QUEUE="lots"))
+    assert done.returncode == 2 and "WS_HISTORY_QUEUE" in done.stderr
