@@ -40,6 +40,7 @@ def install_dropin() -> None:
     _close_sockets_on_logout()
     _advertise_websocket_endpoint()
     _offer_asokws_where_used()
+    _offer_resume_client()
 
 
 def _close_sockets_on_logout() -> None:
@@ -121,6 +122,31 @@ def _offer_asokws_where_used() -> None:
 
     _content_uses_components.offers_asokws = True
     AssetInjector._content_uses_components = _content_uses_components
+
+
+def _offer_resume_client() -> None:
+    """Load the resume client (``window.asokWS(path, {resume: true})``) on every page that calls ``asokWS``.
+
+    It comes right after Asok's WebSocket script, from ``asok_green.browser_client``'s URL.
+    Pages that only use Asok's live components do not get it.
+    """
+    from asok.core._asset_injector import AssetInjector
+
+    from .browser_client import script_tag
+
+    inject_alive = getattr(AssetInjector, "_inject_alive", None)
+    if inject_alive is None or getattr(inject_alive, "offers_resume_client", False):
+        return
+
+    @functools.wraps(inject_alive)
+    def _inject_alive(injector: Any) -> None:
+        adding = injector._needs_alive()
+        inject_alive(injector)
+        if adding and "asokWS" in injector.content:
+            injector.request._asok_pending_scripts += script_tag(injector.nonce)
+
+    _inject_alive.offers_resume_client = True
+    AssetInjector._inject_alive = _inject_alive
 
 
 def load_app(spec: str, directory: str | None = None) -> Any:

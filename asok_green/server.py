@@ -29,7 +29,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
-from . import dashboard, envelopes, jsonlog, metrics
+from . import browser_client, dashboard, envelopes, jsonlog, metrics
 from .auth import Credentials, StoreUnavailable
 from .connection import Connection, V1Connection
 from .handshake import (
@@ -323,6 +323,8 @@ class GreenHandler(WebSocketHandler):
 
     def run_application(self) -> None:
         """Answer one request: the WSGI app for pages, the WebSocket hub for upgrades."""
+        if browser_client.serve(self):  # the resume client's script, for any page
+            return
         if dashboard.serve(self, self._hubs()):  # its own path, before the app (asok_green.dashboard)
             return
         if not is_upgrade_request(self.environ):
