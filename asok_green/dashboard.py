@@ -104,8 +104,25 @@ def resolve_settings(config: Mapping[str, Any] | None, environ: Mapping[str, str
     )
 
 
+_UNSET = object()
+_SETTING_KEYS = ("WS_DASHBOARD", "WS_DASHBOARD_PATH", "WS_DASHBOARD_TOKEN")
+_last_settings: tuple[Any, Settings] = (_UNSET, Settings())
+
+
 def _settings(hub: Any) -> Settings:
-    return resolve_settings(getattr(hub.app, "config", None))
+    """:func:`resolve_settings` of the hub's app, the environment read only when the config changes.
+
+    Every request asks (an upgrade too, before its route): reading three config
+    keys is cheap, the environment is not.
+    """
+    global _last_settings
+    config = getattr(hub.app, "config", None)
+    key = None if config is None else (id(config), *(config.get(name) for name in _SETTING_KEYS))
+    cached_key, settings = _last_settings
+    if key != cached_key:
+        settings = resolve_settings(config)
+        _last_settings = (key, settings)
+    return settings
 
 
 def serve(handler: Any, hubs: Iterable[Any]) -> bool:

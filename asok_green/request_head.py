@@ -26,14 +26,12 @@ something asks for one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
 __all__ = ["RequestHead", "parse_upgrade_head"]
-
-#: Characters of a header name, as the ``email`` parser that ``pywsgi`` uses accepts them.
-_NAME_BYTES = frozenset(range(0x21, 0x7F)) - {ord(":")}
 
 #: Lower-case names and CGI keys of the headers a browser's handshake carries: shared strings,
 #: so the headers every connection keeps do not hold copies of the same names.
@@ -150,38 +148,53 @@ class RequestHead:
         self.fields.pop(name.lower(), None)
 
 
-def _joined(name: str, previous: str, value: str) -> str:
-    return previous + ("; " if "cookie" in name else ",") + value
+#: One header line as the ``email`` parser reads it: a name of printable characters but ``:``,
+#: then the value up to the line's end (``\r\n`` or ``\n``; a lone ``\r`` does not match).
+_FIELD_LINE = re.compile(r"([!-9;-~]+):([^\r\n]*)\r?\n")
 
 
-def parse_header_fields(lines: Iterable[bytes]) -> list[tuple[str, str]] | None:
+def parse_header_fields(lines: list[bytes]) -> list[tuple[str, str]] | None:
     """``(name, value)`` of each header line, folded lines unfolded; None if a line is malformed.
 
     ``lines`` are the raw lines between the request line and the blank line,
-    each with its line ending. Names keep their case; values are stripped.
+    each ending with its ``\n``. Names keep their case; values are stripped.
     """
+    text = b"".join(lines).decode("latin-1")
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):
+            return _parse_unusual(lines)
+        text = text.replace("\r\n", "\n")
+    pairs = []
+    for line in text.split("\n")[:-1]:
+        name, colon, value = line.partition(":")
+        # A name of printable ASCII but spaces (and ``:``); a folded line starts with a space.
+        if not colon or not name or not (name.isascii() and name.isprintable()) or " " in name:
+            return _parse_unusual(lines)
+        pairs.append((name, value.strip()))
+    return pairs
+
+
+def _parse_unusual(lines: list[bytes]) -> list[tuple[str, str]] | None:
+    """Line by line: obsolete folding unfolded; None at the first line the fast pattern has no reading for."""
     parsed: list[tuple[str, str]] = []
     for raw in lines:
-        line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
-        if b"\r" in line:
-            return None  # the email parser would split it into two lines: leave it to pywsgi
-        text = line.decode("latin-1")
+        text = raw.decode("latin-1")
         if text[:1] in (" ", "\t"):
-            if not parsed:
+            if not parsed or "\r" in text.rstrip("\r\n"):
                 return None
             name, value = parsed[-1]
             more = text.strip()
             parsed[-1] = (name, f"{value} {more}" if value and more else value or more)
             continue
-        name, colon, value = text.partition(":")
-        if not colon or not name or not _NAME_BYTES.issuperset(line[: len(name)]):
+        match = _FIELD_LINE.fullmatch(text) or _FIELD_LINE.fullmatch(text + "\n")
+        if match is None:
             return None
-        parsed.append((name, value.strip()))
+        parsed.append((match[1], match[2].strip()))
     return parsed
 
 
 def parse_upgrade_head(
-    requestline: str, lines: Iterable[bytes], remote: tuple | Any = None, scheme: str = "http"
+    requestline: str, lines: list[bytes], remote: tuple | Any = None, scheme: str = "http"
 ) -> RequestHead | None:
     """The head of a well-formed ``HTTP/1.1`` WebSocket upgrade request, or None for anything else.
 
@@ -198,14 +211,14 @@ def parse_upgrade_head(
     fields: dict[str, str] = {}
     for name, value in parsed:
         lower = name.lower()
-        if "_" in lower:
-            continue  # as pywsgi does: no header may pass for another with dashes
         previous = fields.get(lower)
         if previous is None:
-            fields[_NAMES.get(lower, lower)] = value
+            if "_" not in lower:  # as pywsgi does: no header may pass for another with dashes
+                fields[_NAMES.get(lower, lower)] = value
         elif lower not in _BODY_KEYS:
-            fields[lower] = _joined(lower, previous, value)
-    if "websocket" not in _tokens(fields.get("upgrade", "")):
+            fields[lower] = previous + ("; " if "cookie" in lower else ",") + value
+    upgrade = fields.get("upgrade", "")
+    if upgrade.lower() != "websocket" and "websocket" not in _tokens(upgrade):
         return None
     if "transfer-encoding" in fields:
         return None
@@ -220,7 +233,7 @@ def parse_upgrade_head(
     variables: dict[str, Any] = {
         "REQUEST_METHOD": method,
         "SERVER_PROTOCOL": version,
-        "PATH_INFO": unquote(path, encoding="latin-1"),
+        "PATH_INFO": unquote(path, encoding="latin-1") if "%" in path else path,
         "QUERY_STRING": query,
         "wsgi.url_scheme": scheme,
     }
@@ -229,8 +242,7 @@ def parse_upgrade_head(
         if len(remote) > 1:
             variables["REMOTE_PORT"] = str(remote[1])
     for name, value in fields.items():
-        key = _KNOWN.get(name) or _BODY_KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_")
-        variables[key] = value
+        variables[_KNOWN.get(name) or _BODY_KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_")] = value
     return RequestHead(requestline.rstrip(), method, target, version, fields, variables, content_length)
 
 

@@ -56,9 +56,8 @@ from .proxies import (
     client_address,
     forwarded_scheme,
     page_address,
-    proxy_policy,
+    proxy_settings,
     route_path,
-    ws_path,
 )
 from .request_head import RequestHead, parse_upgrade_head
 from .routing import Route, request_path
@@ -77,14 +76,6 @@ def take_buffered(rfile: Any, sock: Any) -> bytes:
         return b""
     finally:
         sock.settimeout(timeout)
-
-
-def detach_socket(sock: gevent.socket.socket) -> gevent.socket.socket:
-    """A new socket object on ``sock``'s file descriptor; closing ``sock`` no longer closes it."""
-    timeout = sock.gettimeout()
-    fresh = gevent.socket.socket(fileno=sock.detach())
-    fresh.settimeout(timeout)
-    return fresh
 
 
 def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
@@ -405,7 +396,7 @@ class GreenHandler(WebSocketHandler):
 
     def _full_environ(self) -> dict:
         environ = super().get_environ()
-        page = page_address(environ, proxy_policy(self._app_config()))
+        page = page_address(environ, proxy_settings(self._app_config())[0])
         if page is not None:
             environ.update(page.environ_updates())
         return environ
@@ -469,11 +460,10 @@ class GreenHandler(WebSocketHandler):
             raw = repr(env.get("PATH_INFO"))
             self._refuse(Refusal(404, f"no WebSocket route matches {raw}: not a canonical path"), raw, env)
             return
-        config = self._app_config()
-        policy = proxy_policy(config)
+        policy, prefix = proxy_settings(self._app_config())
         if policy.enabled and PAGE_KEY not in env:
             _locate_page(head, policy)
-        path = route_path(path, ws_path(config))  # behind a proxy's prefix (WS_PATH)
+        path = route_path(path, prefix)  # behind a proxy's prefix (WS_PATH)
         addr = client_address(self.client_address, env, policy)
         hub, route, params, refusal = self._admit(path, env)
         if refusal is not None:
@@ -538,14 +528,15 @@ class GreenHandler(WebSocketHandler):
         """The upgraded socket, and whether the connection owns it from now on.
 
         Under a server that waits for watched connections (``GreenServer``), a
-        plain socket moves to a new object, so that pywsgi and the server, which
-        close their socket when this greenlet ends, leave the connection's open.
+        plain socket is taken from pywsgi (which closes its socket when this
+        greenlet ends) and the server is told to leave it open.
         """
         sock = self.socket
         if not getattr(self.server, "watches_connections", False) or type(sock) is not gevent.socket.socket:
             return sock, False
         self.socket = None
-        return detach_socket(sock), True
+        self.server.keep_open(sock)
+        return sock, True
 
     def _send_response(self, status_line: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         """Write a whole response with one ``sendall``, noted as pywsgi notes its own for the log."""
@@ -628,6 +619,17 @@ class GreenServer(WSGIServer):
         super().__init__(listener, application, **kwargs)
         self.hubs = list(hubs)
         self.stopped = Event()
+        self._kept_open: dict[int, Any] = {}
+
+    def keep_open(self, sock: Any) -> None:
+        """Leave ``sock`` open when its handler's greenlet ends: a connection owns it now."""
+        self._kept_open[id(sock)] = sock
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        """Close a handled client socket, unless a connection took it over (:meth:`keep_open`)."""
+        if self._kept_open.pop(id(sock), None) is sock:
+            return
+        super().do_close(sock, *args)
 
     @property
     def limits(self) -> Limits:
