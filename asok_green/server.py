@@ -194,7 +194,7 @@ def read_header_block(fp: Any, budget: int) -> Any:
 
 def mentions_websocket(lines: list[bytes]) -> bool:
     """True if any header line holds the word ``websocket`` (any case): worth parsing as an upgrade."""
-    return any(b"websocket" in line.lower() for line in lines)
+    return b"websocket" in b"".join(lines).lower()
 
 
 def is_lean_request_line(requestline: str) -> bool:
