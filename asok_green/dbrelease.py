@@ -20,9 +20,11 @@ def holds_connection(engine: Any) -> bool:
     An engine without Asok's ``_local`` is always released, as Asok would.
     """
     local = getattr(engine, "_local", None)
-    if local is None:
+    try:
+        held = local.__dict__  # this greenlet's (or thread's) attributes: no exception when one is missing
+    except AttributeError:
         return True
-    return getattr(local, "conn", None) is not None or bool(getattr(local, "_all_conns", None))
+    return held.get("conn") is not None or bool(held.get("_all_conns"))
 
 
 def release_db_connections(engines: dict | None = None) -> None:
