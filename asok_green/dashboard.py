@@ -105,7 +105,6 @@ def resolve_settings(config: Mapping[str, Any] | None, environ: Mapping[str, str
 
 
 _UNSET = object()
-_SETTING_KEYS = ("WS_DASHBOARD", "WS_DASHBOARD_PATH", "WS_DASHBOARD_TOKEN")
 _last_settings: tuple[Any, Settings] = (_UNSET, Settings())
 
 
@@ -117,7 +116,10 @@ def _settings(hub: Any) -> Settings:
     """
     global _last_settings
     config = getattr(hub.app, "config", None)
-    key = None if config is None else (id(config), *(config.get(name) for name in _SETTING_KEYS))
+    key = None
+    if config is not None:
+        get = config.get
+        key = (id(config), get("WS_DASHBOARD"), get("WS_DASHBOARD_PATH"), get("WS_DASHBOARD_TOKEN"))
     cached_key, settings = _last_settings
     if key != cached_key:
         settings = resolve_settings(config)
