@@ -66,16 +66,24 @@ logger = logging.getLogger("asok_green")
 access_logger = logging.getLogger("asok_green.access")
 
 
-def take_buffered(rfile: Any, sock: Any) -> bytes:
-    """Bytes the client sent right behind its handshake, already read into ``rfile``'s buffer."""
-    timeout = sock.gettimeout()
-    sock.settimeout(0.0)
+def take_buffered(rfile: Any) -> bytes:
+    """Bytes the client sent right behind its handshake, already read into ``rfile``'s buffer.
+
+    Only the buffer is read: ``rfile``'s raw stream is made to answer "nothing
+    yet", as a non-blocking one does, so no system call asks the kernel for
+    more (``rfile`` is closed right after; later bytes are the connection's).
+    """
+    raw = getattr(rfile, "raw", None)
+    if raw is not None:
+        raw.readinto = _nothing_yet
     try:
         return rfile.read1(65536) or b""
-    except OSError:
+    except (OSError, ValueError):
         return b""
-    finally:
-        sock.settimeout(timeout)
+
+
+def _nothing_yet(buffer: Any) -> None:
+    return None
 
 
 def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
@@ -483,7 +491,7 @@ class GreenHandler(WebSocketHandler):
             hub.after_handler()
         deflate = choose_compression(env, hub.limits.compression)
         self._send_response("101 Switching Protocols", response_headers(env, deflate))
-        leftover = take_buffered(self.rfile, self.socket)
+        leftover = take_buffered(self.rfile)
         if hub.limits.send_buffer > 0:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.limits.send_buffer)
         self._release_request_state()
