@@ -372,7 +372,7 @@ def _proposals(run: dict) -> str:
         items.append(
             "**Cheaper `after_handler`** (`asok_green/hub.py`, `WebSocketServer.after_handler`): releasing "
             f"Asok's per-greenlet database connections after every handler call takes {share:.1%} of the echo "
-            "profile's samples; skip it when the handler opened no database connection."
+            "profile's samples, although it closes only what the greenlet opened (`asok_green/dbrelease.py`)."
         )
     if not items:
         return ""
