@@ -141,6 +141,10 @@ class RequestHead:
         for name, value in self.fields.items():
             yield f"{name}: {value}\r\n"
 
+    def items(self) -> list[tuple[str, str]]:
+        """``(name, value)`` of every header (gunicorn's access log reads them)."""
+        return list(self.fields.items())
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self.fields
 

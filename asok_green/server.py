@@ -8,11 +8,12 @@ Plain HTTP requests take pywsgi's path unchanged. A well-formed WebSocket
 upgrade request takes a lean one: its head is parsed once into a
 :class:`~asok_green.request_head.RequestHead` (no ``email`` parser), the
 handshake is decided on it, and the 101 is written with one ``sendall``; the
-full WSGI environ is built only if something reads ``handler.environ``. Under ``GreenServer`` the greenlet that
-accepted a WebSocket ends after its on_connect handler: the connection takes its
-socket over and is read from the socket's watcher (``Connection.watch``). Under
-other servers (gunicorn's worker) that greenlet serves the connection for its
-whole life.
+full WSGI environ is built only if something reads ``handler.environ``.
+
+Under ``GreenServer`` the greenlet that accepted a WebSocket ends after its
+on_connect handler: the connection takes its socket over and is read from the
+socket's watcher (``Connection.watch``). Under other servers (gunicorn's
+worker) that greenlet serves the connection for its whole life.
 """
 
 from __future__ import annotations
@@ -215,6 +216,12 @@ def encode_response_head(status_line: str, headers: list[tuple[str, str]]) -> by
     """``HTTP/1.1 <status>``, the header lines and the blank line, as bytes on the wire."""
     lines = [f"HTTP/1.1 {status_line}", *(f"{name}: {value}" for name, value in headers), "", ""]
     return "\r\n".join(lines).encode("latin-1")
+
+
+def http_date(timestamp: float) -> str:
+    """``Tue, 01 Dec 2026 05:44:19 GMT``: a Date header's value, as pywsgi writes it."""
+    value = format_date_time(timestamp)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _plain_response(status: int, text: str) -> bytes:
@@ -552,6 +559,7 @@ class GreenHandler(WebSocketHandler):
         self.status = status_line.encode("latin-1")
         self._orig_status = status_line
         self.code = int(status_line[:3])
+        self.response_headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
         self.headers_sent = True
         self.socket.sendall(data)
         self.response_length = len(data)
@@ -588,7 +596,7 @@ class GreenHandler(WebSocketHandler):
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
             *refusal.headers,
-            ("Date", format_date_time(time.time())),
+            ("Date", http_date(time.time())),
         ]
         self._send_response(refusal.status_line, headers, body)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import time
 
@@ -241,7 +242,14 @@ def test_refusals_keep_their_status_and_headers(head_server):
     lines.append("Sec-WebSocket-Version: 8")
     refused = Exchange(port, _request("/head", *lines))
     assert refused.status == 426 and "Sec-WebSocket-Version: 13" in refused.head
-    assert "Content-Length:" in refused.head and "Date:" in refused.head
+    headers = dict(line.split(": ", 1) for line in refused.head.split("\r\n")[1:])
+    body = refused.buffer
+    while len(body) < int(headers["Content-Length"]):
+        chunk = refused.sock.recv(65536)
+        assert chunk, "closed before the whole body"
+        body += chunk
+    assert body.startswith(b"unsupported Sec-WebSocket-Version") and headers["Connection"] == "close"
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", headers["Date"])
     foreign = [line for line in _standard(port) if not line.startswith("Origin")] + ["Origin: https://evil.example"]
     assert Exchange(port, _request("/head", *foreign)).status == 403
     assert Exchange(port, _request("/nowhere", *_standard(port))).status == 404
