@@ -164,6 +164,8 @@ def parse_header_fields(lines: list[bytes]) -> list[tuple[str, str]] | None:
     each ending with its ``\n``. Names keep their case; values are stripped.
     """
     text = b"".join(lines).decode("latin-1")
+    if not text.endswith("\n"):  # the client stopped mid-line
+        return _parse_unusual(lines)
     if "\r" in text:
         if text.count("\r") != text.count("\r\n"):
             return _parse_unusual(lines)

@@ -80,3 +80,8 @@ def test_head_answers_what_pywsgi_reads_of_its_headers():
     assert list(head.headers) == ["upgrade: websocket\r\n", "content-type: x/y\r\n", "content-length: 3\r\n"]
     assert head.variables["PATH_INFO"] == "/a b" and head.variables["QUERY_STRING"] == "q=1"
     assert head.variables["REMOTE_ADDR"] == "10.0.0.1" and head.variables["wsgi.url_scheme"] == "https"
+
+
+def test_a_last_line_cut_short_is_still_read():
+    head = parse_upgrade_head("GET /p HTTP/1.1", [b"Host: a\r\n", b"Upgrade: websocket"])
+    assert head is not None and head.fields == {"host": "a", "upgrade": "websocket"}
