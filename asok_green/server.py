@@ -559,7 +559,6 @@ class GreenHandler(WebSocketHandler):
         self.status = status_line.encode("latin-1")
         self._orig_status = status_line
         self.code = int(status_line[:3])
-        self.response_headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
         self.headers_sent = True
         self.socket.sendall(data)
         self.response_length = len(data)
@@ -599,6 +598,8 @@ class GreenHandler(WebSocketHandler):
             ("Date", http_date(time.time())),
         ]
         self._send_response(refusal.status_line, headers, body)
+        # An access log reads the answer's headers as pywsgi keeps them (gunicorn's does).
+        self.response_headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
     def log_request(self) -> None:
         """Log finished HTTP requests; an upgraded connection is logged when it opens, not here."""
