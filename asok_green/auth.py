@@ -130,6 +130,9 @@ class Credentials:
     login_sid: str | None = None
 
 
+_GUEST = Credentials()
+
+
 def _offload(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     from .offload import blocking
 
@@ -194,6 +197,8 @@ class SessionAuth:
         out give a guest; a guest whose own session cannot be loaded is served
         without it.
         """
+        if not cookie_header:
+            return _GUEST  # no cookie, nothing to look up
         deadline = gevent.Timeout.start_new(timeout) if timeout else None
         try:
             return self._resolve(cookie_header)

@@ -104,8 +104,27 @@ def resolve_settings(config: Mapping[str, Any] | None, environ: Mapping[str, str
     )
 
 
+_UNSET = object()
+_last_settings: tuple[Any, Settings] = (_UNSET, Settings())
+
+
 def _settings(hub: Any) -> Settings:
-    return resolve_settings(getattr(hub.app, "config", None))
+    """:func:`resolve_settings` of the hub's app, the environment read only when the config changes.
+
+    Every request asks (an upgrade too, before its route): reading three config
+    keys is cheap, the environment is not.
+    """
+    global _last_settings
+    config = getattr(hub.app, "config", None)
+    key = None
+    if config is not None:
+        get = config.get
+        key = (id(config), get("WS_DASHBOARD"), get("WS_DASHBOARD_PATH"), get("WS_DASHBOARD_TOKEN"))
+    cached_key, settings = _last_settings
+    if key != cached_key:
+        settings = resolve_settings(config)
+        _last_settings = (key, settings)
+    return settings
 
 
 def serve(handler: Any, hubs: Iterable[Any]) -> bool:
@@ -113,7 +132,8 @@ def serve(handler: Any, hubs: Iterable[Any]) -> bool:
     hubs = list(hubs)
     if not hubs:
         return False
-    path = handler.environ.get("PATH_INFO") or ""
+    env = _variables(handler)
+    path = env.get("PATH_INFO") or ""
     settings = _settings(hubs[0])
     if not settings.enabled or not (path.startswith(settings.path) or path == settings.path[:-1]):
         return False
@@ -121,21 +141,21 @@ def serve(handler: Any, hubs: Iterable[Any]) -> bool:
     _hide_token(handler)
     if path == settings.path[:-1]:
         # Relative asset links need the trailing slash.
-        query = handler.environ.get("QUERY_STRING")
+        query = env.get("QUERY_STRING")
         location = settings.path + ("?" + query if query else "")
         handler.start_response("301 Moved Permanently", [("Location", location), ("Content-Length", "0")])
         handler.write(b"")
         return True
     rest = path[len(settings.path) :]
-    if rest == "live" and is_upgrade_request(handler.environ):
+    if rest == "live" and is_upgrade_request(env):
         _serve_live(handler, hub, settings)
         return True
     name = _FILES.get(rest)
-    if name is None or handler.environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+    if name is None or env.get("REQUEST_METHOD") not in ("GET", "HEAD"):
         _respond(handler, 404, "text/plain; charset=utf-8", b"not found\n")
         return True
     # The script and style sheet hold no data (they ship in the package); the page and its socket do.
-    if name == "index.html" and not _allowed(handler.environ, hub, settings):
+    if name == "index.html" and not _allowed(env, hub, settings):
         _respond(handler, 403, "text/plain; charset=utf-8", b"forbidden: the dashboard is for admins\n")
         return True
     file = ASSETS / name
@@ -144,11 +164,17 @@ def serve(handler: Any, hubs: Iterable[Any]) -> bool:
     return True
 
 
+def _variables(handler: Any) -> Mapping[str, Any]:
+    """The request's CGI variables: asok_green's handler has them without building a WSGI environ."""
+    variables = getattr(handler, "request_variables", None)
+    return variables if variables is not None else handler.environ
+
+
 def _respond(handler: Any, status: int, content_type: str, body: bytes, extra: Iterable = ()) -> None:
     phrase = {200: "OK", 403: "Forbidden", 404: "Not Found"}[status]
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *_SECURITY_HEADERS, *extra]
     handler.start_response(f"{status} {phrase}", headers)
-    if handler.environ.get("REQUEST_METHOD") != "HEAD":
+    if _variables(handler).get("REQUEST_METHOD") != "HEAD":
         handler.write(body)
 
 
@@ -295,7 +321,7 @@ def _refuse_live(handler: Any, status: int, reason: str) -> None:
 
 def _serve_live(handler: Any, hub: Any, settings: Settings) -> None:
     """Upgrade the request, then push snapshots until the client closes or stops reading."""
-    env = handler.environ
+    env = _variables(handler)
     refusal = check_upgrade(env)
     if refusal is not None:
         _refuse_live(handler, refusal.status, refusal.reason)
@@ -308,7 +334,7 @@ def _serve_live(handler: Any, hub: Any, settings: Settings) -> None:
         if not _is_admin(env, hub):
             _refuse_live(handler, 403, "forbidden: the dashboard is for admins")
             return
-    env["wsgi.websocket"] = True  # gevent-websocket's start_response then sends a bare 101
+    handler.environ["wsgi.websocket"] = True  # gevent-websocket's start_response then sends a bare 101
     handler.start_response("101 Switching Protocols", response_headers(env, None))
     handler.write(b"")
     handler.close_connection = True

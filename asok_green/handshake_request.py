@@ -10,17 +10,24 @@ reading ``request.user`` never looks the session up again.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 
+_BODY_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding"})
+
+
 def handshake_request(conn: Connection) -> Any:
     """An ``asok.request.Request`` for ``conn``'s handshake: headers, cookies, path, address, user, session."""
     from asok.ws.live import _build_pseudo_request
 
-    request = _build_pseudo_request(conn.server, conn)
+    # A handshake has no body for the Request to read: its body headers would make it try.
+    headers = {k: v for k, v in conn.headers.items() if k not in _BODY_HEADERS}
+    view = SimpleNamespace(path=conn.path, headers=headers, user=conn.user, session=conn.session)
+    request = _build_pseudo_request(conn.server, view)
     environ = request.environ
     addr = conn.addr
     if isinstance(addr, tuple) and addr:

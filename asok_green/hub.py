@@ -13,6 +13,7 @@ after its announcements, never in the middle.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,19 @@ _DEFAULT_WS_PORT = 8001
 def is_valid_room_name(room: object) -> bool:
     """Room names are 1-200 characters of letters, digits and ``._:-``."""
     return isinstance(room, str) and 0 < len(room) <= _MAX_ROOM_NAME and all(c in _ROOM_NAME_CHARS for c in room)
+
+
+def db_releaser() -> Callable[[], None]:
+    """What releases Asok's database connections after a handler: a look per engine, a close only if one is open."""
+    from .dbrelease import release_db_connections
+
+    try:
+        from asok.orm.engines import _ENGINES_CACHE
+    except ImportError:  # an Asok that keeps its engines elsewhere: its own function, as it does per request
+        from asok.orm import close_all_db_connections
+
+        return close_all_db_connections
+    return functools.partial(release_db_connections, _ENGINES_CACHE)
 
 
 def _is_asok_app(app: Any) -> bool:
@@ -193,9 +207,7 @@ class WebSocketServer:
         self._release_db = None
         if not _is_asok_app(app):
             return
-        from asok.orm import close_all_db_connections
-
-        self._release_db = close_all_db_connections
+        self._release_db = db_releaser()
         if "/asok/live" not in self.routes:
             self.on("/asok/live")(ops.on_live_message)
             ops.install_model_relay(self)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import string
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["InsecureOriginPolicy", "OriginPolicy"]
@@ -47,6 +47,9 @@ _NOT_IN_ORIGIN = frozenset("/?#@\\ \t")
 _TRUE_FLAGS = ("1", "true")
 _MAX_PORT = 65535
 _MAX_PORT_DIGITS = 5
+#: Answers :meth:`OriginPolicy.allows` remembers, for Origin and Host headers this short at most.
+_MAX_ANSWERS = 256
+_MAX_REMEMBERED_LENGTH = 512
 
 
 class InsecureOriginPolicy(ValueError):
@@ -75,6 +78,8 @@ class OriginPolicy:
     any_local_port: bool = False
     allow_no_origin: bool = False
     ignored: tuple[str, ...] = ()
+    #: Recent answers by (origin, host, scheme): a site's handshakes repeat the same few.
+    _answers: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_settings(
@@ -120,6 +125,18 @@ class OriginPolicy:
         ``scheme`` is the page's scheme when it is known (a trusted proxy's
         ``X-Forwarded-Proto``): the page's own origin must then have it too.
         """
+        if len(origin or "") + len(host or "") > _MAX_REMEMBERED_LENGTH:
+            return self._decide(origin, host, scheme)
+        key = (origin, host, scheme)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._decide(origin, host, scheme)
+            if len(self._answers) >= _MAX_ANSWERS:
+                self._answers.clear()  # many distinct origins: start over rather than grow
+            self._answers[key] = answer
+        return answer
+
+    def _decide(self, origin: str | None, host: str | None, scheme: str | None) -> bool:
         if not origin:
             return self.allow_no_origin
         if len(origin) > MAX_ORIGIN_LENGTH:

@@ -40,6 +40,7 @@ __all__ = [
     "page_address",
     "page_port",
     "proxy_policy",
+    "proxy_settings",
     "route_path",
     "ws_path",
     "ws_path_script",
@@ -113,6 +114,26 @@ def proxy_policy(config: Mapping[str, Any] | None, environ: Mapping[str, str] | 
     policy = ProxyPolicy.from_setting(value)
     _last_policy = (value, policy)
     return policy
+
+
+_UNSET = object()
+_last_settings: tuple[Any, tuple[ProxyPolicy, str]] = (_UNSET, (ProxyPolicy(), ""))
+
+
+def proxy_settings(config: Mapping[str, Any] | None) -> tuple[ProxyPolicy, str]:
+    """``(proxy_policy(config), ws_path(config))`` for a request, cheaply.
+
+    The app's config is read on every call; the environment (which these settings
+    fall back to) only when the config's values change, not per request.
+    """
+    global _last_settings
+    key = None if config is None else (id(config), config.get("TRUSTED_PROXIES", _UNSET), config.get("WS_PATH"))
+    cached_key, settings = _last_settings
+    if key == cached_key:
+        return settings
+    settings = (proxy_policy(config), ws_path(config))
+    _last_settings = (key, settings)
+    return settings
 
 
 def client_address(peer: tuple, environ: Mapping[str, Any], policy: ProxyPolicy) -> tuple:

@@ -1,12 +1,19 @@
 """The one-port server: pages go to the WSGI app, WebSocket upgrades to the hub.
 
-``GreenHandler`` extends gevent-websocket's ``WebSocketHandler`` by overriding one
-hook, ``run_application``; ``GreenServer`` is a ``gevent.pywsgi.WSGIServer`` that
-uses it and knows how to stop gracefully. Under ``GreenServer`` the greenlet that
-accepted a WebSocket ends after its on_connect handler: the connection takes its
-socket over and is read from the socket's watcher (``Connection.watch``). Under
-other servers (gunicorn's worker) that greenlet serves the connection for its
-whole life.
+``GreenHandler`` extends gevent-websocket's ``WebSocketHandler`` through pywsgi's
+hooks (``read_request``, ``get_environ``, ``run_application``); ``GreenServer`` is
+a ``gevent.pywsgi.WSGIServer`` that uses it and knows how to stop gracefully.
+
+Plain HTTP requests take pywsgi's path unchanged. A well-formed WebSocket
+upgrade request takes a lean one: its head is parsed once into a
+:class:`~asok_green.request_head.RequestHead` (no ``email`` parser), the
+handshake is decided on it, and the 101 is written with one ``sendall``; the
+full WSGI environ is built only if something reads ``handler.environ``.
+
+Under ``GreenServer`` the greenlet that accepted a WebSocket ends after its
+on_connect handler: the connection takes its socket over and is read from the
+socket's watcher (``Connection.watch``). Under other servers (gunicorn's
+worker) that greenlet serves the connection for its whole life.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from typing import Any
 import gevent
 import gevent.socket
 from gevent.event import Event
-from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler, WSGIServer, format_date_time
 from geventwebsocket.handler import WebSocketHandler
 
 from . import browser_client, dashboard, envelopes, jsonlog, metrics
 from .auth import Credentials, StoreUnavailable
 from .connection import Connection, V1Connection
+from .frames import CLOSE_TRY_AGAIN
 from .handshake import (
     SUBPROTOCOL_KEY,
     Refusal,
@@ -39,14 +47,21 @@ from .handshake import (
     check_upgrade,
     choose_compression,
     is_upgrade_request,
-    request_headers,
     response_headers,
 )
 from .hub import WebSocketServer
 from .limits import Limits, open_files_limit
 from .logs import log_limited
 from .overview import REFUSALS
-from .proxies import client_address, forwarded_scheme, page_address, proxy_policy, route_path, ws_path
+from .proxies import (
+    PAGE_KEY,
+    client_address,
+    forwarded_scheme,
+    page_address,
+    proxy_settings,
+    route_path,
+)
+from .request_head import RequestHead, parse_upgrade_head
 from .routing import Route, request_path
 
 logger = logging.getLogger("asok_green")
@@ -56,24 +71,24 @@ access_logger = logging.getLogger("asok_green.access")
 _SINCE_KEY = "asok_green.since"
 
 
-def take_buffered(rfile: Any, sock: Any) -> bytes:
-    """Bytes the client sent right behind its handshake, already read into ``rfile``'s buffer."""
-    timeout = sock.gettimeout()
-    sock.settimeout(0.0)
+def take_buffered(rfile: Any) -> bytes:
+    """Bytes the client sent right behind its handshake, already read into ``rfile``'s buffer.
+
+    Only the buffer is read: ``rfile``'s raw stream is made to answer "nothing
+    yet", as a non-blocking one does, so no system call asks the kernel for
+    more (``rfile`` is closed right after; later bytes are the connection's).
+    """
+    raw = getattr(rfile, "raw", None)
+    if raw is not None:
+        raw.readinto = _nothing_yet
     try:
         return rfile.read1(65536) or b""
-    except OSError:
+    except (OSError, ValueError):
         return b""
-    finally:
-        sock.settimeout(timeout)
 
 
-def detach_socket(sock: gevent.socket.socket) -> gevent.socket.socket:
-    """A new socket object on ``sock``'s file descriptor; closing ``sock`` no longer closes it."""
-    timeout = sock.gettimeout()
-    fresh = gevent.socket.socket(fileno=sock.detach())
-    fresh.settimeout(timeout)
-    return fresh
+def _nothing_yet(buffer: Any) -> None:
+    return None
 
 
 def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
@@ -92,8 +107,6 @@ def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> No
         if isinstance(handshake, gevent.Greenlet):
             handshake.unlink(hub.release_slot)  # the slot is used (or was never held)
         if not registered:
-            from .frames import CLOSE_TRY_AGAIN
-
             logger.warning(
                 "closing %s on %s: every connection slot is taken",
                 conn.addr,
@@ -169,8 +182,8 @@ class HandshakeTimeout(ValueError):
     """The client did not send its request line and headers in time."""
 
 
-def read_header_block(fp: Any, budget: int) -> Any:
-    """Parse request headers from ``fp``, reading at most ``budget`` bytes, as pywsgi's message class."""
+def read_header_lines(fp: Any, budget: int) -> list[bytes]:
+    """The raw header lines of a request from ``fp``, up to the blank line, reading at most ``budget`` bytes."""
     lines = []
     while True:
         line = fp.readline(budget + 1)
@@ -178,9 +191,41 @@ def read_header_block(fp: Any, budget: int) -> Any:
         if budget < 0:
             raise RequestTooLarge("request headers too large")
         if line in (b"\r\n", b"\n", b""):
-            break
+            return lines
         lines.append(line)
+
+
+def parse_header_block(lines: list[bytes]) -> Any:
+    """Header lines parsed as pywsgi's message class does (the ``email`` parser)."""
     return email.parser.Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+def read_header_block(fp: Any, budget: int) -> Any:
+    """Parse request headers from ``fp``, reading at most ``budget`` bytes, as pywsgi's message class."""
+    return parse_header_block(read_header_lines(fp, budget))
+
+
+def mentions_websocket(lines: list[bytes]) -> bool:
+    """True if any header line holds the word ``websocket`` (any case): worth parsing as an upgrade."""
+    return b"websocket" in b"".join(lines).lower()
+
+
+def is_lean_request_line(requestline: str) -> bool:
+    """True for ``GET <target> HTTP/1.1``: the only request line an upgrade's lean path reads."""
+    words = requestline.split()
+    return len(words) == 3 and words[0] == "GET" and words[2] == "HTTP/1.1"
+
+
+def encode_response_head(status_line: str, headers: list[tuple[str, str]]) -> bytes:
+    """``HTTP/1.1 <status>``, the header lines and the blank line, as bytes on the wire."""
+    lines = [f"HTTP/1.1 {status_line}", *(f"{name}: {value}" for name, value in headers), "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def http_date(timestamp: float) -> str:
+    """``Tue, 01 Dec 2026 05:44:19 GMT``: a Date header's value, as pywsgi writes it."""
+    value = format_date_time(timestamp)
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _plain_response(status: int, text: str) -> bytes:
@@ -218,6 +263,8 @@ _REQUEST_STATE = (
     "response_headers",
     "result",
     "application",
+    "head",
+    "_header_lines",
 )
 
 
@@ -232,6 +279,26 @@ class GreenHandler(WebSocketHandler):
     """
 
     _deadline: Any = None
+    #: The lean path's parsed head of an upgrade request; None for requests pywsgi parses.
+    head: RequestHead | None = None
+
+    @property
+    def environ(self) -> Any:
+        """The WSGI environ; for a request read by the lean path, built on first read."""
+        environ = self.__dict__.get("_environ")
+        if environ is None and self.head is not None:
+            environ = self.__dict__["_environ"] = self._full_environ()
+        return environ
+
+    @environ.setter
+    def environ(self, value: Any) -> None:
+        self.__dict__["_environ"] = value
+
+    @property
+    def request_variables(self) -> Any:
+        """The request's CGI variables (``PATH_INFO``, ``HTTP_*``...): the head's, or the environ."""
+        head = self.head
+        return head.variables if head is not None else self.environ
 
     def _limits(self) -> Limits:
         return getattr(self.server, "limits", None) or _DEFAULT_LIMITS
@@ -267,14 +334,46 @@ class GreenHandler(WebSocketHandler):
         return super().read_requestline()
 
     def read_request(self, raw_requestline: str) -> bool:
-        """Read the headers within the same deadline and byte budget as the request line."""
+        """Read the headers within the same deadline and byte budget as the request line.
+
+        A well-formed WebSocket upgrade's head is parsed here (the lean path);
+        every other request goes on to pywsgi's parsing, which reads the same
+        header lines through :meth:`MessageClass`.
+        """
+        self.head = None
         try:
+            requestline = raw_requestline.rstrip()
+            if is_lean_request_line(requestline):
+                lines = read_header_lines(self.rfile, self._limits().max_header_bytes - len(requestline))
+                head = None
+                if mentions_websocket(lines):
+                    head = parse_upgrade_head(requestline, lines, self.client_address, self._scheme())
+                if head is not None:
+                    self._adopt(head)
+                    return True
+                self._header_lines = lines
             return super().read_request(raw_requestline)
         finally:
             self._cancel_deadline()
 
+    def _scheme(self) -> str:
+        environ = getattr(self.server, "environ", None)
+        return environ.get("wsgi.url_scheme", "http") if isinstance(environ, dict) else "http"
+
+    def _adopt(self, head: RequestHead) -> None:
+        """Take ``head`` as this request, setting what pywsgi's ``read_request`` would have set."""
+        self.head = head
+        self.requestline = head.requestline
+        self.command, self.path, self.request_version = head.method, head.target, head.version
+        self.headers = head
+        self.content_length = head.content_length
+        self.close_connection = head.fields.get("connection", "").lower() == "close"
+
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's hook name
-        """The request's headers, read within ``max_header_bytes``."""
+        """The request's headers, read within ``max_header_bytes`` (or the lines already read)."""
+        lines = self.__dict__.pop("_header_lines", None)
+        if lines is not None:
+            return parse_header_block(lines)
         return read_header_block(fp, self._limits().max_header_bytes - len(self.requestline))
 
     def _cancel_deadline(self) -> None:
@@ -310,10 +409,19 @@ class GreenHandler(WebSocketHandler):
             return ("408", _plain_response(408, "request headers not received in time"))
         return super()._handle_client_error(ex)
 
-    def get_environ(self) -> dict:
-        """pywsgi's environ, with the page's address as the browser sees it (``asok_green.proxies``)."""
+    def get_environ(self) -> dict | None:
+        """pywsgi's environ, with the page's address as the browser sees it (``asok_green.proxies``).
+
+        None for an upgrade read by the lean path: :attr:`environ` builds it if asked.
+        """
+        if self.head is not None:
+            self.wsgi_input = _NO_INPUT  # an upgrade's body, if any, is never read as a body
+            return None
+        return self._full_environ()
+
+    def _full_environ(self) -> dict:
         environ = super().get_environ()
-        page = page_address(environ, proxy_policy(self._app_config()))
+        page = page_address(environ, proxy_settings(self._app_config())[0])
         if page is not None:
             environ.update(page.environ_updates())
         return environ
@@ -327,9 +435,13 @@ class GreenHandler(WebSocketHandler):
             return
         if dashboard.serve(self, self._hubs()):  # its own path, before the app (asok_green.dashboard)
             return
-        if not is_upgrade_request(self.environ):
-            return self._run_page()
-        self._upgrade()
+        head = self.head
+        if head is None:
+            if not is_upgrade_request(self.environ):
+                return self._run_page()
+            # An upgrade pywsgi parsed (not one the lean path reads): decided the same way.
+            head = RequestHead.from_environ(self.environ, self.requestline or "")
+        self._upgrade(head)
 
     def _run_page(self) -> None:
         if getattr(self.server, "draining", False):
@@ -346,8 +458,7 @@ class GreenHandler(WebSocketHandler):
                 return hub, route, params
         return None, None, {}
 
-    def _admit(self, path: str) -> tuple[Any, Any, dict, Refusal | None]:
-        env = self.environ
+    def _admit(self, path: str, env: Any) -> tuple[Any, Any, dict, Refusal | None]:
         refusal = check_upgrade(env)
         if refusal is not None:
             return None, None, {}, refusal
@@ -378,41 +489,39 @@ class GreenHandler(WebSocketHandler):
             return None, None, {}, Refusal(503, "too many WebSocket connections", (("Retry-After", "5"),))
         return hub, route, params, None
 
-    def _upgrade(self) -> None:
-        env = self.environ
+    def _upgrade(self, head: RequestHead) -> None:
+        env = head.variables
         # One spelling per path: a non-canonical one gets 404 (asok_green.routing).
         path = request_path(env.get("PATH_INFO") or "/")
         if path is None:
             raw = repr(env.get("PATH_INFO"))
-            self._refuse(Refusal(404, f"no WebSocket route matches {raw}: not a canonical path"), raw)
+            self._refuse(Refusal(404, f"no WebSocket route matches {raw}: not a canonical path"), raw, env)
             return
-        config = self._app_config()
-        path = route_path(path, ws_path(config))  # behind a proxy's prefix (WS_PATH)
-        addr = client_address(self.client_address, env, proxy_policy(config))
-        hub, route, params, refusal = self._admit(path)
+        policy, prefix = proxy_settings(self._app_config())
+        if policy.enabled and PAGE_KEY not in env:
+            _locate_page(head, policy)
+        path = route_path(path, prefix)  # behind a proxy's prefix (WS_PATH)
+        addr = client_address(self.client_address, env, policy)
+        hub, route, params, refusal = self._admit(path, env)
         if refusal is not None:
-            self._refuse(refusal, path)
+            self._refuse(refusal, path, env)
             return
-        headers = request_headers(env)
+        headers = head.fields
         try:
             who = hub.auth.resolve(headers.get("cookie"), timeout=hub.limits.handshake_timeout)
         except StoreUnavailable:
             # Not a guest: the store could not say who this is. The client retries.
-            self._refuse(Refusal(503, "session store unavailable, try again", (("Retry-After", "5"),)), path)
+            self._refuse(Refusal(503, "session store unavailable, try again", (("Retry-After", "5"),)), path, env)
             return
         except Exception:
             logger.exception("session lookup failed for %s: serving as guest", path)
             who = Credentials()
         finally:
             hub.after_handler()
-        # gevent-websocket's start_response turns a response into a raw 101
-        # (no Content-Length, no chunking, connection owned by us) when it sees this key.
-        env["wsgi.websocket"] = True
         deflate = choose_compression(env, hub.limits.compression)
         v1, since = env.get(SUBPROTOCOL_KEY) == envelopes.SUBPROTOCOL, env.get(_SINCE_KEY)
-        self.start_response("101 Switching Protocols", response_headers(env, deflate))
-        self.write(b"")
-        leftover = take_buffered(self.rfile, self.socket)
+        self._send_response("101 Switching Protocols", response_headers(env, deflate))
+        leftover = take_buffered(self.rfile)
         if hub.limits.send_buffer > 0:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.limits.send_buffer)
         self._release_request_state()
@@ -447,7 +556,11 @@ class GreenHandler(WebSocketHandler):
         rfile.close()
         self.wsgi_input = _NO_INPUT
         self.close_connection = True
-        self.environ.clear()
+        environ = self.__dict__.get("_environ")
+        if environ is None:
+            self.__dict__["_environ"] = {}
+        else:
+            environ.clear()
         for name in _REQUEST_STATE:
             self.__dict__.pop(name, None)
 
@@ -455,16 +568,27 @@ class GreenHandler(WebSocketHandler):
         """The upgraded socket, and whether the connection owns it from now on.
 
         Under a server that waits for watched connections (``GreenServer``), a
-        plain socket moves to a new object, so that pywsgi and the server, which
-        close their socket when this greenlet ends, leave the connection's open.
+        plain socket is taken from pywsgi (which closes its socket when this
+        greenlet ends) and the server is told to leave it open.
         """
         sock = self.socket
         if not getattr(self.server, "watches_connections", False) or type(sock) is not gevent.socket.socket:
             return sock, False
         self.socket = None
-        return detach_socket(sock), True
+        self.server.keep_open(sock)
+        return sock, True
 
-    def _refuse(self, refusal: Refusal, path: str) -> None:
+    def _send_response(self, status_line: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        """Write a whole response with one ``sendall``, noted as pywsgi notes its own for the log."""
+        data = encode_response_head(status_line, headers) + body
+        self.status = status_line.encode("latin-1")
+        self._orig_status = status_line
+        self.code = int(status_line[:3])
+        self.headers_sent = True
+        self.socket.sendall(data)
+        self.response_length = len(data)
+
+    def _refuse(self, refusal: Refusal, path: str, env: Any) -> None:
         REFUSALS.note_handshake(refusal, self._hubs(), path)
         status = int(refusal.status_line[:3])
         cause = metrics.refusal_cause(status, refusal.reason)
@@ -486,7 +610,7 @@ class GreenHandler(WebSocketHandler):
                 "cause": cause,
                 "path": path,
                 "ip": self.client_address[0] if isinstance(self.client_address, tuple) else self.client_address,
-                "origin": self.environ.get("HTTP_ORIGIN"),
+                "origin": env.get("HTTP_ORIGIN"),
             },
         )
         body = (refusal.reason + "\n").encode("utf-8")
@@ -496,9 +620,11 @@ class GreenHandler(WebSocketHandler):
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
             *refusal.headers,
+            ("Date", http_date(time.time())),
         ]
-        self.start_response(refusal.status_line, headers)
-        self.write(body)
+        self._send_response(refusal.status_line, headers, body)
+        # An access log reads the answer's headers as pywsgi keeps them (gunicorn's does).
+        self.response_headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
     def log_request(self) -> None:
         """Log finished HTTP requests; an upgraded connection is logged when it opens, not here."""
@@ -509,6 +635,16 @@ class GreenHandler(WebSocketHandler):
             access_logger.info(self.format_request(), extra=jsonlog.request_fields(self))
             return
         WSGIHandler.log_request(self)
+
+
+def _locate_page(head: RequestHead, policy: Any) -> None:
+    """Where the browser loaded the page from, when a proxy may say so: as ``get_environ`` notes it."""
+    page = page_address(head.variables, policy)
+    if page is None:
+        return
+    head.variables.update(page.environ_updates())
+    if page.forwarded:
+        head.fields["host"] = page.authority
 
 
 class GreenServer(WSGIServer):
@@ -529,6 +665,17 @@ class GreenServer(WSGIServer):
         super().__init__(listener, application, **kwargs)
         self.hubs = list(hubs)
         self.stopped = Event()
+        self._kept_open: dict[int, Any] = {}
+
+    def keep_open(self, sock: Any) -> None:
+        """Leave ``sock`` open when its handler's greenlet ends: a connection owns it now."""
+        self._kept_open[id(sock)] = sock
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        """Close a handled client socket, unless a connection took it over (:meth:`keep_open`)."""
+        if self._kept_open.pop(id(sock), None) is sock:
+            return
+        super().do_close(sock, *args)
 
     @property
     def limits(self) -> Limits:

@@ -79,6 +79,18 @@ def test_a_page_broadcast_reaches_the_sockets(served, clients):
     assert recv_texts(listener, 1) == ["from a page"]
 
 
+def test_a_refused_handshake_is_answered_and_logged_by_the_worker(served, clients):
+    foreign = websocket.WebSocket()
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        foreign.connect(served.ws_url + "/echo", origin="https://evil.example", timeout=10)
+    assert refused.value.status_code == 403
+    assert fetch(served.url + "/").status == 200  # the worker lives on
+    echo = clients.connect(served, "/echo")
+    echo.send("still here")
+    assert echo.recv() == "still here"
+    assert "Traceback" not in served.log()  # gunicorn's access logging of the refusal went through
+
+
 def test_sigterm_closes_websockets_with_1001_and_gunicorn_exits_0(project, tmp_path, clients):
     server = gunicorn(project, tmp_path)
     sockets = [clients.connect(server, "/echo") for _ in range(2)]

@@ -46,21 +46,10 @@ def interleaved(servers: dict[str, ServerProcess], plan: Plan, sources, label: s
         progress(f"{label}echo round {round_id + 1}/{plan.rate_rounds}: " + _summary(echo, round_id, "msgs/s"))
     for round_id in range(plan.rate_rounds):
         for name in _order(names, round_id):
-            server = servers[name]
-            procstat.wait_idle(server.pid, timeout=5)
-            cpu = procstat.cpu_ticks_seconds(server.pid)
-            got = load.handshakes(
-                server.ws_url("/echo"),
-                server.origin,
-                plan.handshakes,
-                plan.handshake_concurrency,
-                plan.handshake_seconds,
-                sources.take(),
-            )
-            cpu = procstat.cpu_ticks_seconds(server.pid) - cpu
+            got = handshake_round(servers[name], plan, sources)
             shakes[name].append(got["rate"])
-            if got.get("ok"):
-                shake_cpu[name].append(cpu / got["ok"] * 1e6)
+            if got.get("cpu_us") is not None:
+                shake_cpu[name].append(got["cpu_us"])
             if got.get("failed"):
                 failures[name].append(f"handshakes round {round_id}: {got['failed']} failed {got.get('errors')}")
         progress(f"{label}handshake round {round_id + 1}/{plan.rate_rounds}: " + _summary(shakes, round_id, "/s"))
@@ -81,6 +70,23 @@ def interleaved(servers: dict[str, ServerProcess], plan: Plan, sources, label: s
         }
         for name in names
     }
+
+
+def handshake_round(server: ServerProcess, plan: Plan, sources) -> dict:
+    """One measured pass of opening handshakes on an idle ``server``: loadgen's result plus ``cpu_us`` each."""
+    procstat.wait_idle(server.pid, timeout=5)
+    cpu = procstat.cpu_ticks_seconds(server.pid)
+    got = load.handshakes(
+        server.ws_url("/echo"),
+        server.origin,
+        plan.handshakes,
+        plan.handshake_concurrency,
+        plan.handshake_seconds,
+        sources.take(),
+    )
+    cpu = procstat.cpu_ticks_seconds(server.pid) - cpu
+    got["cpu_us"] = cpu / got["ok"] * 1e6 if got.get("ok") else None
+    return got
 
 
 def _us(value: float | None) -> str:

@@ -17,11 +17,11 @@ RATE_PATHS = {
     "a `send` system call, the frame parser and the handler; a switch copies the part of the C stack the "
     "greenlet uses. The profile of that path (`Hub.run` is the C event loop and the switches; `_enqueue` "
     "is the `send` call):",
-    "handshakes": "Each handshake costs asok_green an accept, a new greenlet, gevent-pywsgi's request parsing "
-    "(request line, the `email` header parser, the WSGI environ), the upgrade checks and the accept key, "
-    "the 101 written through pywsgi's `start_response`, the Connection and its registration, and at the "
-    "client's close the echoed close frame and the teardown. The profile of that path (system calls are "
-    "charged to the Python line that makes them: `send` includes the kernel's loopback delivery):",
+    "handshakes": "Each handshake costs asok_green an accept, a new greenlet and pywsgi's handler, the request "
+    "line and the head parsed once by the upgrade's lean path (no `email` parser, no WSGI environ), the "
+    "upgrade checks and the accept key, the 101 in one `sendall`, the Connection and its registration, and "
+    "at the client's close the echoed close frame and the teardown. The profile of that path (system calls "
+    "are charged to the Python line that makes them: `send` includes the kernel's loopback delivery):",
 }
 #: Which profile explains which target.
 PROFILE_FOR = {"echo": "echo", "handshakes": "handshakes", "http": "http_idle"}
@@ -372,7 +372,7 @@ def _proposals(run: dict) -> str:
         items.append(
             "**Cheaper `after_handler`** (`asok_green/hub.py`, `WebSocketServer.after_handler`): releasing "
             f"Asok's per-greenlet database connections after every handler call takes {share:.1%} of the echo "
-            "profile's samples; skip it when the handler opened no database connection."
+            "profile's samples, although it closes only what the greenlet opened (`asok_green/dbrelease.py`)."
         )
     if not items:
         return ""

@@ -145,21 +145,39 @@ def _encode_once(check: dict | None) -> Verdict:
 
 
 def _rates(green, ws) -> list[Verdict]:
-    out = []
-    for key, label in (("echo", "echo throughput"), ("handshakes", "handshake rate")):
-        a = (green or {}).get(key, {}).get("rate")
-        b = (ws or {}).get(key, {}).get("rate")
-        ratio = _ratio(a, b)
-        out.append(
-            Verdict(
-                key,
-                f"{label} at least that of websockets (asyncio)",
-                f"{ratio:.2f}x ({a:,.0f}/s vs {b:,.0f}/s)" if ratio else "not measured",
-                None if ratio is None else ratio >= 1.0,
-                f"{(1 - ratio) * 100:.0f}% below" if ratio and ratio < 1 else "",
-            )
-        )
-    return out
+    a = (green or {}).get("echo", {}).get("rate")
+    b = (ws or {}).get("echo", {}).get("rate")
+    ratio = _ratio(a, b)
+    echo = Verdict(
+        "echo",
+        "echo throughput at least that of websockets (asyncio)",
+        f"{ratio:.2f}x ({a:,.0f}/s vs {b:,.0f}/s)" if ratio else "not measured",
+        None if ratio is None else ratio >= 1.0,
+        f"{(1 - ratio) * 100:.0f}% below" if ratio and ratio < 1 else "",
+    )
+    return [echo, *_handshakes(green, ws)]
+
+
+def _handshakes(green, ws) -> list[Verdict]:
+    mine, theirs = (green or {}).get("handshakes", {}), (ws or {}).get("handshakes", {})
+    rate = _ratio(mine.get("rate"), theirs.get("rate"))
+    cpu = _ratio(mine.get("cpu_us"), theirs.get("cpu_us"))
+    return [
+        Verdict(
+            "handshakes",
+            "handshake rate at least 1.2x that of websockets (asyncio)",
+            f"{rate:.2f}x ({mine['rate']:,.0f}/s vs {theirs['rate']:,.0f}/s)" if rate else "not measured",
+            None if rate is None else rate >= 1.2,
+            f"{rate:.2f}x instead of at least 1.2x" if rate and rate < 1.2 else "",
+        ),
+        Verdict(
+            "handshakes",
+            "server CPU per handshake at most 0.8x that of websockets (asyncio)",
+            f"{cpu:.2f}x ({mine['cpu_us']:.0f} us vs {theirs['cpu_us']:.0f} us)" if cpu else "not measured",
+            None if cpu is None else cpu <= 0.8,
+            f"{cpu:.2f}x instead of at most 0.8x" if cpu and cpu > 0.8 else "",
+        ),
+    ]
 
 
 def _http(green) -> Verdict:
