@@ -321,6 +321,35 @@ def test_clients_of_a_killed_node_resume_whole_on_the_other(feed_project, redis_
         doomed.stop()
 
 
+def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in_order(feed_project, tmp_path, clients):
+    redis = RedisServer(tmp_path)
+    a, b = (start_node(feed_project, tmp_path, redis) for _ in range(2))
+    path = "/feed/cut"
+    try:
+        local, remote = ResumeClient(a, path, clients), ResumeClient(b, path, clients)
+        plain = clients.connect(a, path)
+        payloads = [f"c{i}" for i in range(300)]
+        sender = threading.Thread(target=publish, args=(a, path, payloads, clients, 0.005))
+        sender.start()
+        for _ in range(3):  # every node's subscriber connection dropped while messages are written
+            local.collect(len(local.delivered) + 30, timeout=15)
+            redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        sender.join(30)
+        catch_up(local, a, len(payloads))
+        catch_up(remote, b, len(payloads))
+        for reader in (local, remote):
+            assert reader.delivered == payloads
+            assert not [n for n in reader.notices if n["asok"] in ("continuity_lost", "new_epoch")]
+        assert local.duplicates == 0
+        assert recv_texts(plain, len(payloads), timeout=15) == payloads  # this node's own, once each
+        assert quiet(plain, 0.3) == []
+    finally:
+        clients.close_all()
+        a.stop()
+        b.stop()
+        redis.stop()
+
+
 def outage_nodes(project, tmp_path, redis: RedisServer, **extra: str):
     """Nodes A and B of ``redis``'s cluster, A with ``extra`` settings."""
     first = asok_serve(project, tmp_path, env=node_env(redis, **extra))
