@@ -5,9 +5,10 @@ Nodes A and B (`asok serve --gevent`, `WS_ADAPTER=redis`) serve a project whose
 each message with its stream, epoch and offset and follow the client rule of the
 protocol (deliver offset last + 1, drop a duplicate, reconnect with
 ``asok_since`` on a gap). Offsets come from Redis, so a client resumes on the
-other node; a killed node's clients move to the other one; a Redis outage keeps
-plain delivery going and writes the history when Redis is back, or changes the
-epoch when the queue had to drop something.
+other node (paths and rooms); both nodes publishing at once give one sequence; a
+killed node's clients move to the other one; cut subscriptions lose nothing; a
+Redis outage keeps plain delivery going and writes the history when Redis is
+back, or changes the epoch when the queue had to drop something.
 """
 
 from __future__ import annotations
