@@ -359,8 +359,9 @@ class RedisCluster:
     def attach_history(self, store: Any) -> None:
         """Hand what arrives on the history channel to ``store.received(data)``, and tell it each subscription.
 
-        ``store.subscribed()`` runs after every (re)subscription, once the
-        channel is listened to: messages published before it may have been missed.
+        ``store.subscribing()`` runs before every (re)subscription (what the old
+        one did not bring will not come), ``store.subscribed()`` once the channel
+        is listened to again.
         """
         self._history = store
         if self.connected:
@@ -531,6 +532,8 @@ class RedisCluster:
             delay = min(delay * 2, 1.0)
 
     def _connect(self, pubsub: Any) -> None:
+        if self._history is not None:
+            self._history.subscribing()
         pubsub.psubscribe(self._path_pattern, self._room_pattern)
         pubsub.subscribe(self._presence_channel, self.history_channel)
         confirmed = 0

@@ -542,10 +542,13 @@ class RedisHistoryStore:
         self._count("history_received")
         self.hub.deliver_stream(published.stream, published.epoch, published.offset, published.opcode, published.data)
 
-    def subscribed(self) -> None:
-        """The cluster (re)subscribed: deliver what was written but lost its echo, and write again."""
+    def subscribing(self) -> None:
+        """The cluster subscribes (again): what was written and not echoed yet will not be; deliver it now."""
         for message in self.queue.resubscribed():
             self._deliver(message)
+
+    def subscribed(self) -> None:
+        """The cluster listens to the history channel (again): write what waits."""
         self._wake.set()
 
     # -- the writer ---------------------------------------------------------------------------

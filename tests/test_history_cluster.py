@@ -5,9 +5,10 @@ Nodes A and B (`asok serve --gevent`, `WS_ADAPTER=redis`) serve a project whose
 each message with its stream, epoch and offset and follow the client rule of the
 protocol (deliver offset last + 1, drop a duplicate, reconnect with
 ``asok_since`` on a gap). Offsets come from Redis, so a client resumes on the
-other node; a killed node's clients move to the other one; a Redis outage keeps
-plain delivery going and writes the history when Redis is back, or changes the
-epoch when the queue had to drop something.
+other node (paths and rooms); both nodes publishing at once give one sequence; a
+killed node's clients move to the other one; cut subscriptions lose nothing; a
+Redis outage keeps plain delivery going and writes the history when Redis is
+back, or changes the epoch when the queue had to drop something.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ ws.keep_history("/feed/[name]", size=1000)
 @ws.on("/feed/[name]")
 def feed(conn, message):
     ws.broadcast(conn.path, message)
+
+
+ws.keep_history("room:hist-*", size=1000)
+
+
+@ws.on("/to-room/[room]")
+def to_room(conn, message):
+    ws.broadcast_to(conn.params["room"], message)
 """
 
 
@@ -82,6 +91,7 @@ class ResumeClient:
     def __init__(self, node, path: str, opened: Clients, since: tuple[str, int] | None = None):
         """Connect to ``node`` on ``path``: fresh (read the ``position``), or resuming from ``since``."""
         self.path = path
+        self.stream = getattr(self, "stream", path)
         self.opened = opened
         self.epoch, self.last = since or (None, 0)
         self.delivered: list[str] = []
@@ -124,8 +134,10 @@ class ResumeClient:
         return json.loads(text)
 
     def take(self, message: dict) -> None:
-        """Apply the client rule to one stream message."""
-        assert message.get("s") == self.path, message
+        """Apply the client rule to one stream message (other frames are skipped)."""
+        if "s" not in message:
+            return  # presence and such, in their plain envelope
+        assert message["s"] == self.stream, message
         epoch, offset = message["e"], message["o"]
         if epoch != self.epoch:
             self.notices.append({"asok": "new_epoch", "e": epoch, "o": offset})
@@ -151,6 +163,25 @@ class ResumeClient:
         return self.delivered[start:]
 
 
+class RoomResumeClient(ResumeClient):
+    """A v1 client of a room's stream: on /asok/live, joining the room (with ``since`` to resume)."""
+
+    def __init__(self, node, room: str, opened: Clients, since: tuple[str, int] | None = None):
+        """Connect to ``node`` and join ``room``."""
+        self.room = room
+        self.stream = f"room:{room}"
+        super().__init__(node, "/asok/live", opened, since)
+
+    def connect(self, node, since: bool = False) -> dict:
+        """(Re)connect to ``node`` and join the room, from the last position when ``since``."""
+        self.ws = self.opened.connect(node, "/asok/live", subprotocols=[V1])
+        join: dict = {"op": "join_room", "room": self.room}
+        if since:
+            join["since"] = {"e": self.epoch, "o": self.last}
+        self.ws.send(json.dumps(join))
+        return self.next_notice()
+
+
 def catch_up(reader: ResumeClient, node, count: int, timeout: float = 15.0) -> None:
     """Collect until ``reader`` has delivered ``count`` messages, resuming on ``node`` after a gap or a close."""
     while len(reader.delivered) < count:
@@ -164,6 +195,13 @@ def catch_up(reader: ResumeClient, node, count: int, timeout: float = 15.0) -> N
 def position_on(node, path: str, clients: Clients) -> tuple[str, int]:
     """The (epoch, offset) a new v1 client of ``path`` is told on ``node``."""
     client = ResumeClient(node, path, clients)
+    client.ws.close()
+    return client.epoch, client.last
+
+
+def position_on_room(node, room: str, clients: Clients) -> tuple[str, int]:
+    """The (epoch, offset) a v1 client joining ``room`` is told on ``node``."""
+    client = RoomResumeClient(node, room, clients)
     client.ws.close()
     return client.epoch, client.last
 
@@ -189,8 +227,9 @@ def test_a_v1_client_resumes_on_the_other_node_with_no_gap_or_duplicate(nodes, c
     # Published on both nodes while the reader is away; a watcher on B sees them land.
     watcher = ResumeClient(b, path, clients)
     publish(a, path, ["m5", "m6"], clients)
+    assert watcher.collect(2) == ["m5", "m6"]
     publish(b, path, ["m7", "m8", "m9"], clients)
-    watcher.collect(5)
+    assert watcher.collect(5) == ["m7", "m8", "m9"]
 
     notice = reader.connect(b, since=True)
     assert notice["asok"] == "resumed", notice
@@ -200,6 +239,35 @@ def test_a_v1_client_resumes_on_the_other_node_with_no_gap_or_duplicate(nodes, c
     assert reader.collect(11) == ["m10"]
     assert reader.duplicates == 0
     assert reader.last == first_position + 11
+
+
+def test_a_room_member_resumes_on_the_other_node_by_joining_again_with_since(nodes, clients):
+    a, b = nodes
+    member = RoomResumeClient(a, "hist-1", clients)
+    assert member.first_notice["asok"] == "position" and member.first_notice["s"] == "room:hist-1"
+    start = member.last
+    publish(b, "/to-room/hist-1", ["r0", "r1"], clients)
+    assert member.collect(2) == ["r0", "r1"]
+    publish(a, "/to-room/hist-1", ["r2"], clients)
+    assert member.collect(3) == ["r2"]
+    member.ws.close()
+
+    def landed(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while position_on_room(b, "hist-1", clients)[1] != start + count:
+            assert time.monotonic() < deadline, "the message never landed"
+            time.sleep(0.05)
+
+    publish(a, "/to-room/hist-1", ["r3"], clients)
+    landed(4)
+    publish(b, "/to-room/hist-1", ["r4"], clients)
+    landed(5)
+
+    notice = member.connect(b, since=True)
+    assert notice["asok"] == "resumed" and notice["replayed"] == 2, notice
+    assert member.delivered == ["r0", "r1", "r2", "r3", "r4"] and member.duplicates == 0
+    publish(a, "/to-room/hist-1", ["r5"], clients)
+    assert member.collect(6) == ["r5"] and member.last == start + 6
 
 
 def test_offsets_are_one_sequence_when_both_nodes_publish_at_once(nodes, clients):
@@ -252,6 +320,35 @@ def test_clients_of_a_killed_node_resume_whole_on_the_other(feed_project, redis_
         clients.close_all()
         survivor.stop()
         doomed.stop()
+
+
+def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in_order(feed_project, tmp_path, clients):
+    redis = RedisServer(tmp_path)
+    a, b = (start_node(feed_project, tmp_path, redis) for _ in range(2))
+    path = "/feed/cut"
+    try:
+        local, remote = ResumeClient(a, path, clients), ResumeClient(b, path, clients)
+        plain = clients.connect(a, path)
+        payloads = [f"c{i}" for i in range(300)]
+        sender = threading.Thread(target=publish, args=(a, path, payloads, clients, 0.005))
+        sender.start()
+        for _ in range(3):  # every node's subscriber connection dropped while messages are written
+            local.collect(len(local.delivered) + 30, timeout=15)
+            redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        sender.join(30)
+        catch_up(local, a, len(payloads))
+        catch_up(remote, b, len(payloads))
+        for reader in (local, remote):
+            assert reader.delivered == payloads
+            assert not [n for n in reader.notices if n["asok"] in ("continuity_lost", "new_epoch")]
+        assert local.duplicates == 0
+        assert recv_texts(plain, len(payloads), timeout=15) == payloads  # this node's own, once each
+        assert quiet(plain, 0.3) == []
+    finally:
+        clients.close_all()
+        a.stop()
+        b.stop()
+        redis.stop()
 
 
 def outage_nodes(project, tmp_path, redis: RedisServer, **extra: str):
