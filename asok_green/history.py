@@ -398,7 +398,9 @@ class History:
         for offset, opcode, data in replay[2]:
             if offset >= upto:
                 break
-            self._deliver_now(stream, epoch, offset, Outgoing(opcode, data), None)
+            # v1 clients only: a plain client may have had it from the process that published it
+            # (one it was connected to before a restart), and plain clients never get a copy twice.
+            self._deliver_now(stream, epoch, offset, Outgoing(opcode, data), None, v1_only=True)
 
     # -- attaching a v1 connection: position, or replay then live ------------------------------
 
