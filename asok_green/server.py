@@ -311,10 +311,6 @@ class GreenHandler(WebSocketHandler):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-        server = self.server
-        counted = isinstance(server, GreenServer)
-        if counted:
-            server.requests_in_flight += 1  # from accept to the end: a draining server waits for it
         try:
             super().handle()
         except HandshakeTimeout:
@@ -323,8 +319,6 @@ class GreenHandler(WebSocketHandler):
             )
         finally:
             self._cancel_deadline()
-            if counted:
-                server.requests_in_flight -= 1
 
     def read_requestline(self) -> str:
         """Start the handshake clock, then read the request line."""
@@ -671,8 +665,18 @@ class GreenServer(WSGIServer):
         """Leave ``sock`` open when its handler's greenlet ends: a connection owns it now."""
         self._kept_open[id(sock)] = sock
 
+    def do_handle(self, *args: Any) -> None:
+        """Hand an accepted socket to its handler's greenlet, counted from now until :meth:`do_close`.
+
+        Counted at accept, not when the greenlet first runs: a draining server
+        must not take a connection accepted but not yet started for none.
+        """
+        self.requests_in_flight += 1
+        super().do_handle(*args)
+
     def do_close(self, sock: Any, *args: Any) -> None:
         """Close a handled client socket, unless a connection took it over (:meth:`keep_open`)."""
+        self.requests_in_flight -= 1
         if self._kept_open.pop(id(sock), None) is sock:
             return
         super().do_close(sock, *args)
