@@ -2,6 +2,7 @@
 
     python scripts/bench.py                      # the full run (about 8 minutes), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
+    python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # minutes
 
 Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
 threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
@@ -9,6 +10,10 @@ three others live in scripts/peers/. Each is started in turn, measured with load
 from separate scripts/loadgen.py processes on 127.0.0.x, and stopped. The
 results are printed as a table and written to BENCHMARKS.md (with a PNG chart)
 and as JSON next to it.
+
+Latency at scale (benchlib/shootout.py) is the websocket-shootout's broadcast
+round-trip test on every peer; ``--latency-only`` runs just that and updates
+its section of the report (and a chart of its own).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import time
 
 import bench_cluster
 import metrics_cost
-from benchlib import encode_check, experiment, load, machine, report
-from benchlib.chart import draw
+from benchlib import encode_check, experiment, latency_report, load, machine, report, shootout
+from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
 from benchlib.rates import rates_phase
@@ -47,8 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-seconds", type=float)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of asok_green")
     parser.add_argument("--no-experiment", action="store_true", help="skip the idle-memory experiment")
+    latency = parser.add_argument_group("latency at scale (broadcast round trips)")
+    latency.add_argument("--latency-only", action="store_true", help="run only the latency-at-scale test")
+    latency.add_argument("--no-latency", action="store_true", help="skip the latency-at-scale test")
+    latency.add_argument("--max-clients", type=int, help="largest client count (default 20000)")
+    latency.add_argument("--step", type=int, help="clients added per step (default 1000)")
+    latency.add_argument("--seconds", type=float, help="seconds of rounds per step (default 5)")
+    latency.add_argument("--senders", type=int, help="broadcast requests per round, all client processes (4)")
+    latency.add_argument("--latency-passes", type=int, help="passes over every peer; the median is reported (2)")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown report")
-    parser.add_argument("--chart", default=str(REPO / "docs" / "bench.png"), help="the PNG chart")
+    parser.add_argument(
+        "--chart", help="the PNG chart (default docs/bench.png; docs/bench-latency.png with --latency-only)"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--workdir", help="where the project, logs and profiles go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
@@ -77,18 +92,43 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def make_latency_plan(args: argparse.Namespace) -> shootout.LatencyPlan:
+    """The latency-at-scale plan the options ask for (a few dozen clients with ``--quick``)."""
+    plan = (
+        shootout.LatencyPlan(max_clients=40, step=20, seconds=1.0, passes=1, open_timeout=30.0)
+        if args.quick
+        else shootout.LatencyPlan()
+    )
+    for option, name in (
+        ("max_clients", "max_clients"),
+        ("step", "step"),
+        ("seconds", "seconds"),
+        ("senders", "senders"),
+        ("latency_passes", "passes"),
+    ):
+        value = getattr(args, option)
+        if value:
+            setattr(plan, name, value)
+    if plan.step > plan.max_clients:
+        raise SystemExit("bench: --step must not exceed --max-clients")
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when every peer ran (a peer's problems are reported, not fatal)."""
     args = parse_args(argv)
     if args.render:
         run = json.loads(pathlib.Path(args.render).read_text())
-        write_report(run, pathlib.Path(args.output), pathlib.Path(args.chart))
+        write_report(run, pathlib.Path(args.output), pathlib.Path(args.chart or REPO / "docs" / "bench.png"))
         print(report.table(run))
         return 0
     # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    plan = make_plan(args)
     peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    latency_plan = None if args.no_latency else make_latency_plan(args)
+    if args.latency_only:
+        return latency_only(args, argv, peers, latency_plan)
+    plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -99,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [PeerRun(peer, plan, project, work, sources) for peer in peers]
     rates_phase(runs, plan)
     results = [run.run() for run in runs]
+    latency = None
+    if latency_plan is not None:
+        latency = shootout.run(peers, latency_plan, project, work, sources)
+        if plan.profile:
+            shootout.profile_if_missed(latency, peers, latency_plan, project, work, sources)
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
     progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
     cluster = bench_cluster.run(quick=args.quick)
@@ -109,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.describe(),
         "plan": plan.__dict__,
         "peers": results,
+        "latency": latency,
         "memory_experiment": memory,
         "cluster": cluster,
         "metrics_cost": metrics,
@@ -120,9 +166,47 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps(run, indent=1, default=str))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
-    output, chart = pathlib.Path(args.output), pathlib.Path(args.chart)
+    output, chart = pathlib.Path(args.output), pathlib.Path(args.chart or REPO / "docs" / "bench.png")
     write_report(run, output, chart)
     print(report.table(run))
+    progress(f"done in {elapsed:.0f}s: {output}, {chart}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def latency_only(
+    args: argparse.Namespace, argv: list[str] | None, peers: list, plan: shootout.LatencyPlan | None
+) -> int:
+    """Run only the latency-at-scale test; update its section of the report and draw its own chart."""
+    if plan is None:
+        raise SystemExit("bench: --latency-only and --no-latency exclude each other")
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    project = make_bench_project(work / "project")
+    latency = shootout.run(peers, plan, project, work, load.SourceAddresses())
+    if not args.no_profile:
+        shootout.profile_if_missed(latency, peers, plan, project, work, load.SourceAddresses(first=100))
+    elapsed = time.monotonic() - started
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    run = {"machine": machine.describe(), "latency": latency, "seconds": round(elapsed, 1), "date": date}
+    run["command"] = command
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
+    output = pathlib.Path(args.output)
+    chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    draw_latency(latency, chart, date)
+    note = (
+        f"Measured {date} by `{command}` on its own, in {elapsed:.0f} s (the rest of this file is the earlier "
+        f"full run); load average {run['machine'].get('load_before', 0):.2f} when it started."
+    )
+    section = latency_report.section(latency, _relative(chart, output.parent), note)
+    existing = output.read_text() if output.exists() else "# Benchmarks\n"
+    output.write_text(latency_report.replace_section(existing, section))
+    print(latency_report.text(latency))
     progress(f"done in {elapsed:.0f}s: {output}, {chart}")
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

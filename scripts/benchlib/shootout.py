@@ -1,0 +1,356 @@
+"""Latency at scale: the broadcast round-trip test of the websocket-shootout, on every peer.
+
+Clients connect to ``/shootout`` (scripts/peers/__init__.py) from
+scripts/loadgen.py processes in ``shootout`` mode. In each step more clients
+are added; then, for a few seconds, round after round, a few clients picked at
+random in each client process (the shootout's "sample" of senders) send a
+broadcast request stamped with their time; the server sends it to every
+connected client; a sender's round trip ends when its own broadcast comes back.
+Steps go on until the 95th percentile of a step's round trips passes the limit
+(250 ms) or the largest size is reached. A peer's figure is the largest client
+count whose step stayed within the limit, every smaller step having stayed
+within it too.
+
+On a machine of two cores or more the server runs on core 0 and every client
+process on core 1, so readers of thousands of sockets do not take the server's
+core. All the peers' servers run at once and each step is measured on every
+peer in turn (the order alternating), so the noise of a shared machine falls on
+all of them alike. The whole test runs ``passes`` times; the figure reported is
+the median over the passes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import statistics
+import time
+from dataclasses import dataclass
+
+from . import load, procstat
+from .profiling import Recording, py_spy
+from .scenario import progress
+from .servers import Peer, start_server
+
+#: The p95 round trip a step may reach and still count (the issue's limit).
+LIMIT_MS = 250.0
+
+
+@dataclass
+class LatencyPlan:
+    """Sizes and durations of the latency-at-scale test."""
+
+    max_clients: int = 20000
+    step: int = 1000
+    seconds: float = 5.0
+    #: Broadcast requests in flight in a round, over all client processes (shared out evenly, at least 1 each).
+    senders: int = 4
+    passes: int = 2
+    limit_ms: float = LIMIT_MS
+    #: A sender whose broadcast is not back after this long counts as a timeout (its round ends).
+    round_timeout: float = 5.0
+    #: Connections per client process (open files: well under 20,000).
+    per_process: int = load.PER_PROCESS
+    open_timeout: float = 120.0
+
+    def steps(self) -> list[int]:
+        """The client counts, step after step."""
+        return list(range(self.step, self.max_clients + 1, self.step)) or [self.max_clients]
+
+    def processes(self) -> int:
+        """Client processes needed for the largest step."""
+        return max(1, -(-self.max_clients // self.per_process))
+
+    def senders_per_process(self) -> int:
+        """Broadcast requests in flight in each client process's rounds."""
+        return max(1, round(self.senders / self.processes()))
+
+    def senders_in_flight(self) -> int:
+        """Broadcast requests in flight over all client processes (``senders``, rounded to a multiple)."""
+        return self.senders_per_process() * self.processes()
+
+
+# -- pure figures -------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of sorted values, nearest rank; nan when empty."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def step_summary(clients: int, rtts_ms: list[float], timeouts: int, rounds: int, connected: int = 0) -> dict:
+    """p50 and p95 of one step's round trips at ``clients`` (the step's size; ``connected``: how many were).
+
+    A request that timed out counts as an infinitely long round trip.
+    """
+    ordered = sorted(rtts_ms) + [math.inf] * timeouts
+    return {
+        "clients": clients,
+        "connected": connected or clients,
+        "samples": len(ordered),
+        "timeouts": timeouts,
+        "rounds": rounds,
+        "p50_ms": percentile(ordered, 0.50),
+        "p95_ms": percentile(ordered, 0.95),
+    }
+
+
+def clients_within(steps: list[dict], limit_ms: float = LIMIT_MS) -> int:
+    """The largest client count whose p95 stayed within ``limit_ms``, every smaller step too (0 if none)."""
+    within = 0
+    for step in steps:
+        if not step["samples"] or not step["p95_ms"] <= limit_ms:
+            break
+        within = step["clients"]
+    return within
+
+
+def median_curve(passes: list[list[dict]]) -> list[dict]:
+    """Per client count, the median p50 and p95 over the passes that measured it."""
+    by_clients: dict[int, list[dict]] = {}
+    for steps in passes:
+        for step in steps:
+            by_clients.setdefault(step["clients"], []).append(step)
+    return [
+        {
+            "clients": clients,
+            "passes": len(steps),
+            "p50_ms": statistics.median(s["p50_ms"] for s in steps),
+            "p95_ms": statistics.median(s["p95_ms"] for s in steps),
+        }
+        for clients, steps in sorted(by_clients.items())
+    ]
+
+
+def summarise(name: str, label: str, passes: list[dict], limit_ms: float) -> dict:
+    """One peer's result: every pass, the median figure and the median curve."""
+    withins = [p["within"] for p in passes]
+    return {
+        "name": name,
+        "label": label,
+        "passes": passes,
+        "within": statistics.median(withins) if withins else 0,
+        "curve": median_curve([p["steps"] for p in passes]),
+        "limit_ms": limit_ms,
+    }
+
+
+# -- the load --------------------------------------------------------------------------
+
+
+class ShootoutClients(load.Holders):
+    """Client processes in loadgen's ``shootout`` mode: held connections that time broadcast round trips."""
+
+    mode = "shootout"
+
+    def rounds(self, seconds: float, senders: int, timeout: float) -> tuple[list[float], int, int]:
+        """All processes run rounds for ``seconds`` at once: (round trips in ms, timeouts, rounds)."""
+        for gen in self.procs:
+            gen.command(cmd="rounds", seconds=seconds, senders=senders, timeout=timeout)
+        rtts: list[float] = []
+        timeouts = rounds = 0
+        for gen in self.procs:
+            got = gen.wait("rtts", seconds + timeout + 30)
+            if got is None:
+                timeouts += senders
+                continue
+            rtts += got["rtts"]
+            timeouts += got["timeouts"]
+            rounds += got["rounds"]
+        return rtts, timeouts, rounds
+
+
+def core_split() -> tuple[set[int] | None, set[int] | None]:
+    """(server cores, client cores): one core each when there are two or more, else no pinning."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    return {cores[0]}, {cores[1]}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except (ProcessLookupError, OSError):
+            pass
+
+
+class Lane:
+    """One peer in one pass: its server, its clients, and the steps measured so far."""
+
+    def __init__(self, peer: Peer, plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources, tag: str):
+        self.peer, self.plan = peer, plan
+        self.steps: list[dict] = []
+        self.problems: list[str] = []
+        self.stopped = f"reached the largest size, {plan.max_clients:,} clients"
+        self.done = False
+        server_cpus, self.client_cpus = core_split()
+        self.server = start_server(peer, project, work, tag=f"-latency{tag}")
+        if server_cpus:
+            pin(self.server.pid, server_cpus)
+        self.clients = ShootoutClients(
+            self.server.ws_url("/shootout"),
+            self.server.origin,
+            sources,
+            most=plan.max_clients,
+            cpus=self.client_cpus,
+            max_seconds=1800,
+        )
+        self.clients.processes = plan.processes()
+
+    def step(self, target: int) -> None:
+        """Grow to ``target`` clients and time rounds; done once the limit is passed or clients fail."""
+        plan, clients, server = self.plan, self.clients, self.server
+        try:
+            clients.grow(target - clients.open, plan.open_timeout)
+            open_now = clients.still_open()
+            if open_now < 0.98 * target:
+                self.finish(f"only {open_now:,} of {target:,} clients connected")
+                self.problems.append(f"{self.stopped}; loadgen saw: {clients.errors}")
+                return
+            procstat.wait_idle(server.pid, timeout=10)
+            if not self.steps:  # the first rounds of a fresh server load its lazy imports: not counted
+                clients.rounds(1.0, plan.senders_per_process(), plan.round_timeout)
+            rtts, timeouts, rounds = clients.rounds(plan.seconds, plan.senders_per_process(), plan.round_timeout)
+        except Exception as exc:  # reported; the other peers go on
+            self.problems.append(f"failed at {target:,} clients: {exc!r}")
+            self.finish(f"failed at {target:,} clients")
+            return
+        step = step_summary(target, rtts, timeouts, rounds, open_now)
+        self.steps.append(step)
+        progress(
+            f"{self.peer.label}: {open_now:,} clients: p50 {step['p50_ms']:.1f} ms, p95 {step['p95_ms']:.1f} ms "
+            f"({step['samples']} round trips, {timeouts} timed out, {rounds} rounds)"
+        )
+        if not step["p95_ms"] <= plan.limit_ms:
+            self.finish(f"p95 passed {plan.limit_ms:.0f} ms at {open_now:,} clients")
+        elif not server.alive():
+            self.finish("the server died")
+
+    def finish(self, why: str | None = None) -> None:
+        """Stop the server, then drop its clients (a thread per connection server tears down faster so)."""
+        if self.done:
+            return
+        self.done = True
+        if why:
+            self.stopped = why
+        if not self.server.alive():
+            self.problems.append(f"server died: {self.server.tail(5)}")
+        self.server.stop()
+        self.clients.close()
+
+    def result(self) -> dict:
+        """This pass's figures for the peer."""
+        within = clients_within(self.steps, self.plan.limit_ms)
+        return {"steps": self.steps, "within": within, "stopped": self.stopped, "problems": self.problems}
+
+
+def run_pass(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources, number: int):
+    """One pass: every peer's server up at once, each step measured on every peer in turn (order alternating).
+
+    Interleaving the peers step by step spreads the noise of a shared machine over all of them.
+    """
+    lanes: list[Lane] = []
+    try:
+        for peer in peers:
+            lanes.append(Lane(peer, plan, project, work, sources, tag=f"-{number}"))
+        for index, target in enumerate(plan.steps()):
+            order = lanes if (index + number) % 2 == 0 else lanes[::-1]
+            for lane in order:
+                if not lane.done:
+                    lane.step(target)
+            if all(lane.done for lane in lanes):
+                break
+    finally:
+        for lane in lanes:
+            lane.finish()
+    return {lane.peer.name: lane.result() for lane in lanes}
+
+
+def run(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources) -> dict:
+    """Every pass on every peer (order alternating between passes); the dict for the report and the chart."""
+    server_cpus, client_cpus = core_split()
+    pinning = (
+        f"server on core {min(server_cpus)}, client processes on core {min(client_cpus)} (sched_setaffinity)"
+        if server_cpus
+        else "not pinned (fewer than 2 cores)"
+    )
+    progress(
+        f"latency at scale: steps of {plan.step:,} up to {plan.max_clients:,} clients, {plan.seconds:g} s of "
+        f"rounds each, {plan.senders_in_flight()} senders per round ({plan.senders_per_process()} in each of "
+        f"{plan.processes()} client processes), {plan.passes} pass(es); {pinning}"
+    )
+    passes: dict[str, list[dict]] = {peer.name: [] for peer in peers}
+    for number in range(plan.passes):
+        progress(f"latency at scale: pass {number + 1} of {plan.passes}")
+        results = run_pass(peers, plan, project, work, sources, number)
+        for peer in peers:
+            result = results.get(peer.name) or {"steps": [], "within": 0, "stopped": "did not start", "problems": []}
+            passes[peer.name].append(result)
+            progress(
+                f"{peer.label}: pass {number + 1}: {result['within']:,} clients within "
+                f"{plan.limit_ms:.0f} ms p95 ({result['stopped']})"
+            )
+    return {
+        "plan": plan.__dict__,
+        "senders": plan.senders_in_flight(),
+        "senders_per_process": plan.senders_per_process(),
+        "processes": plan.processes(),
+        "pinning": pinning,
+        "peers": [summarise(peer.name, peer.label, passes[peer.name], plan.limit_ms) for peer in peers],
+    }
+
+
+def profile_green(
+    peer: Peer, plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources, clients: int
+) -> dict | None:
+    """py-spy on asok_green alone while it runs rounds at ``clients`` clients (None without py-spy)."""
+    if py_spy() is None:
+        return None
+    lane = Lane(peer, plan, project, work, sources, tag="-profile")
+    try:
+        lane.clients.grow(clients, plan.open_timeout)
+        open_now = lane.clients.still_open()
+        procstat.wait_idle(lane.server.pid, timeout=10)
+        lane.clients.rounds(1.0, plan.senders_per_process(), plan.round_timeout)
+        recording = Recording(lane.server.pid, plan.seconds, work / "profile-latency.txt")
+        cpu0, started = procstat.cpu_seconds(lane.server.pid), time.monotonic()
+        rtts, timeouts, rounds = lane.clients.rounds(plan.seconds, plan.senders_per_process(), plan.round_timeout)
+        cpu, elapsed = procstat.cpu_seconds(lane.server.pid) - cpu0, time.monotonic() - started
+        summary = recording.finish()
+    finally:
+        lane.finish()
+    step = step_summary(clients, rtts, timeouts, rounds, open_now)
+    delivered = len(rtts) * open_now  # every answered request reached every client
+    return {
+        "clients": open_now,
+        "seconds": plan.seconds,
+        "p50_ms": step["p50_ms"],
+        "p95_ms": step["p95_ms"],
+        "cpu_us_per_msg": cpu / delivered * 1e6 if delivered else None,
+        "busy": cpu / elapsed if elapsed else 0.0,
+        "summary": summary,
+    }
+
+
+def profile_if_missed(
+    latency: dict, peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources
+) -> None:
+    """When asok_green misses the target, profile it at the first step past its figure (into ``latency``)."""
+    from .targets import GREEN, latency_verdict
+
+    green = next((p for p in peers if p.name == GREEN), None)
+    if green is None or latency_verdict(latency).met is not False:
+        return
+    mine = next(p for p in latency["peers"] if p["name"] == GREEN)
+    clients = min(plan.max_clients, int(mine["within"]) + plan.step)
+    progress(f"latency at scale: asok_green missed the target; profiling it at {clients:,} clients")
+    try:
+        latency["profile"] = profile_green(green, plan, project, work, sources, clients)
+    except Exception as exc:  # the measurement stands without its profile
+        progress(f"  latency profile failed: {exc!r}")
