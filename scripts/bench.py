@@ -2,7 +2,7 @@
 
     python scripts/bench.py                      # the full run (about 8 minutes), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
-    python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # minutes
+    python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
 
 Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
 threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     latency.add_argument("--latency-only", action="store_true", help="run only the latency-at-scale test")
     latency.add_argument("--no-latency", action="store_true", help="skip the latency-at-scale test")
     latency.add_argument("--max-clients", type=int, help="largest client count (default 20000)")
-    latency.add_argument("--step", type=int, help="clients added per step (default 1000)")
-    latency.add_argument("--seconds", type=float, help="seconds of rounds per step (default 5)")
+    latency.add_argument("--step", type=int, help="clients added per step (default 500)")
+    latency.add_argument("--seconds", type=float, help="seconds of rounds per step (default 4)")
     latency.add_argument("--senders", type=int, help="broadcast requests per round, all client processes (4)")
     latency.add_argument("--latency-passes", type=int, help="passes over every peer; the median is reported (2)")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown report")

@@ -42,8 +42,8 @@ class LatencyPlan:
     """Sizes and durations of the latency-at-scale test."""
 
     max_clients: int = 20000
-    step: int = 1000
-    seconds: float = 5.0
+    step: int = 500
+    seconds: float = 4.0
     #: Broadcast requests in flight in a round, over all client processes (shared out evenly, at least 1 each).
     senders: int = 4
     passes: int = 2

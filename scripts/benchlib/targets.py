@@ -76,8 +76,8 @@ def latency_verdict(latency: dict) -> Verdict:
         return Verdict("latency", target, "not measured", None)
     a, b = mine["within"], theirs["within"]
     ratio = _ratio(a, b)
-    if ratio is None:
-        return Verdict("latency", target, f"{a:,.0f} vs {b:,.0f} clients", None if not b else False)
+    if ratio is None:  # one of them served no step within the limit
+        return Verdict("latency", target, f"{a:,.0f} vs {b:,.0f} clients", None if a == b else a > b)
     return Verdict(
         "latency",
         target,
