@@ -66,7 +66,8 @@ def latency_curves(ax, latency: dict) -> None:
         clients = [s["clients"] for s in curve]
         capped = [min(s["p95_ms"], 10_000) for s in curve]  # a timeout (inf) is drawn at the top
         ax.plot(clients, capped, "-", marker="o", color=_colour(result), label=f"{result['label']} p95")
-        ax.plot(clients, [min(s["p50_ms"], 10_000) for s in curve], "--", color=_colour(result), alpha=0.6)
+        p50 = [min(s["p50_ms"], 10_000) for s in curve]
+        ax.plot(clients, p50, "--", marker="x", color=_colour(result), alpha=0.6, label=f"{result['label']} p50")
         if result["within"]:
             ax.annotate(
                 f"{result['within']:,.0f}",
@@ -87,7 +88,7 @@ def latency_curves(ax, latency: dict) -> None:
         "higher client count within the limit is better)",
         fontsize=10,
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=2)
 
 
 def _colour(result: dict) -> str:
