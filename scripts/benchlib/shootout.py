@@ -128,7 +128,9 @@ def median_curve(passes: list[list[dict]]) -> list[dict]:
 def summarise(name: str, label: str, passes: list[dict], limit_ms: float) -> dict:
     """One peer's result: every pass, the median figure and the median curve."""
     withins = [p["within"] for p in passes]
+    cpu = [s["cpu_us_per_msg"] for p in passes for s in p["steps"] if s.get("cpu_us_per_msg")]
     return {
+        "cpu_us_per_msg": statistics.median(cpu) if cpu else None,
         "name": name,
         "label": label,
         "passes": passes,
@@ -204,7 +206,12 @@ class Lane:
         self.clients.processes = plan.processes()
 
     def step(self, target: int) -> None:
-        """Grow to ``target`` clients and time rounds; done once the limit is passed or clients fail."""
+        """Grow to ``target`` clients and time rounds; done once the limit is passed or clients fail.
+
+        A step over the limit is measured once more and the second measurement
+        counts: on a shared machine, one burst of someone else's work should not
+        end a peer's climb.
+        """
         plan, clients, server = self.plan, self.clients, self.server
         try:
             clients.grow(target - clients.open, plan.open_timeout)
@@ -213,24 +220,41 @@ class Lane:
                 self.finish(f"only {open_now:,} of {target:,} clients connected")
                 self.problems.append(f"{self.stopped}; loadgen saw: {clients.errors}")
                 return
-            procstat.wait_idle(server.pid, timeout=10)
             if not self.steps:  # the first rounds of a fresh server load its lazy imports: not counted
+                procstat.wait_idle(server.pid, timeout=10)
                 clients.rounds(1.0, plan.senders_per_process(), plan.round_timeout)
-            rtts, timeouts, rounds = clients.rounds(plan.seconds, plan.senders_per_process(), plan.round_timeout)
+            step = self.measure(target, open_now)
+            if not step["p95_ms"] <= plan.limit_ms:
+                step = self.measure(target, open_now, first=step)
         except Exception as exc:  # reported; the other peers go on
             self.problems.append(f"failed at {target:,} clients: {exc!r}")
             self.finish(f"failed at {target:,} clients")
             return
-        step = step_summary(target, rtts, timeouts, rounds, open_now)
         self.steps.append(step)
-        progress(
-            f"{self.peer.label}: {open_now:,} clients: p50 {step['p50_ms']:.1f} ms, p95 {step['p95_ms']:.1f} ms "
-            f"({step['samples']} round trips, {timeouts} timed out, {rounds} rounds)"
-        )
         if not step["p95_ms"] <= plan.limit_ms:
             self.finish(f"p95 passed {plan.limit_ms:.0f} ms at {open_now:,} clients")
         elif not server.alive():
             self.finish("the server died")
+
+    def measure(self, target: int, open_now: int, first: dict | None = None) -> dict:
+        """``plan.seconds`` of rounds at the current size, the server idle first."""
+        plan, server = self.plan, self.server
+        procstat.wait_idle(server.pid, timeout=10)
+        cpu = procstat.cpu_seconds(server.pid)
+        rtts, timeouts, rounds = self.clients.rounds(plan.seconds, plan.senders_per_process(), plan.round_timeout)
+        cpu = procstat.cpu_seconds(server.pid) - cpu
+        step = step_summary(target, rtts, timeouts, rounds, open_now)
+        # Every request that came back reached every client: server CPU per delivered message.
+        step["cpu_us_per_msg"] = cpu / (len(rtts) * open_now) * 1e6 if rtts else None
+        if first is not None:
+            step["first_p95_ms"] = first["p95_ms"]
+        again = " (measured again)" if first is not None else ""
+        progress(
+            f"{self.peer.label}: {open_now:,} clients{again}: p50 {step['p50_ms']:.1f} ms, "
+            f"p95 {step['p95_ms']:.1f} ms ({step['samples']} round trips, {timeouts} timed out, {rounds} rounds; "
+            f"server CPU {step['cpu_us_per_msg'] or 0:.1f} us per delivered message)"
+        )
+        return step
 
     def finish(self, why: str | None = None) -> None:
         """Stop the server, then drop its clients (a thread per connection server tears down faster so)."""
