@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     latency.add_argument("--seconds", type=float, help="seconds of rounds per step (default 4)")
     latency.add_argument("--senders", type=int, help="broadcast requests per round, all client processes (4)")
     latency.add_argument("--latency-passes", type=int, help="passes over every peer; the median is reported (2)")
+    latency.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients to cores")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown report")
     parser.add_argument(
         "--chart", help="the PNG chart (default docs/bench.png; docs/bench-latency.png with --latency-only)"
@@ -109,6 +110,7 @@ def make_latency_plan(args: argparse.Namespace) -> shootout.LatencyPlan:
         value = getattr(args, option)
         if value:
             setattr(plan, name, value)
+    plan.pin = not args.no_pin
     if plan.step > plan.max_clients:
         raise SystemExit("bench: --step must not exceed --max-clients")
     return plan
@@ -199,9 +201,13 @@ def latency_only(
     chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
     chart.parent.mkdir(parents=True, exist_ok=True)
     draw_latency(latency, chart, date)
+    m = run["machine"]
     note = (
         f"Measured {date} by `{command}` on its own, in {elapsed:.0f} s (the rest of this file is the earlier "
-        f"full run); load average {run['machine'].get('load_before', 0):.2f} when it started."
+        f"full run), on {m['cores']} cores ({m['cpu']}), Python {m['python']}, websockets "
+        f"{m['versions'].get('websockets')}, gevent {m['versions'].get('gevent')}; load average "
+        f"{m['load_before']:.2f} when it started and {latency['load_after']:.2f} when it ended (the machine is "
+        "shared: other people's work competes for both cores)."
     )
     section = latency_report.section(latency, _relative(chart, output.parent), note)
     existing = output.read_text() if output.exists() else "# Benchmarks\n"

@@ -53,6 +53,8 @@ class LatencyPlan:
     #: Connections per client process (open files: well under 20,000).
     per_process: int = load.PER_PROCESS
     open_timeout: float = 120.0
+    #: Server on one core, client processes on another (when there are two or more).
+    pin: bool = True
 
     def steps(self) -> list[int]:
         """The client counts, step after step."""
@@ -165,10 +167,10 @@ class ShootoutClients(load.Holders):
         return rtts, timeouts, rounds
 
 
-def core_split() -> tuple[set[int] | None, set[int] | None]:
-    """(server cores, client cores): one core each when there are two or more, else no pinning."""
+def core_split(pin: bool = True) -> tuple[set[int] | None, set[int] | None]:
+    """(server cores, client cores): one core each when there are two or more (and ``pin``), else no pinning."""
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
+    if len(cores) < 2 or not pin:
         return None, None
     return {cores[0]}, {cores[1]}
 
@@ -191,7 +193,7 @@ class Lane:
         self.problems: list[str] = []
         self.stopped = f"reached the largest size, {plan.max_clients:,} clients"
         self.done = False
-        server_cpus, self.client_cpus = core_split()
+        server_cpus, self.client_cpus = core_split(plan.pin)
         self.server = start_server(peer, project, work, tag=f"-latency{tag}")
         if server_cpus:
             pin(self.server.pid, server_cpus)
@@ -298,11 +300,11 @@ def run_pass(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: 
 
 def run(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources) -> dict:
     """Every pass on every peer (order alternating between passes); the dict for the report and the chart."""
-    server_cpus, client_cpus = core_split()
+    server_cpus, client_cpus = core_split(plan.pin)
     pinning = (
         f"server on core {min(server_cpus)}, client processes on core {min(client_cpus)} (sched_setaffinity)"
         if server_cpus
-        else "not pinned (fewer than 2 cores)"
+        else "server and clients not pinned to cores"
     )
     progress(
         f"latency at scale: steps of {plan.step:,} up to {plan.max_clients:,} clients, {plan.seconds:g} s of "
@@ -326,6 +328,7 @@ def run(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathl
         "senders_per_process": plan.senders_per_process(),
         "processes": plan.processes(),
         "pinning": pinning,
+        "load_after": os.getloadavg()[0],
         "peers": [summarise(peer.name, peer.label, passes[peer.name], plan.limit_ms) for peer in peers],
     }
 
