@@ -97,6 +97,17 @@ def section(latency: dict | None, chart_path: str | None = None, note: str = "")
         f"Target: {verdict.target}: {verdict.measured}, {mark}. Server CPU per delivered message: the median "
         "over every step (all threads of the server; every request that came back reached every client).",
     ]
+    busy = [
+        f"{r['label']} {r['server_busy']:.0%} and {r['clients_busy']:.0%}"
+        for r in peers
+        if r.get("server_busy") is not None and r.get("clients_busy") is not None
+    ]
+    if busy:
+        rows += [
+            "",
+            "Share of a core busy during a step's rounds (median over the steps), server and all client "
+            "processes together: " + "; ".join(busy) + ".",
+        ]
     curve = _curve_table(peers)
     parts = ["\n".join(head + rows), curve, _profile(latency)]
     return "\n\n".join(p for p in parts if p)

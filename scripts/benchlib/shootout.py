@@ -131,7 +131,13 @@ def summarise(name: str, label: str, passes: list[dict], limit_ms: float) -> dic
     """One peer's result: every pass, the median figure and the median curve."""
     withins = [p["within"] for p in passes]
     cpu = [s["cpu_us_per_msg"] for p in passes for s in p["steps"] if s.get("cpu_us_per_msg")]
+    steps = [s for p in passes for s in p["steps"]]
+    busy = {
+        key: statistics.median(s[key] for s in steps) if steps and all(key in s for s in steps) else None
+        for key in ("server_busy", "clients_busy")
+    }
     return {
+        **busy,
         "cpu_us_per_msg": statistics.median(cpu) if cpu else None,
         "name": name,
         "label": label,
@@ -149,6 +155,16 @@ class ShootoutClients(load.Holders):
     """Client processes in loadgen's ``shootout`` mode: held connections that time broadcast round trips."""
 
     mode = "shootout"
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by all the client processes."""
+        total = 0.0
+        for gen in self.procs:
+            try:
+                total += procstat.cpu_ticks_seconds(gen.proc.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total
 
     def rounds(self, seconds: float, senders: int, timeout: float) -> tuple[list[float], int, int]:
         """All processes run rounds for ``seconds`` at once: (round trips in ms, timeouts, rounds)."""
@@ -242,19 +258,26 @@ class Lane:
         """``plan.seconds`` of rounds at the current size, the server idle first."""
         plan, server = self.plan, self.server
         procstat.wait_idle(server.pid, timeout=10)
-        cpu = procstat.cpu_seconds(server.pid)
+        cpu, client_cpu = procstat.cpu_seconds(server.pid), self.clients.cpu_seconds()
+        started = time.monotonic()
         rtts, timeouts, rounds = self.clients.rounds(plan.seconds, plan.senders_per_process(), plan.round_timeout)
+        elapsed = time.monotonic() - started
         cpu = procstat.cpu_seconds(server.pid) - cpu
+        client_cpu = self.clients.cpu_seconds() - client_cpu
         step = step_summary(target, rtts, timeouts, rounds, open_now)
         # Every request that came back reached every client: server CPU per delivered message.
         step["cpu_us_per_msg"] = cpu / (len(rtts) * open_now) * 1e6 if rtts else None
+        # Shares of a core: a client side near 1.0 while pinned to one core would measure the clients.
+        step["server_busy"] = cpu / elapsed
+        step["clients_busy"] = client_cpu / elapsed
         if first is not None:
             step["first_p95_ms"] = first["p95_ms"]
         again = " (measured again)" if first is not None else ""
         progress(
             f"{self.peer.label}: {open_now:,} clients{again}: p50 {step['p50_ms']:.1f} ms, "
             f"p95 {step['p95_ms']:.1f} ms ({step['samples']} round trips, {timeouts} timed out, {rounds} rounds; "
-            f"server CPU {step['cpu_us_per_msg'] or 0:.1f} us per delivered message)"
+            f"server CPU {step['cpu_us_per_msg'] or 0:.1f} us per delivered message; busy: server "
+            f"{step['server_busy']:.0%}, clients {step['clients_busy']:.0%} of a core)"
         )
         return step
 
