@@ -207,7 +207,14 @@ def latency_only(
         f"full run), on {m['cores']} cores ({m['cpu']}), Python {m['python']}, websockets "
         f"{m['versions'].get('websockets')}, gevent {m['versions'].get('gevent')}; load average "
         f"{m['load_before']:.2f} when it started and {latency['load_after']:.2f} when it ended (the machine is "
-        "shared: other people's work competes for both cores)."
+        "shared: other people's work competes for both cores)"
+    )
+    pressure = latency.get("cpu_pressure")
+    note += (
+        f"; over the last 5 minutes of the run some task was waiting for a CPU {pressure:.0%} of the time "
+        "(/proc/pressure/cpu)."
+        if pressure is not None
+        else "."
     )
     section = latency_report.section(latency, _relative(chart, output.parent), note)
     existing = output.read_text() if output.exists() else "# Benchmarks\n"

@@ -28,8 +28,9 @@ def settings(latency: dict) -> str:
     plan = latency["plan"]
     return (
         f"clients added {plan['step']:,} at a time up to {plan['max_clients']:,}, {plan['seconds']:g} s of rounds "
-        f"per step; {latency['senders']} senders per round ({latency['senders_per_process']} in each of "
-        f"{latency['processes']} client processes); {plan['passes']} pass(es); {latency['pinning']}"
+        f"per step (in {plan.get('slices', 1)} slices, the servers in turn); {latency['senders']} senders per "
+        f"round ({latency['senders_per_process']} in each of {latency['processes']} client processes); "
+        f"{plan['passes']} pass(es); {latency['pinning']}"
     )
 
 
@@ -105,8 +106,11 @@ def section(latency: dict | None, chart_path: str | None = None, note: str = "")
     if busy:
         rows += [
             "",
-            "Share of a core busy during a step's rounds (median over the steps), server and all client "
-            "processes together: " + "; ".join(busy) + ".",
+            "CPU time per second of rounds (median over the steps), the server's and all client processes' "
+            "together, as a share of one core: " + "; ".join(busy) + ". On a shared machine this is the share "
+            "each got, not what it would have used. Linux shares a busy core between runnable threads, not "
+            "processes: a thread-per-connection server fanning out from several threads at once (one per "
+            "sender) gets more of it than a single-threaded server does.",
         ]
     curve = _curve_table(peers)
     parts = ["\n".join(head + rows), curve, _profile(latency)]

@@ -13,9 +13,9 @@ within it too.
 
 On a machine of two cores or more the server runs on core 0 and every client
 process on core 1, so readers of thousands of sockets do not take the server's
-core. All the peers' servers run at once and each step is measured on every
-peer in turn (the order alternating), so the noise of a shared machine falls on
-all of them alike. The whole test runs ``passes`` times; the figure reported is
+core. All the peers' servers run at once and each step is measured on all of
+them in slices of a second, taken in turn (the order alternating), so the noise
+of a shared machine falls on all of them alike. The whole test runs ``passes`` times; the figure reported is
 the median over the passes.
 """
 
@@ -44,6 +44,8 @@ class LatencyPlan:
     max_clients: int = 20000
     step: int = 500
     seconds: float = 4.0
+    #: Each step's seconds are taken in this many slices, the peers in turn.
+    slices: int = 4
     #: Broadcast requests in flight in a round, over all client processes (shared out evenly, at least 1 each).
     senders: int = 4
     passes: int = 2
@@ -191,6 +193,16 @@ def core_split(pin: bool = True) -> tuple[set[int] | None, set[int] | None]:
     return {cores[0]}, {cores[1]}
 
 
+def cpu_pressure() -> float | None:
+    """Share of the last 300 s in which some task waited for a CPU (Linux PSI), or None where unknown."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            some = pressure.readline().split()
+        return float(dict(field.split("=") for field in some[1:])["avg300"]) / 100
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -222,64 +234,74 @@ class Lane:
             max_seconds=1800,
         )
         self.clients.processes = plan.processes()
+        self.warmed = False
+        self.rtts: list[float] = []
+        self.timeouts = self.rounds = 0
+        self.cpu = self.client_cpu = self.elapsed = 0.0
 
-    def step(self, target: int) -> None:
-        """Grow to ``target`` clients and time rounds; done once the limit is passed or clients fail.
-
-        A step over the limit is measured once more and the second measurement
-        counts: on a shared machine, one burst of someone else's work should not
-        end a peer's climb.
-        """
-        plan, clients, server = self.plan, self.clients, self.server
+    def grow(self, target: int) -> int | None:
+        """Connect clients up to ``target``; how many are open (None, and done, when too few connected)."""
+        clients = self.clients
         try:
-            clients.grow(target - clients.open, plan.open_timeout)
+            clients.grow(target - clients.open, self.plan.open_timeout)
             open_now = clients.still_open()
-            if open_now < 0.98 * target:
-                self.finish(f"only {open_now:,} of {target:,} clients connected")
-                self.problems.append(f"{self.stopped}; loadgen saw: {clients.errors}")
-                return
-            if not self.steps:  # the first rounds of a fresh server load its lazy imports: not counted
-                procstat.wait_idle(server.pid, timeout=10)
-                clients.rounds(1.0, plan.senders_per_process(), plan.round_timeout)
-            step = self.measure(target, open_now)
-            if not step["p95_ms"] <= plan.limit_ms:
-                step = self.measure(target, open_now, first=step)
         except Exception as exc:  # reported; the other peers go on
             self.problems.append(f"failed at {target:,} clients: {exc!r}")
             self.finish(f"failed at {target:,} clients")
-            return
-        self.steps.append(step)
-        if not step["p95_ms"] <= plan.limit_ms:
-            self.finish(f"p95 passed {plan.limit_ms:.0f} ms at {open_now:,} clients")
-        elif not server.alive():
-            self.finish("the server died")
+            return None
+        if open_now < 0.98 * target:
+            self.finish(f"only {open_now:,} of {target:,} clients connected")
+            self.problems.append(f"{self.stopped}; loadgen saw: {clients.errors}")
+            return None
+        return open_now
 
-    def measure(self, target: int, open_now: int, first: dict | None = None) -> dict:
-        """``plan.seconds`` of rounds at the current size, the server idle first."""
-        plan, server = self.plan, self.server
-        procstat.wait_idle(server.pid, timeout=10)
-        cpu, client_cpu = procstat.cpu_seconds(server.pid), self.clients.cpu_seconds()
+    def begin(self) -> None:
+        """Start a step's measurement: the server idle, its lazy imports loaded by a first, uncounted second."""
+        procstat.wait_idle(self.server.pid, timeout=10)
+        if not self.steps and not self.warmed:
+            self.clients.rounds(1.0, self.plan.senders_per_process(), self.plan.round_timeout)
+            self.warmed = True
+        self.rtts, self.timeouts, self.rounds, self.cpu, self.client_cpu, self.elapsed = [], 0, 0, 0.0, 0.0, 0.0
+
+    def slice(self, seconds: float) -> None:
+        """``seconds`` of rounds, added to the step's figures."""
+        cpu, client_cpu = procstat.cpu_seconds(self.server.pid), self.clients.cpu_seconds()
         started = time.monotonic()
-        rtts, timeouts, rounds = self.clients.rounds(plan.seconds, plan.senders_per_process(), plan.round_timeout)
-        elapsed = time.monotonic() - started
-        cpu = procstat.cpu_seconds(server.pid) - cpu
-        client_cpu = self.clients.cpu_seconds() - client_cpu
-        step = step_summary(target, rtts, timeouts, rounds, open_now)
+        rtts, timeouts, rounds = self.clients.rounds(seconds, self.plan.senders_per_process(), self.plan.round_timeout)
+        self.elapsed += time.monotonic() - started
+        self.cpu += procstat.cpu_seconds(self.server.pid) - cpu
+        self.client_cpu += self.clients.cpu_seconds() - client_cpu
+        self.rtts += rtts
+        self.timeouts += timeouts
+        self.rounds += rounds
+
+    def end(self, target: int, open_now: int, first: dict | None = None) -> dict:
+        """The step's figures from its slices."""
+        rtts = self.rtts
+        step = step_summary(target, rtts, self.timeouts, self.rounds, open_now)
         # Every request that came back reached every client: server CPU per delivered message.
-        step["cpu_us_per_msg"] = cpu / (len(rtts) * open_now) * 1e6 if rtts else None
-        # Shares of a core: a client side near 1.0 while pinned to one core would measure the clients.
-        step["server_busy"] = cpu / elapsed
-        step["clients_busy"] = client_cpu / elapsed
+        step["cpu_us_per_msg"] = self.cpu / (len(rtts) * open_now) * 1e6 if rtts else None
+        # CPU time per second of rounds, as a share of one core.
+        step["server_busy"] = self.cpu / self.elapsed if self.elapsed else 0.0
+        step["clients_busy"] = self.client_cpu / self.elapsed if self.elapsed else 0.0
         if first is not None:
             step["first_p95_ms"] = first["p95_ms"]
         again = " (measured again)" if first is not None else ""
         progress(
             f"{self.peer.label}: {open_now:,} clients{again}: p50 {step['p50_ms']:.1f} ms, "
-            f"p95 {step['p95_ms']:.1f} ms ({step['samples']} round trips, {timeouts} timed out, {rounds} rounds; "
-            f"server CPU {step['cpu_us_per_msg'] or 0:.1f} us per delivered message; busy: server "
-            f"{step['server_busy']:.0%}, clients {step['clients_busy']:.0%} of a core)"
+            f"p95 {step['p95_ms']:.1f} ms ({step['samples']} round trips, {self.timeouts} timed out, "
+            f"{self.rounds} rounds; server CPU {step['cpu_us_per_msg'] or 0:.1f} us per delivered message; "
+            f"CPU: server {step['server_busy']:.0%}, clients {step['clients_busy']:.0%} of a core)"
         )
         return step
+
+    def record(self, step: dict) -> None:
+        """Keep the step; done once it is over the limit or the server has died."""
+        self.steps.append(step)
+        if not step["p95_ms"] <= self.plan.limit_ms:
+            self.finish(f"p95 passed {self.plan.limit_ms:.0f} ms at {step['connected']:,} clients")
+        elif not self.server.alive():
+            self.finish("the server died")
 
     def finish(self, why: str | None = None) -> None:
         """Stop the server, then drop its clients (a thread per connection server tears down faster so)."""
@@ -299,22 +321,47 @@ class Lane:
         return {"steps": self.steps, "within": within, "stopped": self.stopped, "problems": self.problems}
 
 
-def run_pass(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources, number: int):
-    """One pass: every peer's server up at once, each step measured on every peer in turn (order alternating).
+def measure(lanes: list[Lane], plan: LatencyPlan, sizes: dict, parity: int, first: dict | None = None) -> dict:
+    """One step on every lane, in slices taken in turn (the order alternating), so bursts of other work
+    on the machine fall on all of them alike; {lane: step}."""
+    for lane in lanes:
+        lane.begin()
+    for number in range(plan.slices):
+        for lane in lanes if (number + parity) % 2 == 0 else lanes[::-1]:
+            try:
+                lane.slice(plan.seconds / plan.slices)
+            except Exception as exc:  # reported with the step's figures; the other peers go on
+                lane.problems.append(f"rounds failed: {exc!r}")
+    return {lane: lane.end(*sizes[lane], first=(first or {}).get(lane)) for lane in lanes}
 
-    Interleaving the peers step by step spreads the noise of a shared machine over all of them.
+
+def run_pass(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources, number: int):
+    """One pass: every peer's server up at once, each step measured on all of them together.
+
+    A step over the limit is measured once more and the second measurement
+    counts: on a shared machine, one burst of someone else's work should not
+    end a peer's climb.
     """
     lanes: list[Lane] = []
     try:
         for peer in peers:
             lanes.append(Lane(peer, plan, project, work, sources, tag=f"-{number}"))
         for index, target in enumerate(plan.steps()):
-            order = lanes if (index + number) % 2 == 0 else lanes[::-1]
-            for lane in order:
+            sizes = {}
+            for lane in lanes:
                 if not lane.done:
-                    lane.step(target)
-            if all(lane.done for lane in lanes):
+                    open_now = lane.grow(target)
+                    if open_now is not None:
+                        sizes[lane] = (target, open_now)
+            active = [lane for lane in lanes if lane in sizes]
+            if not active:
                 break
+            steps = measure(active, plan, sizes, index + number)
+            over = [lane for lane in active if not steps[lane]["p95_ms"] <= plan.limit_ms]
+            if over:
+                steps.update(measure(over, plan, sizes, index + number + 1, first=steps))
+            for lane in active:
+                lane.record(steps[lane])
     finally:
         for lane in lanes:
             lane.finish()
@@ -352,6 +399,7 @@ def run(peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathl
         "processes": plan.processes(),
         "pinning": pinning,
         "load_after": os.getloadavg()[0],
+        "cpu_pressure": cpu_pressure(),
         "peers": [summarise(peer.name, peer.label, passes[peer.name], plan.limit_ms) for peer in peers],
     }
 
