@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         run = json.loads(pathlib.Path(args.render).read_text())
+        if "peers" not in run:  # a run of --latency-only
+            chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
+            write_latency_report(run, pathlib.Path(args.output), chart)
+            print(latency_report.text(run["latency"]))
+            return 0
         write_report(run, pathlib.Path(args.output), pathlib.Path(args.chart or REPO / "docs" / "bench.png"))
         print(report.table(run))
         return 0
@@ -199,12 +204,22 @@ def latency_only(
         pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
     output = pathlib.Path(args.output)
     chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
+    write_latency_report(run, output, chart)
+    print(latency_report.text(latency))
+    progress(f"done in {elapsed:.0f}s: {output}, {chart}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_latency_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
+    """The latency section of ``output`` (replaced, or added to the earlier full run's report) and its chart."""
+    latency, m = run["latency"], run["machine"]
     chart.parent.mkdir(parents=True, exist_ok=True)
-    draw_latency(latency, chart, date)
-    m = run["machine"]
+    draw_latency(latency, chart, run["date"])
     note = (
-        f"Measured {date} by `{command}` on its own, in {elapsed:.0f} s (the rest of this file is the earlier "
-        f"full run), on {m['cores']} cores ({m['cpu']}), Python {m['python']}, websockets "
+        f"Measured {run['date']} by `{run['command']}` on its own, in {run['seconds']:.0f} s (the rest of this "
+        f"file is the earlier full run), on {m['cores']} cores ({m['cpu']}), Python {m['python']}, websockets "
         f"{m['versions'].get('websockets')}, gevent {m['versions'].get('gevent')}; load average "
         f"{m['load_before']:.2f} when it started and {latency['load_after']:.2f} when it ended (the machine is "
         "shared: other people's work competes for both cores)"
@@ -219,11 +234,6 @@ def latency_only(
     section = latency_report.section(latency, _relative(chart, output.parent), note)
     existing = output.read_text() if output.exists() else "# Benchmarks\n"
     output.write_text(latency_report.replace_section(existing, section))
-    print(latency_report.text(latency))
-    progress(f"done in {elapsed:.0f}s: {output}, {chart}")
-    if not args.keep and not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 def write_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
