@@ -1,6 +1,6 @@
 """Benchmark asok_green against its peers, every one under the same load in one run.
 
-    python scripts/bench.py                      # the full run (about 8 minutes), writes BENCHMARKS.md
+    python scripts/bench.py                      # the full run (about 20 minutes), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
     python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
 
