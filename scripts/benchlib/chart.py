@@ -58,6 +58,8 @@ def draw_latency(latency: dict, path: pathlib.Path, date: str = "") -> None:
 
 def latency_curves(ax, latency: dict) -> None:
     """p50 (dashed) and p95 (solid) broadcast round trip against connected clients, one colour per peer."""
+    import matplotlib.ticker
+
     limit = latency["plan"]["limit_ms"]
     for result in latency["peers"]:
         curve = [s for s in result["curve"] if s["p95_ms"] == s["p95_ms"]]  # nan: no sample
@@ -81,6 +83,9 @@ def latency_curves(ax, latency: dict) -> None:
     ax.axhline(limit, color="grey", linestyle=":", linewidth=1)
     ax.text(0.01, limit, f" p95 limit {limit:.0f} ms", transform=ax.get_yaxis_transform(), va="bottom", color="grey")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("connected clients")
     ax.set_ylabel("round trip, ms (solid p95, dashed p50)")
     ax.set_title(
