@@ -68,7 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--workdir", help="where the project, logs and profiles go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
-    parser.add_argument("--render", metavar="JSON", help="only rewrite the report and chart from a --json file")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rewrite the report and chart from a --json file (or, comma-separated, several "
+        "--latency-only runs, pooled)",
+    )
     return parser.parse_args(argv)
 
 
@@ -120,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when every peer ran (a peer's problems are reported, not fatal)."""
     args = parse_args(argv)
     if args.render:
-        run = json.loads(pathlib.Path(args.render).read_text())
-        if "peers" not in run:  # a run of --latency-only
+        loaded = [json.loads(pathlib.Path(path).read_text()) for path in args.render.split(",")]
+        run = loaded[0] if len(loaded) == 1 else merge_latency_runs(loaded)
+        if "peers" not in run:  # runs of --latency-only
             chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
             write_latency_report(run, pathlib.Path(args.output), chart)
             print(latency_report.text(run["latency"]))
@@ -213,27 +219,58 @@ def latency_only(
 
 
 def write_latency_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
-    """The latency section of ``output`` (replaced, or added to the earlier full run's report) and its chart."""
+    """The latency section of ``output`` (replaced, or added to the earlier full run's report) and its chart.
+
+    ``run`` is one ``--latency-only`` run or several merged by :func:`merge_latency_runs`.
+    """
     latency, m = run["latency"], run["machine"]
     chart.parent.mkdir(parents=True, exist_ok=True)
     draw_latency(latency, chart, run["date"])
+    runs = run.get("runs") or [_run_facts(run)]
+    measured = "; ".join(
+        f"{r['date']} by `{r['command']}` in {r['seconds']:.0f} s (load average {r['load_before']:.2f} at the "
+        f"start, {r['load_after']:.2f} at the end"
+        + (f", some task waiting for a CPU {r['cpu_pressure']:.0%} of its last 5 minutes" if r["cpu_pressure"] else "")
+        + ")"
+        for r in runs
+    )
     note = (
-        f"Measured {run['date']} by `{run['command']}` on its own, in {run['seconds']:.0f} s (the rest of this "
-        f"file is the earlier full run), on {m['cores']} cores ({m['cpu']}), Python {m['python']}, websockets "
-        f"{m['versions'].get('websockets')}, gevent {m['versions'].get('gevent')}; load average "
-        f"{m['load_before']:.2f} when it started and {latency['load_after']:.2f} when it ended (the machine is "
-        "shared: other people's work competes for both cores)"
+        f"Measured on its own (the rest of this file is the earlier full run), on {m['cores']} cores ({m['cpu']}), "
+        f"Python {m['python']}, websockets {m['versions'].get('websockets')}, gevent {m['versions'].get('gevent')}: "
+        f"{measured}. The machine is shared: other people's work competes for both cores (CPU pressure from "
+        "/proc/pressure/cpu)."
     )
-    pressure = latency.get("cpu_pressure")
-    note += (
-        f"; over the last 5 minutes of the run some task was waiting for a CPU {pressure:.0%} of the time "
-        "(/proc/pressure/cpu)."
-        if pressure is not None
-        else "."
-    )
+    if len(runs) > 1:
+        note += f" The {len(runs)} runs' passes are pooled: every figure below is the median over all of them."
     section = latency_report.section(latency, _relative(chart, output.parent), note)
     existing = output.read_text() if output.exists() else "# Benchmarks\n"
     output.write_text(latency_report.replace_section(existing, section))
+
+
+def _run_facts(run: dict) -> dict:
+    latency = run["latency"]
+    return {
+        "date": run["date"],
+        "command": run["command"],
+        "seconds": run["seconds"],
+        "load_before": run["machine"]["load_before"],
+        "load_after": latency["load_after"],
+        "cpu_pressure": latency.get("cpu_pressure"),
+    }
+
+
+def merge_latency_runs(runs: list[dict]) -> dict:
+    """Several ``--latency-only`` runs as one: their passes pooled, the figures the medians over all passes."""
+    first = runs[0]
+    latency = shootout.pool([r["latency"] for r in runs])
+    return {
+        "machine": first["machine"],
+        "latency": latency,
+        "seconds": sum(r["seconds"] for r in runs),
+        "date": runs[-1]["date"],
+        "command": " and ".join(r["command"] for r in runs),
+        "runs": [_run_facts(r) for r in runs],
+    }
 
 
 def write_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:

@@ -84,3 +84,15 @@ def test_the_section_replaces_its_earlier_self_and_keeps_the_rest_of_the_report(
     assert second.count("## Latency at scale") == 1
     assert "| asok_green | 4,000 | 4,000 | 2.00x |" in second and "3,000" not in second
     assert second.endswith("## Method\n\nhow\n")
+
+
+def test_runs_are_pooled_pass_by_pass():
+    first, second = _latency(1000, 750), _latency(750, 750)
+    for result in (first, second):
+        result.update(load_after=1.0, cpu_pressure=0.5)
+    pooled = shootout.pool([first, second])
+    green = next(p for p in pooled["peers"] if p["name"] == "asok_green")
+    assert [p["within"] for p in green["passes"]] == [1000, 750]
+    assert green["within"] == 875
+    assert pooled["plan"]["passes"] == 2
+    assert latency_verdict(pooled).measured.startswith("1.17x")

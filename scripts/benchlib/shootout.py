@@ -150,6 +150,25 @@ def summarise(name: str, label: str, passes: list[dict], limit_ms: float) -> dic
     }
 
 
+def pool(results: list[dict]) -> dict:
+    """Several runs' latency results as one: every peer's passes together, summarised again."""
+    first = results[0]
+    plan = dict(first["plan"], passes=sum(r["plan"]["passes"] for r in results))
+    peers = []
+    for peer in first["peers"]:
+        passes = [p for r in results for q in r["peers"] if q["name"] == peer["name"] for p in q["passes"]]
+        peers.append(summarise(peer["name"], peer["label"], passes, plan["limit_ms"]))
+    pressures = [r["cpu_pressure"] for r in results if r.get("cpu_pressure") is not None]
+    return {
+        **first,
+        "plan": plan,
+        "peers": peers,
+        "load_after": results[-1]["load_after"],
+        "cpu_pressure": max(pressures) if pressures else None,
+        "profile": next((r["profile"] for r in reversed(results) if r.get("profile")), None),
+    }
+
+
 # -- the load --------------------------------------------------------------------------
 
 
