@@ -518,8 +518,11 @@ class Hold(Loop):
 # -- shootout --------------------------------------------------------------------
 
 
-#: While timing round trips, connections that are not waiting for their own broadcast are read this often.
-SWEEP = 0.01
+#: While timing round trips, connections that are not waiting for their own broadcast are read this often:
+#: a few broadcasts' worth of bytes (far below a socket's buffer) then come in one recv.
+SWEEP = 0.05
+#: Ready connections read between two looks at the senders, in a sweep.
+SWEEP_CHUNK = 256
 
 
 class Shootout(Hold):
@@ -569,7 +572,7 @@ class Shootout(Hold):
             if self.rounds_until:
                 now = time.monotonic()
                 if now >= next_sweep:
-                    self.poll(0)
+                    self.sweep()
                     next_sweep = now + SWEEP
                 else:
                     self.poll_senders(next_sweep - now)
@@ -621,13 +624,13 @@ class Shootout(Hold):
         self.rounds_until = 0.0
         emit("rtts", rtts=self.rtts, timeouts=self.timeouts, rounds=self.rounds_done, open=self.n_open)
 
-    def poll(self, timeout: float) -> int:
-        """Like :meth:`Loop.poll`, with a short way for the common case: one whole text frame for a non-sender.
+    def poll(self, timeout: float, most: int = 4096) -> int:
+        """Like :meth:`Loop.poll`, with a short way for the common case: whole text frames for a non-sender.
 
-        Returns how many descriptors were ready.
+        Returns how many descriptors were ready (at most ``most``).
         """
         try:
-            ready = self.epoll.poll(timeout, 4096)
+            ready = self.epoll.poll(timeout, most)
         except InterruptedError:
             return 0
         clients, waiting = self.clients, self.waiting
@@ -660,10 +663,20 @@ class Shootout(Hold):
         if not got:
             self.drop(client)
             return
-        if idle and not client.inbuf and buf[0] == 0x81:
-            n = buf[1]
-            if n < 126 and got == 2 + n or n == 126 and got == 4 + (buf[2] << 8 | buf[3]):
-                return  # one whole broadcast for a connection that is not waiting for its own
+        if idle and not client.inbuf:
+            # Whole text frames for a connection that is not waiting for its own broadcast: nothing to do.
+            pos = 0
+            while pos + 2 <= got:
+                n = buf[pos + 1]
+                if buf[pos] != 0x81 or n > 126:
+                    break  # a control frame, a fragment or a large frame: the full path below
+                if n == 126:
+                    if pos + 4 > got:
+                        break
+                    n = 2 + (buf[pos + 2] << 8 | buf[pos + 3])
+                pos += 2 + n
+            if pos == got:
+                return
         data = bytes(buf[:got])
         if client.inbuf:
             client.inbuf += data
@@ -710,6 +723,11 @@ class Shootout(Hold):
             self.senders_epoll.unregister(fd)
         except OSError:
             pass
+
+    def sweep(self) -> None:
+        """Read every ready connection, a chunk at a time, the senders' sockets looked at between chunks."""
+        while self.poll(0, SWEEP_CHUNK) == SWEEP_CHUNK:
+            self.poll_senders(0)
 
     def poll_senders(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for data on a sender's socket and read it."""
