@@ -227,7 +227,7 @@ def _stop(why: str) -> str:
 
 
 def _past(within: float, clients: int) -> str:
-    return "its largest size" if clients <= within else f"the first step past its figure of {within:,.0f}"
+    return "its largest size" if clients <= within else f"above its figure of {within:,.0f}"
 
 
 def replace_section(markdown: str, new_section: str) -> str:
