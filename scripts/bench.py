@@ -1,7 +1,8 @@
 """Benchmark asok_green against its peers, every one under the same load in one run.
 
-    python scripts/bench.py                      # the full run (about 8 minutes), writes BENCHMARKS.md
+    python scripts/bench.py                      # the full run (about 20 minutes), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
+    python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
 
 Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
 threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
@@ -9,6 +10,10 @@ three others live in scripts/peers/. Each is started in turn, measured with load
 from separate scripts/loadgen.py processes on 127.0.0.x, and stopped. The
 results are printed as a table and written to BENCHMARKS.md (with a PNG chart)
 and as JSON next to it.
+
+Latency at scale (benchlib/shootout.py) is the websocket-shootout's broadcast
+round-trip test on every peer; ``--latency-only`` runs just that and updates
+its section of the report (and a chart of its own).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import time
 
 import bench_cluster
 import metrics_cost
-from benchlib import encode_check, experiment, load, machine, report
-from benchlib.chart import draw
+from benchlib import encode_check, experiment, latency_report, load, machine, report, shootout
+from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
 from benchlib.rates import rates_phase
@@ -47,12 +52,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-seconds", type=float)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of asok_green")
     parser.add_argument("--no-experiment", action="store_true", help="skip the idle-memory experiment")
+    latency = parser.add_argument_group("latency at scale (broadcast round trips)")
+    latency.add_argument("--latency-only", action="store_true", help="run only the latency-at-scale test")
+    latency.add_argument("--no-latency", action="store_true", help="skip the latency-at-scale test")
+    latency.add_argument("--max-clients", type=int, help="largest client count (default 20000)")
+    latency.add_argument("--step", type=int, help="clients added per step (default 500)")
+    latency.add_argument("--seconds", type=float, help="seconds of rounds per step (default 4)")
+    latency.add_argument("--senders", type=int, help="broadcast requests per round, all client processes (4)")
+    latency.add_argument("--latency-passes", type=int, help="passes over every peer; the median is reported (2)")
+    latency.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients to cores")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown report")
-    parser.add_argument("--chart", default=str(REPO / "docs" / "bench.png"), help="the PNG chart")
+    parser.add_argument(
+        "--chart", help="the PNG chart (default docs/bench.png; docs/bench-latency.png with --latency-only)"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--workdir", help="where the project, logs and profiles go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
-    parser.add_argument("--render", metavar="JSON", help="only rewrite the report and chart from a --json file")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rewrite the report and chart from a --json file (or, comma-separated, several "
+        "--latency-only runs, pooled)",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,18 +98,50 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def make_latency_plan(args: argparse.Namespace) -> shootout.LatencyPlan:
+    """The latency-at-scale plan the options ask for (a few dozen clients with ``--quick``)."""
+    plan = (
+        shootout.LatencyPlan(max_clients=40, step=20, seconds=1.0, passes=1, open_timeout=30.0)
+        if args.quick
+        else shootout.LatencyPlan()
+    )
+    for option, name in (
+        ("max_clients", "max_clients"),
+        ("step", "step"),
+        ("seconds", "seconds"),
+        ("senders", "senders"),
+        ("latency_passes", "passes"),
+    ):
+        value = getattr(args, option)
+        if value:
+            setattr(plan, name, value)
+    plan.pin = not args.no_pin
+    if plan.step > plan.max_clients:
+        raise SystemExit("bench: --step must not exceed --max-clients")
+    return plan
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; 0 when every peer ran (a peer's problems are reported, not fatal)."""
     args = parse_args(argv)
     if args.render:
-        run = json.loads(pathlib.Path(args.render).read_text())
-        write_report(run, pathlib.Path(args.output), pathlib.Path(args.chart))
+        loaded = [json.loads(pathlib.Path(path).read_text()) for path in args.render.split(",")]
+        run = loaded[0] if len(loaded) == 1 else merge_latency_runs(loaded)
+        if "peers" not in run:  # runs of --latency-only
+            chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
+            write_latency_report(run, pathlib.Path(args.output), chart)
+            print(latency_report.text(run["latency"]))
+            return 0
+        write_report(run, pathlib.Path(args.output), pathlib.Path(args.chart or REPO / "docs" / "bench.png"))
         print(report.table(run))
         return 0
     # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    plan = make_plan(args)
     peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    latency_plan = None if args.no_latency else make_latency_plan(args)
+    if args.latency_only:
+        return latency_only(args, argv, peers, latency_plan)
+    plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -99,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = [PeerRun(peer, plan, project, work, sources) for peer in peers]
     rates_phase(runs, plan)
     results = [run.run() for run in runs]
+    latency = None
+    if latency_plan is not None:
+        latency = shootout.run(peers, latency_plan, project, work, sources)
+        if plan.profile:
+            shootout.profile_if_missed(latency, peers, latency_plan, project, work, sources)
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
     progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
     cluster = bench_cluster.run(quick=args.quick)
@@ -109,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.describe(),
         "plan": plan.__dict__,
         "peers": results,
+        "latency": latency,
         "memory_experiment": memory,
         "cluster": cluster,
         "metrics_cost": metrics,
@@ -120,13 +179,98 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps(run, indent=1, default=str))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
-    output, chart = pathlib.Path(args.output), pathlib.Path(args.chart)
+    output, chart = pathlib.Path(args.output), pathlib.Path(args.chart or REPO / "docs" / "bench.png")
     write_report(run, output, chart)
     print(report.table(run))
     progress(f"done in {elapsed:.0f}s: {output}, {chart}")
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def latency_only(
+    args: argparse.Namespace, argv: list[str] | None, peers: list, plan: shootout.LatencyPlan | None
+) -> int:
+    """Run only the latency-at-scale test; update its section of the report and draw its own chart."""
+    if plan is None:
+        raise SystemExit("bench: --latency-only and --no-latency exclude each other")
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    project = make_bench_project(work / "project")
+    latency = shootout.run(peers, plan, project, work, load.SourceAddresses())
+    if not args.no_profile:
+        shootout.profile_if_missed(latency, peers, plan, project, work, load.SourceAddresses(first=100))
+    elapsed = time.monotonic() - started
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    run = {"machine": machine.describe(), "latency": latency, "seconds": round(elapsed, 1), "date": date}
+    run["command"] = command
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
+    output = pathlib.Path(args.output)
+    chart = pathlib.Path(args.chart or REPO / "docs" / "bench-latency.png")
+    write_latency_report(run, output, chart)
+    print(latency_report.text(latency))
+    progress(f"done in {elapsed:.0f}s: {output}, {chart}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_latency_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
+    """The latency section of ``output`` (replaced, or added to the earlier full run's report) and its chart.
+
+    ``run`` is one ``--latency-only`` run or several merged by :func:`merge_latency_runs`.
+    """
+    latency, m = run["latency"], run["machine"]
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    draw_latency(latency, chart, run["date"])
+    runs = run.get("runs") or [_run_facts(run)]
+    measured = "; ".join(
+        f"{r['date']} by `{r['command']}` in {r['seconds']:.0f} s (load average {r['load_before']:.2f} at the "
+        f"start, {r['load_after']:.2f} at the end"
+        + (f", some task waiting for a CPU {r['cpu_pressure']:.0%} of its last 5 minutes" if r["cpu_pressure"] else "")
+        + ")"
+        for r in runs
+    )
+    note = (
+        f"Measured on its own (the rest of this file is the earlier full run), on {m['cores']} cores ({m['cpu']}), "
+        f"Python {m['python']}, websockets {m['versions'].get('websockets')}, gevent {m['versions'].get('gevent')}: "
+        f"{measured}. The machine is shared: other people's work competes for both cores (CPU pressure from "
+        "/proc/pressure/cpu)."
+    )
+    if len(runs) > 1:
+        note += f" The {len(runs)} runs' passes are pooled: every figure below is the median over all of them."
+    section = latency_report.section(latency, _relative(chart, output.parent), note)
+    existing = output.read_text() if output.exists() else "# Benchmarks\n"
+    output.write_text(latency_report.replace_section(existing, section))
+
+
+def _run_facts(run: dict) -> dict:
+    latency = run["latency"]
+    return {
+        "date": run["date"],
+        "command": run["command"],
+        "seconds": run["seconds"],
+        "load_before": run["machine"]["load_before"],
+        "load_after": latency["load_after"],
+        "cpu_pressure": latency.get("cpu_pressure"),
+    }
+
+
+def merge_latency_runs(runs: list[dict]) -> dict:
+    """Several ``--latency-only`` runs as one: their passes pooled, the figures the medians over all passes."""
+    first = runs[0]
+    latency = shootout.pool([r["latency"] for r in runs])
+    return {
+        "machine": first["machine"],
+        "latency": latency,
+        "seconds": sum(r["seconds"] for r in runs),
+        "date": runs[-1]["date"],
+        "command": " and ".join(r["command"] for r in runs),
+        "runs": [_run_facts(r) for r in runs],
+    }
 
 
 def write_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:

@@ -3,6 +3,7 @@
     python scripts/loadgen.py hold       --url ws://127.0.0.1:8000/room --count 5000 [--source 127.0.0.12]
     python scripts/loadgen.py echo       --url ws://127.0.0.1:8000/echo --clients 100 --seconds 5
     python scripts/loadgen.py handshakes --url ws://127.0.0.1:8000/room --count 3000 --concurrency 32
+    python scripts/loadgen.py shootout   --url ws://127.0.0.1:8000/shootout --count 1000
 
 Every mode prints JSON lines on stdout and stops by itself (``--max-seconds``).
 
@@ -19,6 +20,9 @@ reads commands from stdin, one JSON object a line:
   ``{"event": "opened", ...}`` for that batch.
 * ``{"cmd": "status"}``: ``{"event": "status", "open": O, "complete": C, ...}``.
 * ``{"cmd": "close"}``: close every connection, print ``{"event": "closed"}``, exit.
+
+``shootout`` holds connections like ``hold`` and, on the command ``rounds``,
+times broadcast round trips (see :class:`Shootout`).
 
 ``echo`` opens ``--clients`` connections, then each sends a message and sends the
 next one when the echo comes back, for ``--seconds``; it prints the count.
@@ -37,6 +41,7 @@ import errno
 import ipaddress
 import json
 import os
+import random
 import resource
 import select
 import socket
@@ -510,6 +515,238 @@ class Hold(Loop):
                 self.status("received")
 
 
+# -- shootout --------------------------------------------------------------------
+
+
+#: While timing round trips, connections that are not waiting for their own broadcast are read this often:
+#: a few broadcasts' worth of bytes (far below a socket's buffer) then come in one recv.
+SWEEP = 0.05
+#: Ready connections read between two looks at the senders, in a sweep.
+SWEEP_CHUNK = 256
+
+
+class Shootout(Hold):
+    """Held connections on a broadcast route that time broadcast round trips on command.
+
+    ``{"cmd": "rounds", "seconds": S, "senders": K, "timeout": T}``: for S
+    seconds, round after round, K connections picked at random each send
+    ``{"type": "broadcast", "payload": {"id": ID, "t": SENT}}``; the server sends
+    it to every connection of the route, the sender included, and a sender's
+    round trip ends when its own broadcast comes back to it. A round ends when
+    all K are back (or after T seconds: the missing ones count as timeouts).
+    Then ``{"event": "rtts", "rtts": [ms, ...], "timeouts": N, "rounds": R}``.
+
+    Every connection reads everything the server sends, but only a sender
+    looks inside the messages: the others just walk the frame headers (to
+    answer pings). Senders waiting for their broadcast are watched on an epoll
+    set of their own and read as soon as data arrives; the other connections
+    are read in a sweep every SWEEP seconds, so that one ``recv`` takes all
+    that arrived since. The server's sends are the same either way (a sweep's
+    worth of messages is far below a socket's buffer), and the client process
+    stays cheaper than the server it measures.
+    """
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        self.tag = f"{os.getpid()}-"
+        self.buffer = bytearray(65536)  # every recv lands here: no allocation per read
+        self.waiting: dict[int, tuple[bytes, float]] = {}
+        self.senders_epoll = select.epoll()  # the sockets in ``waiting``
+        self.rtts: list[float] = []
+        self.timeouts = 0
+        self.rounds_done = 0
+        self.rounds_until = 0.0
+        self.round_deadline = 0.0
+        self.senders = 1
+        self.round_timeout = 5.0
+        self.sequence = 0
+
+    def run(self, count: int, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.open_more(count)
+        stdin = sys.stdin.fileno()
+        os.set_blocking(stdin, False)
+        self.epoll.register(stdin, _EPOLLIN)
+        next_sweep = 0.0
+        while not self.quit and time.monotonic() < self.deadline:
+            if self.rounds_until:
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self.sweep()
+                    next_sweep = now + SWEEP
+                else:
+                    self.poll_senders(next_sweep - now)
+                self.next_round(time.monotonic())
+            else:
+                self.poll(0.5)
+            if self.pending_open:
+                count, self.pending_open = self.pending_open, 0
+                self.open_more(count)
+        self.close_all()
+        emit("closed", lost=self.lost)
+
+    def command(self, cmd: dict) -> None:
+        if cmd.get("cmd") == "rounds":
+            self.rtts, self.timeouts, self.rounds_done = [], 0, 0
+            self.senders = max(1, int(cmd.get("senders", 1)))
+            self.round_timeout = float(cmd.get("timeout", 5.0))
+            self.rounds_until = time.monotonic() + float(cmd["seconds"])
+            self.start_round(time.monotonic())
+        else:
+            super().command(cmd)
+
+    def start_round(self, now: float) -> None:
+        """K random open connections send a broadcast request stamped with the time."""
+        open_clients = [c for c in self.clients.values() if c.state == OPEN]
+        if not open_clients:
+            return
+        self.round_deadline = now + self.round_timeout
+        for client in random.sample(open_clients, min(self.senders, len(open_clients))):
+            self.sequence += 1
+            ident = f"{self.tag}{self.sequence}"
+            sent = time.monotonic()
+            request = json.dumps({"type": "broadcast", "payload": {"id": ident, "t": sent}})
+            self.waiting[client.fd] = (f'"{ident}"'.encode(), sent)
+            self.senders_epoll.register(client.fd, _EPOLLIN)
+            self.send(client, client_frame(OP_TEXT, request.encode()))
+
+    def next_round(self, now: float) -> None:
+        """End the round when every sender is back or its time is up; start the next or report."""
+        if self.waiting and now < self.round_deadline:
+            return
+        self.timeouts += len(self.waiting)
+        for fd in list(self.waiting):
+            self.stop_waiting(fd)
+        self.rounds_done += 1
+        if now < self.rounds_until:
+            self.start_round(now)
+            return
+        self.rounds_until = 0.0
+        emit("rtts", rtts=self.rtts, timeouts=self.timeouts, rounds=self.rounds_done, open=self.n_open)
+
+    def poll(self, timeout: float, most: int = 4096) -> int:
+        """Like :meth:`Loop.poll`, with a short way for the common case: whole text frames for a non-sender.
+
+        Returns how many descriptors were ready (at most ``most``).
+        """
+        try:
+            ready = self.epoll.poll(timeout, most)
+        except InterruptedError:
+            return 0
+        clients, waiting = self.clients, self.waiting
+        for fd, mask in ready:
+            client = clients.get(fd)
+            if client is not None and client.state == OPEN and mask & _EPOLLIN and not client.outbuf:
+                self.read_open(client, fd not in waiting)
+                continue
+            if client is None:
+                self.on_other_fd(fd)
+            elif client.state == OPEN and mask & _EPOLLIN:
+                self.read_open(client)
+            elif client.state == CONNECTING:
+                self.on_connected(client, mask)
+            elif client.state == UPGRADING:
+                self.read_upgrade(client)
+            if client is not None and client.state != CLOSED and mask & _EPOLLOUT and client.outbuf:
+                self.flush(client)
+        return len(ready)
+
+    def read_open(self, client: Client, idle: bool = False) -> None:
+        buf = self.buffer
+        try:
+            got = client.sock.recv_into(buf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.drop(client)
+            return
+        if not got:
+            self.drop(client)
+            return
+        if idle and not client.inbuf:
+            # Whole text frames for a connection that is not waiting for its own broadcast: nothing to do.
+            pos = 0
+            while pos + 2 <= got:
+                n = buf[pos + 1]
+                if buf[pos] != 0x81 or n > 126:
+                    break  # a control frame, a fragment or a large frame: the full path below
+                if n == 126:
+                    if pos + 4 > got:
+                        break
+                    n = 2 + (buf[pos + 2] << 8 | buf[pos + 3])
+                pos += 2 + n
+            if pos == got:
+                return
+        data = bytes(buf[:got])
+        if client.inbuf:
+            client.inbuf += data
+            data = bytes(client.inbuf)
+        mine = self.waiting.get(client.fd)
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            b0, n = data[pos], data[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n, head = (data[pos + 2] << 8) | data[pos + 3], 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n, head = int.from_bytes(data[pos + 2 : pos + 10], "big"), 10
+            if end - pos < head + n:
+                break
+            opcode = b0 & 0x0F
+            if opcode >= OP_CLOSE:
+                self.control(client, opcode, data[pos + head : pos + head + n])
+                if client.state == CLOSED:
+                    return
+            elif mine is not None and data.find(mine[0], pos + head, pos + head + n) >= 0:
+                self.rtts.append((time.monotonic() - mine[1]) * 1000)
+                self.stop_waiting(client.fd)
+                mine = None
+            pos += head + n
+        client.inbuf = bytearray(data[pos:]) if pos < end else bytearray()
+
+    def control(self, client: Client, opcode: int, payload: bytes) -> None:
+        """Answer a ping; echo a close and drop the connection."""
+        if opcode == OP_PING:
+            self.send(client, client_frame(OP_PONG, payload))
+        elif opcode == OP_CLOSE:
+            self.send(client, client_frame(OP_CLOSE, payload[:2]))
+            self.drop(client)
+
+    def stop_waiting(self, fd: int) -> None:
+        """``fd``'s round trip is over (or its round is): back to the sweeps."""
+        del self.waiting[fd]
+        try:
+            self.senders_epoll.unregister(fd)
+        except OSError:
+            pass
+
+    def sweep(self) -> None:
+        """Read every ready connection, a chunk at a time, the senders' sockets looked at between chunks."""
+        while self.poll(0, SWEEP_CHUNK) == SWEEP_CHUNK:
+            self.poll_senders(0)
+
+    def poll_senders(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for data on a sender's socket and read it."""
+        try:
+            ready = self.senders_epoll.poll(timeout)
+        except InterruptedError:
+            return
+        for fd, _ in ready:
+            client = self.clients.get(fd)
+            if client is not None and client.state == OPEN:
+                self.read_open(client)
+            elif fd in self.waiting:
+                self.stop_waiting(fd)
+
+    def on_lost(self, client: Client) -> None:
+        if client.fd in self.waiting:
+            self.stop_waiting(client.fd)
+
+
 # -- echo ------------------------------------------------------------------------
 
 
@@ -606,7 +843,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     modes = parser.add_subparsers(dest="mode", required=True)
-    for name in ("hold", "echo", "handshakes"):
+    for name in ("hold", "shootout", "echo", "handshakes"):
         mode = modes.add_parser(name)
         mode.add_argument("--url", required=True, help="ws://127.0.0.x:PORT/PATH")
         mode.add_argument("--source", help="source address to bind (127.0.0.x)")
@@ -620,6 +857,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hold = modes.choices["hold"]
     hold.add_argument("--count", type=int, required=True)
     hold.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
+    shootout = modes.choices["shootout"]
+    shootout.add_argument("--count", type=int, required=True)
+    shootout.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
     echo = modes.choices["echo"]
     echo.add_argument("--clients", type=int, default=100)
     echo.add_argument("--seconds", type=float, default=5.0)
@@ -637,6 +877,8 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_files()
     if args.mode == "hold":
         Hold(args).run(args.count, args.concurrency)
+    elif args.mode == "shootout":
+        Shootout(args).run(args.count, args.concurrency)
     elif args.mode == "echo":
         Echo(args).run(args.clients, args.seconds)
     else:

@@ -71,11 +71,84 @@ def test_every_peer_held_its_idle_connections_and_got_the_broadcasts(bench):
         assert peer["echo"]["rate"] > 0
         assert peer["handshakes"]["rate"] > 0
     assert run["peers"][0]["idle"]["authenticated"], "asok_green's logged-in run is missing"
+    assert [p["name"] for p in run["latency"]["peers"]] == ["asok_green", "gevent_websocket"]
+    assert all(p["curve"] for p in run["latency"]["peers"])
 
 
 def test_report_and_chart_are_written(bench):
     _, out = bench
     report = (out / "BENCHMARKS.md").read_text()
     assert "## Results" in report and "## Targets" in report and "## Method" in report
+    assert "## Latency at scale" in report
     assert "bench.png" in report
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def latency(tmp_path_factory):
+    """One quick run of the latency-at-scale test alone, on asok_green and websockets, into an existing report."""
+    out = tmp_path_factory.mktemp("latency")
+    report = out / "BENCHMARKS.md"
+    report.write_text("# Benchmarks\n\n## Results\n\nearlier run\n\n## Method\n\nhow\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--latency-only",
+            "--peers",
+            "asok_green,websockets_asyncio",
+            "--max-clients",
+            "30",
+            "--step",
+            "15",
+            "--seconds",
+            "1",
+            "--latency-passes",
+            "1",
+            "--no-profile",
+            "--output",
+            str(report),
+            "--chart",
+            str(out / "latency.png"),
+            "--json",
+            str(out / "latency.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    return done, out
+
+
+def test_latency_only_prints_clients_within_the_limit_and_the_senders(latency):
+    done, _ = latency
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "clients within 250 ms p95" in done.stdout
+    assert "senders per round" in done.stdout
+    assert "asok_green" in done.stdout and "websockets" in done.stdout
+
+
+def test_latency_results_hold_a_curve_and_a_figure_per_server(latency):
+    _, out = latency
+    result = json.loads((out / "latency.json").read_text())["latency"]
+    assert [p["name"] for p in result["peers"]] == ["asok_green", "websockets_asyncio"]
+    assert result["senders"] >= 1
+    for peer in result["peers"]:
+        assert len(peer["passes"]) == 1
+        steps = peer["passes"][0]["steps"]
+        assert steps and [s["clients"] for s in steps] == [15, 30][: len(steps)]
+        for step in steps:
+            assert step["samples"] > 0
+            assert 0 < step["p50_ms"] <= step["p95_ms"]
+        assert peer["within"] in (0, 15, 30)
+        assert [s["clients"] for s in peer["curve"]] == [s["clients"] for s in steps]
+
+
+def test_latency_section_goes_into_the_report_and_its_chart_is_drawn(latency):
+    _, out = latency
+    report = (out / "BENCHMARKS.md").read_text()
+    assert "## Results\n\nearlier run" in report and "## Method" in report
+    assert report.index("## Latency at scale") < report.index("## Method")
+    assert "| asok_green |" in report and "latency.png" in report
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,13 +15,19 @@ COLOURS = {
 
 
 def draw(run: dict, path: pathlib.Path) -> None:
-    """Six panels: memory per idle connection, fan-out CPU and latency, echo, handshakes, HTTP."""
+    """Six panels: memory per idle connection, fan-out CPU and latency, echo, handshakes, HTTP; a seventh,
+    wide, for the broadcast round trips against connected clients when the run measured them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    latency = run.get("latency")
+    fig = plt.figure(figsize=(17, 14 if latency else 9))
+    grid = fig.add_gridspec(3 if latency else 2, 3)
+    axes = [[fig.add_subplot(grid[row, col]) for col in range(3)] for row in range(2)]
+    if latency:
+        latency_curves(fig.add_subplot(grid[2, :]), latency)
     _memory(axes[0][0], run)
     _fanout(axes[0][1], run)
     _latency(axes[0][2], run)
@@ -32,6 +38,64 @@ def draw(run: dict, path: pathlib.Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def draw_latency(latency: dict, path: pathlib.Path, date: str = "") -> None:
+    """The latency-at-scale curves alone (for a run of that test only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 6))
+    latency_curves(ax, latency)
+    if date:
+        fig.suptitle(f"asok_green and peers, broadcast round trips ({date})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def latency_curves(ax, latency: dict) -> None:
+    """p50 (dashed) and p95 (solid) broadcast round trip against connected clients, one colour per peer."""
+    import matplotlib.ticker
+
+    limit = latency["plan"]["limit_ms"]
+    for result in latency["peers"]:
+        curve = [s for s in result["curve"] if s["p95_ms"] == s["p95_ms"]]  # nan: no sample
+        if not curve:
+            continue
+        clients = [s["clients"] for s in curve]
+        capped = [min(s["p95_ms"], 10_000) for s in curve]  # a timeout (inf) is drawn at the top
+        ax.plot(clients, capped, "-", marker="o", color=_colour(result), label=f"{result['label']} p95")
+        p50 = [min(s["p50_ms"], 10_000) for s in curve]
+        ax.plot(clients, p50, "--", marker="x", color=_colour(result), alpha=0.6, label=f"{result['label']} p50")
+        if result["within"]:
+            ax.annotate(
+                f"{result['within']:,.0f}",
+                (result["within"], limit),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+                color=_colour(result),
+            )
+    ax.axhline(limit, color="grey", linestyle=":", linewidth=1)
+    ax.text(0.01, limit, f" p95 limit {limit:.0f} ms", transform=ax.get_yaxis_transform(), va="bottom", color="grey")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    # Minor ticks: only 2x and 5x a power of ten carry a label, so several decades stay readable.
+    ax.yaxis.set_minor_formatter(
+        matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}"[0] in "25" else "")
+    )
+    ax.set_xlabel("connected clients")
+    ax.set_ylabel("round trip, ms (solid p95, dashed p50)")
+    ax.set_title(
+        f"Broadcast round trip against connected clients ({latency['senders']} senders per round; "
+        "higher client count within the limit is better)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, ncol=2)
 
 
 def _colour(result: dict) -> str:

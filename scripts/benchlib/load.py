@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import shutil
@@ -38,11 +39,21 @@ class SourceAddresses:
 class Loadgen:
     """One ``scripts/loadgen.py`` process; its JSON events arrive on a queue."""
 
-    def __init__(self, mode: str, url: str, *options: str, source: str | None = None, max_seconds: float = 600):
+    def __init__(
+        self,
+        mode: str,
+        url: str,
+        *options: str,
+        source: str | None = None,
+        max_seconds: float = 600,
+        cpus: set[int] | None = None,
+    ):
         argv = [sys.executable, str(LOADGEN), mode, "--url", url, "--max-seconds", str(max_seconds), *options]
         if source:
             argv += ["--source", source]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        if cpus:
+            os.sched_setaffinity(self.proc.pid, cpus)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -99,6 +110,9 @@ class Holders:
     broadcast reaches every process from its start and they read in parallel.
     """
 
+    #: The loadgen mode the processes run.
+    mode = "hold"
+
     def __init__(
         self,
         url: str,
@@ -107,8 +121,10 @@ class Holders:
         cookie: str | None = None,
         most: int = 0,
         max_seconds: float = 600,
+        cpus: set[int] | None = None,
     ):
         self.url, self.origin, self.cookie, self.sources = url, origin, cookie, sources
+        self.cpus = cpus  # the cores the processes may run on (None: any)
         self.max_seconds = max_seconds  # each loadgen process exits after this long, whatever happens
         self.processes = max(1, -(-most // PER_PROCESS))
         self.procs: list[Loadgen] = []
@@ -124,7 +140,9 @@ class Holders:
             if self.cookie:
                 options += ["--cookie", self.cookie]
             source = self.sources.take()
-            self.procs.append(Loadgen("hold", self.url, *options, source=source, max_seconds=self.max_seconds))
+            self.procs.append(
+                Loadgen(self.mode, self.url, *options, source=source, max_seconds=self.max_seconds, cpus=self.cpus)
+            )
         for gen in self.procs:
             gen.wait("opened", 30)
 

@@ -2,7 +2,7 @@
 
 It is the test suite's generated project (tests/asok_project.py: real SQLite
 users, login page, the doc's handlers, ``/echo``) plus the ``/room`` route of the
-bench's control protocol (scripts/peers/__init__.py), with DEBUG off as in
+bench's control protocol and the ``/shootout`` broadcast route (scripts/peers/__init__.py), with DEBUG off as in
 production.
 """
 
@@ -20,6 +20,9 @@ from tests.asok_project import cookie_header, login, make_project, project_env  
 __all__ = ["BENCH_ROUTES", "auth_cookie", "make_bench_project", "project_env"]
 
 BENCH_ROUTES = '''
+import json
+
+
 @ws.on("/room")
 def bench_room(conn, message):
     """The bench's control protocol: `!bcast COUNT SIZE` broadcasts COUNT JSON messages to /room."""
@@ -29,6 +32,14 @@ def bench_room(conn, message):
         for seq in range(int(count)):
             ws.broadcast_json("/room", {"seq": seq, "data": data}, exclude=conn)
         conn.send(f"!done {count}")
+
+
+@ws.on("/shootout")
+def bench_shootout(conn, message):
+    """The websocket-shootout's broadcast: every /shootout connection gets it, the sender included."""
+    request = json.loads(message)
+    if request.get("type") == "broadcast":
+        ws.broadcast_json("/shootout", {"type": "broadcast", "payload": request["payload"]})
 '''
 
 

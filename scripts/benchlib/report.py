@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import latency_report
 from . import table as results_table
 from .targets import GREEN, KB, Verdict, idle_at, judge, peer
 
@@ -30,7 +31,10 @@ PROFILE_FOR = {"echo": "echo", "handshakes": "handshakes", "http": "http_idle"}
 def table(run: dict) -> str:
     """The plain-text table printed at the end of a run."""
     verdicts = judge(run)
-    lines = [results_table.text(run), "", "Targets (asok_green, ratios within this run):"]
+    lines = [results_table.text(run), ""]
+    if run.get("latency"):
+        lines += [latency_report.text(run["latency"]), ""]
+    lines.append("Targets (asok_green, ratios within this run):")
     for v in verdicts:
         lines.append(f"  [{_mark(v)}] {v.target}: {v.measured}" + (f" -- {v.shortfall}" if v.shortfall else ""))
     return "\n".join(lines)
@@ -48,6 +52,7 @@ def markdown(run: dict, chart_path: str) -> str:
         "## Results\n\n" + results_table.markdown(run) + "\n\n" + _legend(run),
         _targets(verdicts),
         _misses(run, verdicts),
+        latency_report.section(run.get("latency")),
         _memory_experiment(run.get("memory_experiment")),
         _cluster(run.get("cluster")),
         metrics_cost_section(run.get("metrics_cost")),
@@ -172,6 +177,8 @@ def _why(run: dict, v: Verdict) -> str:
         return "What went wrong: " + ("; ".join(problems) if problems else "see the server log of the run.")
     if key == "http":
         return _why_http(run)
+    if key == "latency":
+        return "The curves, and a profile of asok_green where it passed the limit, are in the latency section below."
     return _why_rate(run, key)
 
 

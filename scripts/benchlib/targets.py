@@ -57,7 +57,34 @@ def judge(run: dict) -> list[Verdict]:
     verdicts.append(_encode_once(run.get("encode_check")))
     verdicts += _rates(green, ws)
     verdicts.append(_http(green))
+    if run.get("latency"):
+        verdicts.append(latency_verdict(run["latency"]))
     return verdicts
+
+
+#: Clients within the p95 limit: asok_green against websockets (asyncio).
+LATENCY_FACTOR = 1.5
+
+
+def latency_verdict(latency: dict) -> Verdict:
+    """Clients served within the p95 round-trip limit: at least 1.5x websockets (asyncio)."""
+    limit = latency["plan"]["limit_ms"]
+    by_name = {p["name"]: p for p in latency["peers"]}
+    mine, theirs = by_name.get(GREEN), by_name.get("websockets_asyncio")
+    target = f"clients within a {limit:.0f} ms p95 broadcast round trip at least {LATENCY_FACTOR}x websockets (asyncio)"
+    if not mine or not theirs:
+        return Verdict("latency", target, "not measured", None)
+    a, b = mine["within"], theirs["within"]
+    ratio = _ratio(a, b)
+    if ratio is None:  # one of them served no step within the limit
+        return Verdict("latency", target, f"{a:,.0f} vs {b:,.0f} clients", None if a == b else a > b)
+    return Verdict(
+        "latency",
+        target,
+        f"{ratio:.2f}x ({a:,.0f} vs {b:,.0f} clients)",
+        ratio >= LATENCY_FACTOR,
+        f"{ratio:.2f}x instead of {LATENCY_FACTOR}x" if ratio < LATENCY_FACTOR else "",
+    )
 
 
 def _memory(green, gw, ws, size: int) -> list[Verdict]:

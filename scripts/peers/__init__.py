@@ -14,10 +14,15 @@ Every peer serves, on ``ws://HOST:PORT``:
     ``!done COUNT``. A subscriber therefore knows the broadcast reached it when
     its COUNT-th message arrives, and the control client knows when the server's
     loop has finished.
+``/shootout``
+    the broadcast test of the websocket-shootout: every connection is a
+    subscriber; the text message ``{"type": "broadcast", "payload": P}`` makes
+    the server send ``{"type": "broadcast", "payload": P}`` (parsed, then
+    serialised once) to every ``/shootout`` connection, the sender included.
 
 and answers a plain HTTP GET on its HTTP port with a short 200 (``--http-port``
 where HTTP has a port of its own; the same port otherwise).
 
 asok_green itself is not a file here: the bench runs ``asok serve --gevent`` on a
-generated Asok project whose wsgi.py has the same two routes (benchlib/project.py).
+generated Asok project whose wsgi.py has the same routes (benchlib/project.py).
 """

@@ -18,6 +18,7 @@ from geventwebsocket.exceptions import WebSocketError  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 
 ROOM: set = set()
+SHOOTOUT: set = set()
 
 
 def echo(ws) -> None:
@@ -29,14 +30,14 @@ def echo(ws) -> None:
         ws.send(message)
 
 
-def broadcast(text: str, exclude) -> None:
-    """Send ``text`` to every /room subscriber but ``exclude``."""
-    for ws in list(ROOM):
+def broadcast(text: str, exclude, members: set = ROOM) -> None:
+    """Send ``text`` to every subscriber in ``members`` (the /room ones by default) but ``exclude``."""
+    for ws in list(members):
         if ws is not exclude:
             try:
                 ws.send(text)
             except WebSocketError:
-                ROOM.discard(ws)
+                members.discard(ws)
 
 
 def room(ws) -> None:
@@ -57,6 +58,21 @@ def room(ws) -> None:
         ROOM.discard(ws)
 
 
+def shootout(ws) -> None:
+    """Subscribe ``ws``; send each broadcast request to every subscriber, the sender included."""
+    SHOOTOUT.add(ws)
+    try:
+        while True:
+            message = ws.receive()
+            if message is None:
+                return
+            request = json.loads(message)
+            if request.get("type") == "broadcast":
+                broadcast(json.dumps({"type": "broadcast", "payload": request["payload"]}), None, SHOOTOUT)
+    finally:
+        SHOOTOUT.discard(ws)
+
+
 def app(environ, start_response):
     """WebSockets on /echo and /room; a short 200 for anything else."""
     ws = environ.get("wsgi.websocket")
@@ -68,6 +84,8 @@ def app(environ, start_response):
             echo(ws)
         elif environ["PATH_INFO"] == "/room":
             room(ws)
+        elif environ["PATH_INFO"] == "/shootout":
+            shootout(ws)
     except WebSocketError:
         pass
     return []

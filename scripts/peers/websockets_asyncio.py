@@ -14,6 +14,7 @@ import resource
 from websockets.asyncio.server import broadcast, serve
 
 ROOM: set = set()
+SHOOTOUT: set = set()
 
 
 async def echo(ws) -> None:
@@ -38,12 +39,26 @@ async def room(ws) -> None:
         ROOM.discard(ws)
 
 
+async def shootout(ws) -> None:
+    """Subscribe ``ws``; send each broadcast request to every subscriber, the sender included."""
+    SHOOTOUT.add(ws)
+    try:
+        async for message in ws:
+            request = json.loads(message)
+            if request.get("type") == "broadcast":
+                broadcast(SHOOTOUT, json.dumps({"type": "broadcast", "payload": request["payload"]}))
+    finally:
+        SHOOTOUT.discard(ws)
+
+
 async def handler(ws) -> None:
     """Route by path."""
     if ws.request.path == "/echo":
         await echo(ws)
     elif ws.request.path == "/room":
         await room(ws)
+    elif ws.request.path == "/shootout":
+        await shootout(ws)
 
 
 def plain_http(connection, request):
