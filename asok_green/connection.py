@@ -454,6 +454,54 @@ class Connection:
             self._writer = gevent.spawn(self._drain)
         return True
 
+    def cork_frame(self, frame: bytes, corked: list) -> bool:
+        """Queue one frame of a broadcast to go out at the end of this loop turn, with the others.
+
+        Several broadcasts handled in one turn then reach each client in one
+        send instead of one send each. A connection added to ``corked`` (the
+        first time it holds a frame back) must get :meth:`uncork` before the
+        loop waits again. False if the connection is closing or gone.
+        """
+        if self.state is not OPEN:
+            return False
+        pending = self._pending
+        if self._writer is not None:
+            return self._enqueue(frame)  # a writer is busy: it takes this frame in order
+        if pending is None:
+            pending = self._pending = deque()
+        if not pending:
+            corked.append(self)
+        pending.append(frame)
+        self._pending_bytes += len(frame) + _QUEUE_ENTRY_COST
+        if self._pending_bytes > self.server.limits.max_queue:
+            self._close_slow_consumer()
+        return True
+
+    def uncork(self) -> None:
+        """Send what :meth:`cork_frame` held back, in one send; a writer takes any rest."""
+        pending = self._pending
+        if self._writer is not None or not pending:
+            return
+        if self.state is CLOSED:
+            pending.clear()
+            self._pending_bytes = 0
+            return
+        chunk = pending.popleft() if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        try:
+            sent = self._try_send(chunk)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        if sent < len(chunk):
+            rest = memoryview(chunk)[sent:]
+            pending.append(rest)
+            self._pending_bytes = len(rest) + _QUEUE_ENTRY_COST
+            self._writer = gevent.spawn(self._drain)
+
     def _answer_ping(self, payload: bytes) -> None:
         """Queue the pong for a ping; a pong still waiting in the queue is replaced, not added to."""
         pong = encode_frame(OP_PONG, payload)
@@ -524,6 +572,7 @@ class Connection:
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for queued frames to reach the kernel."""
+        self.uncork()
         writer = self._writer
         if writer is not None:
             writer.join(timeout)

@@ -24,6 +24,7 @@ from time import perf_counter
 from typing import Any
 
 import gevent
+from gevent.monkey import get_original
 
 from . import state as st
 from .connection import Connection, Outgoing
@@ -33,6 +34,7 @@ from .node import SINGLE_PROCESS, Node
 from .routing import Route, RouteTable
 
 logger = logging.getLogger("asok_green")
+_native_thread_id = get_original("_thread", "get_ident")
 
 #: Every WebSocketServer made in this process, in creation order.
 _INSTANCES: list[WebSocketServer] = []
@@ -124,6 +126,10 @@ class WebSocketServer:
         self.serving_port: int | None = None
         #: Timings kept while metrics are on (asok_green.metrics.HubMetrics), else None.
         self.metrics: Any = None
+        #: Connections holding frames of this loop turn's broadcasts back (see _fan_out), or None.
+        self._corked: list[Connection] | None = None
+        #: The OS thread of the event loop serving this hub (set by attach): only there are broadcasts held.
+        self._loop_thread: int | None = None
         #: The streams that keep history (asok_green.history), None until one does.
         self.history: Any = None
         if app is not None:
@@ -221,6 +227,7 @@ class WebSocketServer:
         """
         if self.app is None and app is not None:
             self.bind_app(app)
+        self._loop_thread = _native_thread_id()
         if self.port != port:
             logger.info(
                 "WebSocketServer(port=%s) ignored: WebSockets are served on the HTTP port %s",
@@ -630,6 +637,12 @@ class WebSocketServer:
         metrics = self.metrics
         started = perf_counter() if metrics is not None else 0.0
         delivered = size = 0
+        corked = self._corked
+        if corked is None and self._loop_thread == _native_thread_id():
+            # The first broadcast of a loop turn goes straight out; those after it in
+            # the same turn are held and sent together at its end (one send per client).
+            self._corked = []
+            gevent.get_hub().loop.run_callback(self._uncork)
         if isinstance(message, Outgoing):
             frame = message.frame
             # A snapshot: a failed send may end a connection while we iterate.
@@ -645,12 +658,14 @@ class WebSocketServer:
                         sent = message.v1_frame_for(deflate)
                     else:
                         sent = frame if deflate is None else message.frame_for(deflate)
-                    if conn.send_frame(sent):
+                    if conn.send_frame(sent) if corked is None else conn.cork_frame(sent, corked):
                         delivered += 1
                         size += len(sent)
         else:
             for conn in tuple(members):
-                if conn is not exclude and conn.send_frame(message):
+                if conn is not exclude and (
+                    conn.send_frame(message) if corked is None else conn.cork_frame(message, corked)
+                ):
                     delivered += 1
             size = delivered * len(message)
         stats = self.stats
@@ -659,6 +674,16 @@ class WebSocketServer:
         if metrics is not None:
             metrics.fanout_time.observe(perf_counter() - started)
         return delivered
+
+    def _uncork(self) -> None:
+        """At the end of a loop turn: send what the turn's later broadcasts held back."""
+        corked, self._corked = self._corked, None
+        for conn in corked or ():
+            try:
+                conn.uncork()
+            except Exception:
+                logger.exception("sending the held broadcasts to %s on %s failed", conn.addr, conn.path)
+                conn.abort()
 
     def deliver_stream(self, stream: str, epoch: str, offset: int, opcode: int, data: bytes) -> int:
         """Deliver message ``offset`` of ``stream`` (``/path`` or ``room:name``), published by another process.
