@@ -26,15 +26,13 @@ import argparse
 import json
 import pathlib
 import shutil
-import statistics
 import sys
 import tempfile
 
-from benchlib import load, procstat
+from benchlib import load
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
-from benchlib.scenario import progress, warm_up
-from metrics_cost import fanout_round, start
+from metrics_cost import side_by_side, start
 
 #: Appended to the bench project's wsgi.py: ``BENCH_HISTORY=N`` makes ``/room`` keep N messages.
 HISTORY_SWITCH = """
@@ -84,46 +82,10 @@ def run(
     with open(project / "wsgi.py", "a") as wsgi:
         wsgi.write(HISTORY_SWITCH)
     servers = {name: start(project, work, name, extra) for name, extra in variants.items()}
-    holders: dict[str, load.Holders] = {}
     result: dict = {"subscribers": subscribers, "rounds": rounds, "idle": idle, "variants": {}}
     try:
-        for name, server in servers.items():
-            warm_up(server, plan, sources)
-            holders[name] = load.Holders(server.ws_url("/room"), server.origin, sources, most=subscribers)
-            holders[name].grow(subscribers, plan.open_timeout)
-            procstat.wait_idle(server.pid)
-        progress(f"fan-out to {subscribers}: {rounds} alternating rounds")
-        cpu: dict[str, list[float]] = {name: [] for name in servers}
-        for round_id in range(rounds):
-            shift = round_id % len(servers)
-            order = list(servers)[shift:] + list(servers)[:shift]
-            for name in order:
-                value = fanout_round(servers[name], holders[name], round_id, plan.message_size)
-                if value is not None:
-                    cpu[name].append(value)
-        for name in servers:
-            holders[name].close()
-            procstat.wait_idle(servers[name].pid)
-        progress(f"idle memory at {idle} connections")
-        for name, server in servers.items():
-            held = load.Holders(server.ws_url("/room"), server.origin, sources, most=idle)
-            before = procstat.rss_bytes(server.pid)
-            held.grow(idle, plan.open_timeout)
-            procstat.wait_idle(server.pid)
-            opened = held.still_open()
-            after = procstat.rss_bytes(server.pid)
-            result["variants"][name] = {
-                "cpu_us_per_msg": statistics.median(cpu[name]) if cpu[name] else None,
-                # Load from elsewhere only ever adds CPU time: the least of the rounds is the steadiest.
-                "cpu_us_per_msg_min": min(cpu[name]) if cpu[name] else None,
-                "rounds": len(cpu[name]),
-                "idle_open": opened,
-                "bytes_per_idle_conn": (after - before) / opened if opened else None,
-            }
-            held.close()
+        result["variants"] = side_by_side(servers, plan, sources, subscribers, rounds, idle)
     finally:
-        for h in holders.values():
-            h.close()
         for server in servers.values():
             server.stop()
     off = result["variants"].get("history off", {})

@@ -38,7 +38,6 @@ import shlex
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -600,9 +599,8 @@ def scenario_failover(project: pathlib.Path, work: pathlib.Path, args: argparse.
 def history_cost(project: pathlib.Path, work: pathlib.Path, args: argparse.Namespace) -> dict:
     """Server CPU per delivered message in a fan-out, and RSS per idle connection, history on and off."""
     import metrics_cost
-    from benchlib import load, procstat
+    from benchlib import load
     from benchlib.plan import Plan
-    from benchlib.scenario import warm_up
 
     variants = {
         "history off": {"BENCH_HISTORY": "0"},
@@ -611,45 +609,21 @@ def history_cost(project: pathlib.Path, work: pathlib.Path, args: argparse.Names
     plan = Plan.quick() if args.subscribers < 100 else Plan()
     sources = load.SourceAddresses()
     servers = {name: metrics_cost.start(project, work, name, extra) for name, extra in variants.items()}
-    holders: dict = {}
     result: dict = {"subscribers": args.subscribers, "idle": args.idle, "variants": {}}
     try:
+        progress("history cost")
+        measured = metrics_cost.side_by_side(servers, plan, sources, args.subscribers, args.rounds, args.idle)
         for name, server in servers.items():
-            warm_up(server, plan, sources)
-            holders[name] = load.Holders(server.ws_url("/room"), server.origin, sources, most=args.subscribers)
-            holders[name].grow(args.subscribers, plan.open_timeout)
-            procstat.wait_idle(server.pid)
-        progress(f"history cost: fan-out to {args.subscribers}, {args.rounds} alternating rounds")
-        cpu: dict[str, list[float]] = {name: [] for name in servers}
-        for round_id in range(args.rounds):
-            order = list(servers)[round_id % 2 :] + list(servers)[: round_id % 2]
-            for name in order:
-                value = metrics_cost.fanout_round(servers[name], holders[name], round_id, plan.message_size)
-                if value is not None:
-                    cpu[name].append(value)
-        for name in servers:
-            holders[name].close()
-            procstat.wait_idle(servers[name].pid)
-        progress(f"history cost: idle memory at {args.idle} connections")
-        for name, server in servers.items():
-            held = load.Holders(server.ws_url("/room"), server.origin, sources, most=args.idle)
-            before = procstat.rss_bytes(server.pid)
-            held.grow(args.idle, plan.open_timeout)
-            procstat.wait_idle(server.pid)
-            opened = held.still_open()
-            after = procstat.rss_bytes(server.pid)
-            held.close()
-            procstat.wait_idle(server.pid)
+            entry = measured[name]
+            opened, per_conn = entry["idle_open"], entry["bytes_per_idle_conn"]
             result["variants"][name] = {
-                "cpu_us_per_msg": round(statistics.median(cpu[name]), 3) if cpu[name] else None,
-                "rounds": len(cpu[name]),
+                "cpu_us_per_msg": round(entry["cpu_us_per_msg"], 3) if entry["cpu_us_per_msg"] else None,
+                "rounds": entry["rounds"],
                 "idle_open": opened,
-                "bytes_per_idle_conn": round((after - before) / opened) if opened else None,
+                "bytes_per_idle_conn": round(per_conn) if per_conn is not None else None,
                 "bytes_per_idle_v1_conn": v1_idle_bytes(server, args.idle),
             }
     finally:
-        for held in holders.values():
-            held.close()
         for server in servers.values():
             server.stop()
     off, on = result["variants"].get("history off", {}), result["variants"].get("history on", {})
