@@ -23,6 +23,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .listeners import listen
+
 #: File names whose change restarts the server: code, templates and the environment.
 WATCHED_SUFFIXES = (".py", ".html")
 WATCHED_NAMES = (".env",)
@@ -83,21 +85,6 @@ def environment_without_dotenv(environ: Mapping[str, str], dotenv_path: str) -> 
     """
     dotenv = read_dotenv(dotenv_path)
     return {key: value for key, value in environ.items() if dotenv.get(key) != value}
-
-
-def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """The listening socket every server process inherits in turn."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def worker_argv(options: DevOptions, fd: int) -> list[str]:
