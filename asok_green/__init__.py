@@ -12,17 +12,17 @@ __version__ = "0.1.0"
 __all__ = ["WebSocketServer", "Connection", "serve", "make_server", "blocking", "__version__"]
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .hub import WebSocketServer
-    from .offload import blocking
-    from .server import make_server, serve
+    from .server.connection import Connection
+    from .server.handler import make_server, serve
+    from .server.hub import WebSocketServer
+    from .server.offload import blocking
 
 _LAZY = {
-    "WebSocketServer": "hub",
-    "Connection": "connection",
-    "serve": "server",
-    "make_server": "server",
-    "blocking": "offload",
+    "WebSocketServer": "server.hub",
+    "Connection": "server.connection",
+    "serve": "server.handler",
+    "make_server": "server.handler",
+    "blocking": "server.offload",
 }
 
 

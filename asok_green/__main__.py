@@ -4,7 +4,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from asok_green.cli import main  # noqa: E402
+from asok_green.process.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

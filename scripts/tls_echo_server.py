@@ -18,8 +18,8 @@ import sys  # noqa: E402
 
 from echo_server import CatchAllServer, EchoApp, echo  # noqa: E402
 
-from asok_green.server import serve  # noqa: E402
-from asok_green.tls import server_tls_options  # noqa: E402
+from asok_green.server.handler import serve  # noqa: E402
+from asok_green.server.tls import server_tls_options  # noqa: E402
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 from asok.ws.adapter import BaseWebSocketAdapter, InMemoryWebSocketAdapter
 
-from asok_green.cluster import WORKERS_ENV, ClusterConfigError, resolve_settings
+from asok_green.cluster.redis_node import WORKERS_ENV, ClusterConfigError, resolve_settings
 from tests.asok_project import WSGI, fetch, make_project, project_env
 from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, ws_connect
 

@@ -43,7 +43,7 @@ import pytest
 from asok.orm import MODELS_REGISTRY, close_all_db_connections
 from asok.session import Session
 
-from asok_green.auth import (
+from asok_green.bridge.auth import (
     SessionAuth,
     SessionState,
     StoreUnavailable,

@@ -21,7 +21,7 @@ import pytest
 import websocket
 
 import asok_green
-from asok_green import offload
+from asok_green.server import offload
 from tests.asok_project import cookie_header, login, make_project, project_env
 from tests.conftest import asok_serve
 
@@ -259,7 +259,8 @@ def test_pool_size_comes_from_the_environment():
 def test_a_model_event_fired_inside_blocking_is_broadcast_from_the_loops_thread():
     from asok.events import events
 
-    from asok_green import WebSocketServer, ops
+    from asok_green import WebSocketServer
+    from asok_green.bridge import live as ops
 
     class Order:
         id = 7

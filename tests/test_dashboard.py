@@ -1,6 +1,6 @@
 """The live dashboard: its snapshot (pure), who may open it, and its WebSocket of snapshots.
 
-The unit tests drive :func:`asok_green.overview.build_snapshot` with a real
+The unit tests drive :func:`asok_green.ops.overview.build_snapshot` with a real
 state core and route table. The end-to-end tests run ``asok serve --gevent`` on
 the test project and open the page and its socket as a token holder, an admin
 (alice), a logged-in non-admin (bob) and a stranger.
@@ -17,11 +17,11 @@ import gevent
 import pytest
 import websocket
 
-from asok_green import state as st
-from asok_green.dashboard import Publisher, Watcher, presented_token, resolve_settings
-from asok_green.node import SINGLE_PROCESS
-from asok_green.overview import RefusalLog, build_snapshot, refusal_cause
-from asok_green.routing import RouteTable
+from asok_green.core import state as st
+from asok_green.core.node import SINGLE_PROCESS
+from asok_green.core.routing import RouteTable
+from asok_green.ops.dashboard import Publisher, Watcher, presented_token, resolve_settings
+from asok_green.ops.overview import RefusalLog, build_snapshot, refusal_cause
 from tests.asok_project import cookie_header, fetch, login, project_env
 from tests.conftest import asok_serve, ws_connect
 

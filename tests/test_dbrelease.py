@@ -1,4 +1,4 @@
-"""Releasing the per-greenlet database connections Asok opened (asok_green.dbrelease), on a real SQLite engine."""
+"""Releasing the per-greenlet database connections Asok opened (bridge.dbrelease), on a real SQLite engine."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from asok.orm.engines import SQLiteEngine
 
-from asok_green.dbrelease import holds_connection, release_db_connections
+from asok_green.bridge.dbrelease import holds_connection, release_db_connections
 
 
 class CountingEngine(SQLiteEngine):

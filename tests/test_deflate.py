@@ -19,14 +19,22 @@ import gevent
 import gevent.socket
 import pytest
 
-from asok_green import deflate as deflate_module
-from asok_green import hub as hub_module
-from asok_green.connection import Connection, Outgoing
-from asok_green.deflate import Inflater, PerMessageDeflate, compress, negotiate, parse_extensions
-from asok_green.frames import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, ProtocolError
-from asok_green.handshake import choose_compression, response_headers
-from asok_green.hub import WebSocketServer
-from asok_green.limits import Limits
+from asok_green.core.limits import Limits
+from asok_green.protocol import deflate as deflate_module
+from asok_green.protocol.deflate import Inflater, PerMessageDeflate, compress, negotiate, parse_extensions
+from asok_green.protocol.frames import (
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_TEXT,
+    ProtocolError,
+)
+from asok_green.protocol.handshake import choose_compression, response_headers
+from asok_green.server import hub as hub_module
+from asok_green.server.connection import Connection, Outgoing
+from asok_green.server.hub import WebSocketServer
 from tests.conftest import asok_serve
 from tests.echo import ROOT, echo_serve
 from tests.server_frames import client_frame, split_server_frame
@@ -194,7 +202,7 @@ def test_standard_library_zlib_is_the_fallback():
     script = """
 import sys, zlib
 sys.modules["zlib_ng"] = None  # as if the package were not installed
-from asok_green import deflate
+from asok_green.protocol import deflate
 payload = b"fallback " * 100
 data = deflate.compress(payload)
 assert zlib.decompressobj(-15).decompress(data + b"\\x00\\x00\\xff\\xff") == payload

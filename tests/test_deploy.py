@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import websocket
 
-from asok_green.deploy import DeployError, DeployOptions, nginx_site, systemd_unit
+from asok_green.process.deploy import DeployError, DeployOptions, nginx_site, systemd_unit
 from tests.asok_project import make_project, project_env
 from tests.conftest import BIN, INTROSPECTION, ServerProcess, free_port
 from tests.nginx_support import Nginx, check_config, require_nginx, write_config

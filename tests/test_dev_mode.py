@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from asok_green.devserver import environment_without_dotenv, is_watched
+from asok_green.process.devserver import environment_without_dotenv, is_watched
 from tests.asok_project import make_project, project_env
 from tests.conftest import BIN, ServerProcess, free_port, ws_connect
 from tests.raw_client import RawClient
@@ -265,7 +265,7 @@ def asok_like_parser():
     """A parser built in the order Asok's CLI builds its own: extensions first, then the built-in ``dev``."""
     import argparse
 
-    from asok_green.cli import register
+    from asok_green.process.cli import register
 
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers(dest="command")
@@ -275,7 +275,7 @@ def asok_like_parser():
 
 
 def test_gevent_routes_asok_dev_to_asok_green_and_plain_dev_stays_asoks():
-    from asok_green.cli import run_asok_dev
+    from asok_green.process.cli import run_asok_dev
 
     green = asok_like_parser().parse_args(["dev", "--gevent", "--port", "9000", "--certfile", "c.pem"])
     assert (green.command, green.func, green.port, green.certfile) == ("dev --gevent", run_asok_dev, 9000, "c.pem")

@@ -1,10 +1,10 @@
-"""Tests for asok_green.frames: the sans-I/O RFC 6455 codec."""
+"""Tests for asok_green.protocol.frames: the sans-I/O RFC 6455 codec."""
 
 import struct
 
 import pytest
 
-from asok_green.frames import (
+from asok_green.protocol.frames import (
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_BIG,

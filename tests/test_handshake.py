@@ -2,7 +2,7 @@
 
 import pytest
 
-from asok_green.handshake import check_upgrade, is_upgrade_request, request_headers, response_headers
+from asok_green.protocol.handshake import check_upgrade, is_upgrade_request, request_headers, response_headers
 
 
 def environ(**overrides):

@@ -9,10 +9,12 @@ import zlib
 
 import pytest
 
-from asok_green import history_stores
-from asok_green.connection import Outgoing
-from asok_green.deflate import PerMessageDeflate
-from asok_green.envelopes import (
+from asok_green.history import store as history_stores
+from asok_green.history.sqlite_store import SqliteStore
+from asok_green.history.store import MemoryStore, make_store
+from asok_green.history.streams import Policy, Stream, TailBudget, check_policy
+from asok_green.protocol.deflate import PerMessageDeflate
+from asok_green.protocol.envelopes import (
     BadSince,
     Since,
     notice,
@@ -23,11 +25,9 @@ from asok_green.envelopes import (
     stream_envelope,
     stream_prefix,
 )
-from asok_green.frames import OP_BINARY, OP_TEXT
-from asok_green.history import Policy, Stream, TailBudget, check_policy
-from asok_green.history_sqlite import SqliteStore
-from asok_green.history_stores import MemoryStore, make_store
-from asok_green.hub import WebSocketServer
+from asok_green.protocol.frames import OP_BINARY, OP_TEXT
+from asok_green.server.connection import Outgoing
+from asok_green.server.hub import WebSocketServer
 from tests.server_frames import parse_server_frames
 
 # -- envelopes ---------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_read_since_is_none_when_the_history_no_longer_reaches_back(store):
 def test_messages_older_than_the_ttl_are_out_of_reach(store, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(history_stores, "time", lambda: clock[0])
-    monkeypatch.setattr("asok_green.history_sqlite.time", lambda: clock[0])
+    monkeypatch.setattr("asok_green.history.sqlite_store.time", lambda: clock[0])
     store.configure("/a", 100, 60.0)
     epoch = publish(store, "/a", b"old")[0][0]
     clock[0] += 120
@@ -236,7 +236,7 @@ def test_a_deleted_sqlite_file_starts_a_new_epoch(tmp_path, monkeypatch):
     epoch = publish(store, "/a", b"x")[0][0]
     for name in (path, tmp_path / "h.sqlite3-wal", tmp_path / "h.sqlite3-shm"):
         name.unlink(missing_ok=True)
-    monkeypatch.setattr("asok_green.history_sqlite._FILE_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr("asok_green.history.sqlite_store._FILE_CHECK_INTERVAL", 0.0)
     new_epoch, offset = publish(store, "/a", b"y")[0]
     assert new_epoch != epoch and offset == 1
     assert store.read_since("/a", epoch, 0) is None
@@ -323,7 +323,7 @@ def test_history_policies_must_be_positive():
 
 
 def test_routes_and_room_globs_choose_the_streams_with_history(tmp_path):
-    from asok_green import hub as hub_module
+    from asok_green.server import hub as hub_module
 
     ws = WebSocketServer()
     try:
@@ -356,8 +356,8 @@ def frames_from(sock, count: int) -> list[dict]:
 def test_a_message_from_elsewhere_past_a_gap_comes_after_the_missing_ones_and_once():
     import gevent.socket
 
-    from asok_green import hub as hub_module
-    from asok_green.connection import V1Connection
+    from asok_green.server import hub as hub_module
+    from asok_green.server.connection import V1Connection
 
     ws = WebSocketServer()
     a, b = gevent.socket.socketpair()

@@ -1,4 +1,4 @@
-"""Stream history in Redis Streams (asok_green.history_redis), against a real redis-server.
+"""Stream history in Redis Streams (asok_green.history.redis_store), against a real redis-server.
 
 ``StreamLog`` is the Redis side (one script per append batch, read, position),
 driven here with a plain redis-py client; ``WriteQueue`` is the pure bookkeeping
@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from asok_green.history_redis import PendingMessage, StreamLog, WriteQueue, parse_published
+from asok_green.history.redis_store import PendingMessage, StreamLog, WriteQueue, parse_published
 
 CHANNEL = "asok:ws:history"
 

@@ -13,10 +13,10 @@ import gevent
 import gevent.socket
 import pytest
 
-from asok_green import hub as hub_module
-from asok_green.connection import Connection
-from asok_green.frames import CLOSE_POLICY, OP_CLOSE, OP_TEXT
-from asok_green.hub import WebSocketServer, is_valid_room_name
+from asok_green.protocol.frames import CLOSE_POLICY, OP_CLOSE, OP_TEXT
+from asok_green.server import hub as hub_module
+from asok_green.server.connection import Connection
+from asok_green.server.hub import WebSocketServer, is_valid_room_name
 from tests.server_frames import close_code, parse_server_frames
 
 

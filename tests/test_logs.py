@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
-from asok_green import logs
-from asok_green.logs import LogLimiter, log_limited
+from asok_green.core import logs
+from asok_green.core.logs import LogLimiter, log_limited
 
 
 def test_lines_within_the_burst_are_logged():

@@ -11,7 +11,7 @@ import pytest
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
-from asok_green import metrics
+from asok_green.ops import metrics
 from tests.asok_project import login, project_env
 from tests.conftest import asok_serve, ws_connect
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from asok_green.origins import InsecureOriginPolicy, OriginPolicy
+from asok_green.core.origins import InsecureOriginPolicy, OriginPolicy
 
 PROD = {"DEBUG": False}
 DEBUG = {"DEBUG": True}

@@ -1,6 +1,6 @@
 """Behind a reverse proxy: TRUSTED_PROXIES, the page's forwarded address, and WS_PATH.
 
-The pure decisions (``asok_green.proxies``, the Origin rule) are driven directly;
+The pure decisions (``asok_green.core.proxies``, the Origin rule) are driven directly;
 then a real server is asked by real clients: one bound to 127.0.0.1 plays the
 trusted proxy, one bound to 127.0.0.2 an untrusted client.
 """
@@ -15,8 +15,8 @@ import urllib.request
 import pytest
 import websocket
 
-from asok_green.origins import OriginPolicy
-from asok_green.proxies import (
+from asok_green.core.origins import OriginPolicy
+from asok_green.core.proxies import (
     PAGE_KEY,
     PageAddress,
     ProxyPolicy,

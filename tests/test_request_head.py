@@ -1,4 +1,4 @@
-"""The upgrade head parser (asok_green.request_head) against pywsgi's reading of the same bytes."""
+"""The upgrade head parser (asok_green.protocol.request_head) against pywsgi's reading of the same bytes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from gevent.pywsgi import WSGIHandler
 
-from asok_green.handshake import request_headers
-from asok_green.request_head import parse_upgrade_head
-from asok_green.server import parse_header_block
+from asok_green.protocol.handshake import request_headers
+from asok_green.protocol.request_head import parse_upgrade_head
+from asok_green.server.handler import parse_header_block
 
 BLOCKS = [
     ["Host: a", "Upgrade: websocket", "Connection: Upgrade"],

@@ -84,7 +84,7 @@ def serves(server: ServerProcess, pid: int) -> bool:
     if pid != server.proc.pid:
         return alive(pid)
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        return b"asok_green.restarter" not in cmdline.read()
+        return b"asok_green.process.restarter" not in cmdline.read()
 
 
 def add_pages(root: pathlib.Path) -> pathlib.Path:
@@ -334,7 +334,7 @@ def test_workers_are_replaced_one_at_a_time_and_no_connection_is_refused(workers
 def test_the_drain_schedule_closes_everyone_once_in_order_within_the_period():
     import random
 
-    from asok_green.drain import drain_schedule
+    from asok_green.process.drain import drain_schedule
 
     for count, seconds in ((1, 10.0), (7, 1.0), (1000, 10.0), (5, 0.0)):
         schedule = drain_schedule(count, seconds, random.Random(count))

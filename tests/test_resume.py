@@ -27,8 +27,8 @@ HISTORY_APP = '''
 import json as _json
 
 import gevent as _gevent
-from asok_green.history_sqlite import SqliteStore as _SqliteStore
-from asok_green.history_stores import register_store as _register_store
+from asok_green.history.sqlite_store import SqliteStore as _SqliteStore
+from asok_green.history.store import register_store as _register_store
 
 
 class _YieldingStore(_SqliteStore):

@@ -243,7 +243,7 @@ def wait_until(condition, what: str, timeout: float = 20) -> None:
 def restarting_parent(pid: int) -> bool:
     """True once process ``pid`` (the one ``asok serve`` started) has become the parent that restarts servers."""
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        return b"asok_green.restarter" in cmdline.read()
+        return b"asok_green.process.restarter" in cmdline.read()
 
 
 def resume_log(page) -> dict:

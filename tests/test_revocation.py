@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import gevent
 
-from asok_green import revocation
-from asok_green.auth import SessionState
+from asok_green.bridge.auth import SessionState
+from asok_green.server import revocation
 
 
 class Tab:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from asok_green.routing import RouteTable, is_canonical, request_path, split_path
+from asok_green.core.routing import RouteTable, is_canonical, request_path, split_path
 
 
 def test_split_path_ignores_empty_segments():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from asok_green.state import (
+from asok_green.core.state import (
     AtCapacity,
     HubState,
     LocalRoomUserAdded,

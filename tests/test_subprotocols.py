@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from asok_green.frames import accept_key
-from asok_green.handshake import SUBPROTOCOL_KEY, accept_subprotocol, choose_subprotocol, response_headers
+from asok_green.protocol.frames import accept_key
+from asok_green.protocol.handshake import SUBPROTOCOL_KEY, accept_subprotocol, choose_subprotocol, response_headers
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 

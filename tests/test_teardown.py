@@ -20,7 +20,7 @@ import gevent
 import pytest
 import websocket
 
-from asok_green import keepalive
+from asok_green.server import keepalive
 from tests.asok_project import cookie_header, login, make_project, project_env
 from tests.cluster_support import RedisServer, recv_json
 from tests.conftest import INTROSPECTION, asok_serve, ws_connect

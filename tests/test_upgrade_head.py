@@ -1,6 +1,6 @@
 """Upgrade requests as clients really write them, against a real server: the head's parsing.
 
-The server reads a WebSocket upgrade's head itself (asok_green.request_head)
+The server reads a WebSocket upgrade's head itself (asok_green.protocol.request_head)
 instead of through pywsgi's ``email`` header parser; these requests must come
 out as they always did: split across many TCP writes, folded, repeated,
 in any letter case, with a cookie as large as the server takes, with a body.
@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from asok_green.auth import MAX_COOKIE_HEADER
+from asok_green.bridge.auth import MAX_COOKIE_HEADER
 from tests.asok_project import cookie_header, login, make_project
 from tests.conftest import asok_serve
 from tests.raw_client import OP_CLOSE, OP_TEXT, RawClient

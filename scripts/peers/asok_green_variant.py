@@ -27,7 +27,7 @@ does, with these experiments switched on:
     trace allocations (one frame); each SIGUSR1 writes ``DIR/snapshot-N.pickle``.
 
 The asok_green package is not modified: the experiments wrap
-``asok_green.server.serve_connection`` and ``GreenServer.handle``, and the
+``asok_green.server.handler.serve_connection`` and ``GreenServer.handle``, and the
 idle watcher drives a ``Connection`` through its own (private) parts.
 """
 
@@ -47,8 +47,7 @@ from time import monotonic  # noqa: E402
 import gevent  # noqa: E402
 from gevent.timeout import Timeout  # noqa: E402
 
-from asok_green.connection import CLOSED, OPEN  # noqa: E402
-from asok_green.frames import (  # noqa: E402
+from asok_green.protocol.frames import (  # noqa: E402
     CLOSE_ABNORMAL,
     OP_PONG,
     Close,
@@ -57,6 +56,7 @@ from asok_green.frames import (  # noqa: E402
     ProtocolError,
     encode_frame,
 )
+from asok_green.server.connection import CLOSED, OPEN  # noqa: E402
 
 DROPS = ("rfile", "environ", "headers", "misc")
 
@@ -82,7 +82,7 @@ def trim_handler(handler, drops: set[str]) -> None:
 
 def install_drops(drops: set[str]) -> None:
     """Trim the handler just before the connection's read loop starts."""
-    from asok_green import server
+    from asok_green.server import handler as server
 
     original = server.serve_connection
 
@@ -187,7 +187,7 @@ class Parked:
 
     def end(self) -> None:
         """What ``serve_connection`` does after the read loop, then close the socket."""
-        from asok_green.server import _call_handler
+        from asok_green.server.handler import _call_handler
 
         conn = self.conn
         self.watcher.stop()
@@ -202,7 +202,7 @@ class Parked:
 
 def install_idle_watcher(park_after: float = 0.0) -> None:
     """Serve connections through :class:`Parked` instead of a greenlet blocked in ``recv``."""
-    from asok_green import server
+    from asok_green.server import handler as server
 
     parked: set[int] = set()
     do_close = server.GreenServer.do_close
@@ -231,7 +231,7 @@ def install_idle_watcher(park_after: float = 0.0) -> None:
 
 def install_nodelay() -> None:
     """TCP_NODELAY on every accepted connection."""
-    from asok_green.server import GreenServer
+    from asok_green.server.handler import GreenServer
 
     original = GreenServer.handle
 
@@ -272,9 +272,9 @@ def main() -> None:
         tracemalloc.start(1)
         install_snapshots(args.tracemalloc)
 
-    from asok_green import bootstrap
-    from asok_green.cli import configure_logging
-    from asok_green.server import serve
+    from asok_green.bridge import bootstrap
+    from asok_green.process.cli import configure_logging
+    from asok_green.server.handler import serve
 
     configure_logging("info")
     bootstrap.require_monkey_patched()

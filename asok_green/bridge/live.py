@@ -1,0 +1,183 @@
+"""The JSON operators of ``/asok/live``: rooms, presence, typing, receipts, live components.
+
+Message shapes follow Asok's documentation to the letter. Live components
+(``join`` / ``call`` / ``sync`` / ``leave``) are handed to the installed Asok's own
+handlers, which work on any object with Asok's connection interface.
+
+One extension: ``{"op": "get_presence", "room": R}`` answers with the users in
+``R`` (for members of ``R``), and the hub announces ``room_presence`` changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..server.connection import Connection
+    from ..server.hub import WebSocketServer
+
+logger = logging.getLogger("asok_green")
+
+_MAX_OP_LENGTH = 50
+_JOIN_ERROR = "Unauthorized or invalid room join request for {room}"
+_NOT_A_MEMBER = "Join room {room} before asking who is in it"
+
+
+def on_live_message(conn: Connection, text: Any) -> None:
+    """Handle one message on ``/asok/live``; bad input gets ``{"op": "error"}``, never a crash."""
+    if not isinstance(text, str):
+        conn.send_json({"op": "error", "message": "binary messages are not supported on /asok/live"})
+        return
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        conn.send_json({"op": "error", "message": "invalid JSON"})
+        return
+    op = data.get("op") if isinstance(data, dict) else None
+    if not isinstance(op, str) or len(op) > _MAX_OP_LENGTH:
+        conn.send_json({"op": "error", "message": 'a message needs an "op" string'})
+        return
+    handler = _OPERATORS.get(op) or _asok_live_operator(op)
+    if handler is None:
+        conn.send_json({"op": "error", "message": f"unknown op: {op}"})
+        return
+    handler(conn.server, conn, data)
+
+
+def _join_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
+    room = data.get("room")
+    since = None
+    if data.get("since") is not None:
+        from ..protocol.envelopes import BadSince, parse_since_object
+
+        try:
+            since = parse_since_object(data["since"])
+        except BadSince as exc:
+            conn.send_json(_room_error(room, str(exc)))
+            return
+    if isinstance(room, str) and _model_room_allowed(conn, room) and server.join_room(conn, room, since):
+        return
+    conn.send_json(_room_error(room, _JOIN_ERROR.format(room=room)))
+
+
+def _room_error(room: Any, message: str) -> dict:
+    """The doc's error payload for a refused room request."""
+    return {"op": "broadcast", "type": "error", "room": room, "message": message}
+
+
+def _model_room_allowed(conn: Connection, room: str) -> bool:
+    """``model:`` rooms are checked against the user's own rows, as Asok does."""
+    if not room.startswith("model:"):
+        return True
+    from asok.ws import live
+
+    return live._validate_model_room(conn, room)
+
+
+def _leave_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
+    room = data.get("room")
+    if isinstance(room, str):
+        conn.leave(room)
+
+
+def _get_presence(server: WebSocketServer, conn: Connection, data: dict) -> None:
+    room = data.get("room")
+    if room is None:
+        conn.send_json({"op": "broadcast", "type": "presence_list", "users": server.get_online_users()})
+    elif _is_member(conn, room):
+        users = server.get_room_users(room)
+        conn.send_json({"op": "broadcast", "type": "presence_list", "room": room, "users": users})
+    else:
+        conn.send_json(_room_error(room, _NOT_A_MEMBER.format(room=room)))
+
+
+def _typing(server: WebSocketServer, conn: Connection, data: dict) -> None:
+    user_id = getattr(conn.user, "id", None)
+    _relay_to_room(server, conn, data.get("room"), "typing", {"user_id": user_id, "typing": bool(data.get("typing"))})
+
+
+def _receipt(server: WebSocketServer, conn: Connection, data: dict) -> None:
+    fields = {
+        "message_id": data.get("message_id"),
+        "user_id": getattr(conn.user, "id", None),
+        "status": data.get("status", "read"),
+    }
+    _relay_to_room(server, conn, data.get("room"), "receipt", fields)
+
+
+def _relay_to_room(server: WebSocketServer, conn: Connection, room: Any, kind: str, fields: dict) -> None:
+    """Broadcast ``kind`` to the other members of ``room``, if the sender is one of them."""
+    if _is_member(conn, room):
+        server.broadcast_to_json(room, {"op": "broadcast", "type": kind, "room": room, **fields}, exclude=conn)
+
+
+def _is_member(conn: Connection, room: Any) -> bool:
+    return isinstance(room, str) and room in conn.rooms
+
+
+_OPERATORS: dict[str, Callable] = {
+    "join_room": _join_room,
+    "leave_room": _leave_room,
+    "get_presence": _get_presence,
+    "typing": _typing,
+    "receipt": _receipt,
+}
+
+#: Live-component operators served by the installed Asok's own handlers.
+_ASOK_LIVE_OPS = ("join", "call", "sync", "leave")
+
+
+def _asok_live_operator(op: str) -> Callable | None:
+    if op not in _ASOK_LIVE_OPS:
+        return None
+    from asok.ws import live
+
+    asok_handler = live._OP_HANDLERS.get(op)
+    if asok_handler is None:
+        return None
+
+    def run(server: WebSocketServer, conn: Connection, data: dict) -> None:
+        cid = data.get("cid")
+        if cid is not None and not (isinstance(cid, str) and len(cid) <= 100):
+            conn.send_json({"op": "error", "message": "invalid component id"})
+            return
+        try:
+            asok_handler(server, conn, data, cid)
+        except Exception as exc:
+            live._notify_live_error(conn, cid, exc)
+
+    return run
+
+
+_RELAYED: set[int] = set()
+
+
+def install_model_relay(server: WebSocketServer) -> None:
+    """Relay Asok's model events to the ``model:<Name>`` and ``model:<Name>:<id>`` rooms."""
+    if id(server) in _RELAYED:
+        return
+    _RELAYED.add(id(server))
+    from asok.events import events
+
+    from ..server.offload import call_on_loop
+
+    def announce(name: str, obj_id: Any, message: dict) -> None:
+        server.broadcast_to_json(f"model:{name}", message)
+        if obj_id:
+            server.broadcast_to_json(f"model:{name}:{obj_id}", message)
+
+    def relay(event: str) -> Callable[[Any], None]:
+        def send(obj: Any) -> None:
+            name = type(obj).__name__
+            obj_id = getattr(obj, "id", None)
+            message = {"op": "model_event", "event": event, "model": name, "id": obj_id}
+            # A save inside asok_green.blocking fires this in a worker thread: the hub is the loop's alone.
+            call_on_loop(announce, name, obj_id, message)
+
+        return send
+
+    for event in ("created", "updated", "deleted"):
+        events.on(f"model:{event}", relay(event))

@@ -1,0 +1,249 @@
+"""What the live dashboard shows: a snapshot of one hub, and the handshakes refused lately.
+
+:func:`build_snapshot` is pure: it reads a hub's counters, state core, routes and
+node (or anything shaped like them) and returns a JSON-able dict. The rates
+(messages per second, handler time over the last interval) come from the
+totals of the previous snapshot, which the caller passes back in.
+
+:class:`RefusalLog` keeps counts by cause and a bounded ring of the latest
+refusals: the cause, the HTTP status, the route pattern the path matched (never
+the raw path, which the client chose) and the time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+#: How many room rows, online user ids and recent refusals a snapshot carries at most.
+MAX_ROOMS = 100
+MAX_USERS = 50
+MAX_REFUSALS = 50
+
+#: The hub's counters of connections it closed on its own, by what the dashboard calls them.
+CLOSES = {
+    "slow_consumers": "slow_consumers_closed",
+    "rate_limited": "rate_limited",
+    "protocol_errors": "protocol_errors",
+    "keepalive": "keepalive_closed",
+    "revoked": "revoked",
+}
+
+
+def refusal_cause(status: int, reason: str) -> str:
+    """The cause of a refused handshake, from its status and reason: a small, fixed set of words."""
+    if status == 403:
+        return "origin"
+    if status == 404:
+        return "route"
+    if status == 503:
+        return "capacity" if "too many" in reason else "auth"
+    if status == 401:
+        return "auth"
+    return "handshake"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One refused handshake as the dashboard keeps it."""
+
+    at: float
+    cause: str
+    status: int
+    pattern: str | None
+
+
+class RefusalLog:
+    """Refused handshakes of this process: counts by cause, and the latest ``size`` of them."""
+
+    def __init__(self, size: int = MAX_REFUSALS) -> None:
+        """An empty log keeping at most ``size`` recent refusals."""
+        self.counts: Counter = Counter()
+        self.recent: deque[Refusal] = deque(maxlen=size)
+
+    def note(self, status: int, reason: str, pattern: str | None, at: float | None = None) -> None:
+        """Count one refusal; ``pattern`` is the route pattern the path matched, if any."""
+        cause = refusal_cause(status, reason)
+        self.counts[cause] += 1
+        self.recent.append(Refusal(time.time() if at is None else at, cause, status, pattern))
+
+    def note_handshake(self, refusal: Any, hubs: Iterable[Any], path: str) -> None:
+        """Count a refusal the server answered to an upgrade request for ``path``."""
+        pattern = None
+        if refusal.status != 404:
+            for hub in hubs:
+                route, _ = hub.match(path)
+                if route is not None:
+                    pattern = route.pattern
+                    break
+        self.note(refusal.status, refusal.reason, pattern)
+
+    def view(self) -> dict:
+        """Counts by cause and the recent refusals, newest first, as JSON-able data."""
+        return {
+            "by_cause": dict(self.counts),
+            "recent": [
+                {"at": r.at, "cause": r.cause, "status": r.status, "pattern": r.pattern} for r in reversed(self.recent)
+            ],
+        }
+
+
+#: The refusals of this process (the server notes each one it answers).
+REFUSALS = RefusalLog()
+
+
+def _handler_totals(hub: Any) -> dict[str, dict[str, float]]:
+    """Handler calls and seconds by route pattern, from the hub's per-handler counters."""
+    seconds = getattr(hub, "handler_seconds", None) or {}
+    calls = getattr(hub, "handler_calls", None) or {}
+    totals: dict[str, dict[str, float]] = {}
+    for route in hub.routes:
+        entry = {"calls": 0, "seconds": 0.0, "messages": 0}
+        seen = set()
+        for slot in ("on_message", "on_connect", "on_disconnect"):
+            handler = getattr(route, slot, None)
+            if handler is None or id(handler) in seen:
+                continue
+            seen.add(id(handler))
+            entry["calls"] += calls.get(handler, 0)
+            entry["seconds"] += seconds.get(handler, 0.0)
+            if slot == "on_message":
+                entry["messages"] += calls.get(handler, 0)
+        totals[route.pattern] = entry
+    return totals
+
+
+def _connections_by_pattern(hub: Any) -> Counter:
+    """Open connections by the route pattern their path matched."""
+    counts: Counter = Counter()
+    for path, members in hub.state.by_path.items():
+        route, _ = hub.routes.match(path)
+        counts[route.pattern if route is not None else "(no route)"] += len(members)
+    return counts
+
+
+def _rooms(state: Any, limit: int) -> tuple[int, list[dict]]:
+    names = set(state.rooms) | set(state.remote_room_users)
+    rows = []
+    for name in names:
+        local = len(state.rooms.get(name, ()))
+        rows.append({"room": name, "connections": local, "users": len(state.room_users(name))})
+    rows.sort(key=lambda row: (-row["users"], -row["connections"], row["room"]))
+    return len(rows), rows[:limit]
+
+
+def _online(state: Any, limit: int) -> dict:
+    local = state.local_users
+    remote_only = [user for user in state.remote_users if user not in local]
+    first = itertools.islice(itertools.chain(local, remote_only), limit)
+    return {"count": len(local) + len(remote_only), "here": len(local), "first": [_json_id(u) for u in first]}
+
+
+def _json_id(user_id: Any) -> Any:
+    return user_id if isinstance(user_id, (int, str)) and not isinstance(user_id, bool) else str(user_id)
+
+
+def _nodes(hub: Any) -> list[dict]:
+    state = hub.state
+    node = hub.node
+    distributed = bool(getattr(node, "distributed", False))
+    this = {
+        "id": getattr(node, "node_id", None) or "this process",
+        "self": True,
+        "users": len(state.local_users),
+        "connections": state.count,
+        "rooms": len(state.rooms),
+        "redis": ("up" if getattr(node, "connected", False) else "down") if distributed else None,
+    }
+    others = [
+        {
+            "id": node_id,
+            "self": False,
+            "users": len(holding.users),
+            "connections": None,
+            "rooms": len({room for room, _ in holding.room_users}),
+            "redis": "up",
+        }
+        for node_id, holding in sorted(state.nodes.items())
+    ]
+    return [this, *others]
+
+
+def _rate(now_total: float, before_total: float, seconds: float) -> float:
+    return max(0.0, now_total - before_total) / seconds if seconds > 0 else 0.0
+
+
+def build_snapshot(
+    hub: Any,
+    *,
+    now: float,
+    previous: dict | None = None,
+    refusals: RefusalLog | None = None,
+    max_rooms: int = MAX_ROOMS,
+    max_users: int = MAX_USERS,
+) -> dict:
+    """A JSON-able picture of ``hub`` at monotonic time ``now``.
+
+    ``previous`` is the snapshot before this one (rates are 0 without it).
+    ``hub`` needs ``stats`` (a Counter), ``state`` (an
+    :class:`asok_green.core.state.HubState`), ``routes`` and ``node``; it may have,
+    for handler time, ``handler_seconds`` and ``handler_calls`` (mappings by
+    handler function). Messages out are ``stats["messages_sent"]``.
+    """
+    state = hub.state
+    stats = hub.stats
+    handlers = _handler_totals(hub)
+    totals = {
+        "messages_in": sum(entry["messages"] for entry in handlers.values()),
+        "messages_out": stats.get("messages_sent", 0),
+        "handler_calls": sum(entry["calls"] for entry in handlers.values()),
+        "handler_seconds": sum(entry["seconds"] for entry in handlers.values()),
+        "connections_opened": stats.get("connections_opened", 0),
+        **{name: stats.get(key, 0) for name, key in CLOSES.items()},
+    }
+    interval = now - previous["now"] if previous else 0.0
+    before = previous["totals"] if previous else totals
+    before_handlers = {row["pattern"]: row for row in previous["handlers"]} if previous else {}
+    calls_now = totals["handler_calls"] - before["handler_calls"]
+    rates = {
+        "messages_in": _rate(totals["messages_in"], before["messages_in"], interval),
+        "messages_out": _rate(totals["messages_out"], before["messages_out"], interval),
+        "slow_consumers": _rate(totals["slow_consumers"], before["slow_consumers"], interval),
+        "handler_ms": (totals["handler_seconds"] - before["handler_seconds"]) * 1000 / calls_now if calls_now else 0.0,
+    }
+    by_pattern = _connections_by_pattern(hub)
+    handler_rows = []
+    for pattern, entry in handlers.items():
+        last = before_handlers.get(pattern)
+        recent_calls = entry["calls"] - last["calls"] if last else 0
+        recent_seconds = entry["seconds"] - last["seconds"] if last else 0.0
+        handler_rows.append(
+            {
+                "pattern": pattern,
+                "connections": by_pattern.get(pattern, 0),
+                "calls": entry["calls"],
+                "seconds": entry["seconds"],
+                "mean_ms": entry["seconds"] * 1000 / entry["calls"] if entry["calls"] else 0.0,
+                "recent_ms": recent_seconds * 1000 / recent_calls if recent_calls > 0 else 0.0,
+            }
+        )
+    room_count, rooms = _rooms(state, max_rooms)
+    return {
+        "now": now,
+        "time": time.time(),
+        "connections": state.count,
+        "handshakes": len(state.reservations),
+        "path_count": len(state.by_path),
+        "totals": totals,
+        "rates": rates,
+        "handlers": handler_rows,
+        "room_count": room_count,
+        "rooms": rooms,
+        "online": _online(state, max_users),
+        "nodes": _nodes(hub),
+        "refusals": (refusals or REFUSALS).view(),
+    }
