@@ -1,1 +1,8 @@
-"""core."""
+"""Pure decisions: who is where, what is allowed, what must be announced.
+
+The hub's state (paths, rooms, presence: the one owner of them), routing,
+Origin and proxy policies, limits, the outage tracker, rate-limited log
+lines, and the interface of a cluster node. Transitions return what must be
+said; nothing here does I/O or yields. May import ``protocol`` and the
+standard library; no gevent, no asok.
+"""
