@@ -19,6 +19,7 @@ import gevent
 import gevent.socket
 import pytest
 
+from asok_green.api.websocket_server import WebSocketServer
 from asok_green.core.limits import Limits
 from asok_green.protocol import deflate as deflate_module
 from asok_green.protocol.deflate import Inflater, PerMessageDeflate, compress, negotiate, parse_extensions
@@ -34,7 +35,6 @@ from asok_green.protocol.frames import (
 from asok_green.protocol.handshake import choose_compression, response_headers
 from asok_green.server import hub as hub_module
 from asok_green.server.connection import Connection, Outgoing
-from asok_green.server.hub import WebSocketServer
 from tests.conftest import asok_serve
 from tests.echo import ROOT, echo_serve
 from tests.server_frames import client_frame, split_server_frame

@@ -68,7 +68,7 @@ def test_handlers_come_from_wsgi_py_with_the_green_server(served, clients):
     client = clients.connect(served, "/introspect", cookies=login(served.url, "bob"))
     client.send("{}")
     info = recv_json(client, lambda m: "class" in m)
-    assert info["class"] == "asok_green.server.hub.WebSocketServer"
+    assert info["class"] == "asok_green.api.websocket_server.WebSocketServer"
     assert info["user"] == "bob"
 
 

@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 
+from asok_green.api.websocket_server import WebSocketServer
 from asok_green.history import store as history_stores
 from asok_green.history.sqlite_store import SqliteStore
 from asok_green.history.store import MemoryStore, make_store
@@ -27,7 +28,6 @@ from asok_green.protocol.envelopes import (
 )
 from asok_green.protocol.frames import OP_BINARY, OP_TEXT
 from asok_green.server.connection import Outgoing
-from asok_green.server.hub import WebSocketServer
 from tests.server_frames import parse_server_frames
 
 # -- envelopes ---------------------------------------------------------------------

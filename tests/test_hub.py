@@ -13,10 +13,11 @@ import gevent
 import gevent.socket
 import pytest
 
+from asok_green.api.websocket_server import WebSocketServer
 from asok_green.protocol.frames import CLOSE_POLICY, OP_CLOSE, OP_TEXT
 from asok_green.server import hub as hub_module
 from asok_green.server.connection import Connection
-from asok_green.server.hub import WebSocketServer, is_valid_room_name
+from asok_green.server.hub import is_valid_room_name
 from tests.server_frames import close_code, parse_server_frames
 
 

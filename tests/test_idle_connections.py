@@ -17,11 +17,11 @@ import gevent.socket
 import pytest
 from gevent.event import Event
 
+from asok_green.api.websocket_server import WebSocketServer
 from asok_green.protocol.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from asok_green.server import connection as connection_module
 from asok_green.server import hub as hub_module
 from asok_green.server.handler import make_server
-from asok_green.server.hub import WebSocketServer
 from tests.conftest import greenlet_count
 from tests.server_frames import client_frame, parse_server_frames
 

@@ -21,9 +21,9 @@ import gevent.socket
 import pytest
 import websocket
 
+from asok_green.api.websocket_server import WebSocketServer
 from asok_green.server import hub as hub_module
 from asok_green.server.connection import Connection
-from asok_green.server.hub import WebSocketServer
 from tests.asok_project import fetch, login, make_project
 from tests.conftest import INTROSPECTION, asok_serve, ws_connect
 

@@ -163,7 +163,7 @@ def test_presence_and_connections_api(server):
 
 def test_from_asok_import_websocketserver_is_the_green_one(server):
     client = ws_connect(server, "/introspect")
-    assert introspect(client)["class"] == "asok_green.server.hub.WebSocketServer"
+    assert introspect(client)["class"] == "asok_green.api.websocket_server.WebSocketServer"
 
 
 def test_ignored_ws_port_is_said_once_in_the_log(server):

@@ -95,3 +95,18 @@ def test_a_pattern_with_a_trailing_slash_is_the_canonical_route():
     route = table.route("/notifications/")
     assert table.match("/notifications") == (route, {})
     assert table.match("/notifications/") == (None, {})
+
+
+def test_presence_reaches_every_path_while_no_route_speaks_a_subprotocol():
+    table = RouteTable()
+    table.route("/chat/[room]")
+    assert table.presence_audience({"/chat/a": {"c1": None}, "/feed": {"c2": None}}) == ["c1", "c2"]
+
+
+def test_presence_skips_paths_of_routes_that_speak_a_subprotocol():
+    table = RouteTable()
+    assert table.speak("/graphql", ["graphql-transport-ws"]).subprotocols == ("graphql-transport-ws",)
+    table.speak("/rpc/[id]", ["rpc.v2"])
+    by_path = {"/graphql": {"g": None}, "/rpc/7": {"r": None}, "/chat": {"c": None}}
+    assert table.presence_audience(by_path) == ["c"]
+    assert table.quiet_paths == {"/graphql"} and table.quiet_patterns

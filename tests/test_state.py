@@ -6,6 +6,8 @@ strings. One test per state change, named after it.
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from asok_green.core.state import (
@@ -117,7 +119,7 @@ def test_close_leaves_rooms_first_then_goes_offline(state):
     conn = opened(state, 7)
     state.join(conn, "/chat", "r1", 7)
     state.join(conn, "/chat", "r2", 7)
-    assert state.close(conn, "/chat", 7, ["r1", "r2"]) == [
+    assert state.close(conn, "/chat", 7) == [
         LocalRoomUserRemoved("r1", 7),
         RoomLeft("r1", 7),
         LocalRoomUserRemoved("r2", 7),
@@ -264,6 +266,75 @@ def test_leave_while_user_in_room_on_remote_node_announces_only_local_remove(sta
     state.join(conn, "/chat", "r", 7)
     assert state.leave(conn, "r", 7) == [LocalRoomUserRemoved("r", 7)]
     assert state.room_users("r") == [7]
+
+
+# -- a connection's rooms: read from the state, the one owner -------------------------------
+
+
+def test_rooms_of_a_connection_in_no_room_is_empty_and_costs_no_entry(state):
+    conn = opened(state, 7)
+    assert state.rooms_of(conn) == frozenset()
+    assert state.joined == {}
+
+
+def test_rooms_of_follows_join_and_leave(state):
+    conn = opened(state, 7)
+    state.join(conn, "/chat", "r1", 7)
+    state.join(conn, "/chat", "r2", 7)
+    assert state.rooms_of(conn) == {"r1", "r2"}
+    state.leave(conn, "r1", 7)
+    assert state.rooms_of(conn) == {"r2"}
+    state.leave(conn, "r2", 7)
+    assert state.rooms_of(conn) == frozenset() and state.joined == {}
+
+
+def test_rooms_of_is_a_copy(state):
+    conn = opened(state, 7)
+    state.join(conn, "/chat", "r", 7)
+    rooms = state.rooms_of(conn)
+    state.leave(conn, "r", 7)
+    assert rooms == {"r"}
+
+
+def test_rooms_of_a_closed_connection_are_those_it_was_in_when_it_closed(state):
+    conn = opened(state, 7)
+    state.join(conn, "/chat", "r", 7)
+    state.close(conn, "/chat", 7)
+    assert state.rooms_of(conn) == {"r"}
+    assert state.room_members("r") == [] and state.joined == {}
+
+
+def test_leave_after_close_announces_nothing_and_drops_the_room_from_its_record(state):
+    conn = opened(state, 7)
+    state.join(conn, "/chat", "r", 7)
+    state.close(conn, "/chat", 7)
+    assert state.leave(conn, "r", 7) == []
+    assert state.rooms_of(conn) == frozenset()
+
+
+def test_the_rooms_of_a_closed_connection_go_with_the_connection(state):
+    conn = opened(state, 7)
+    state.join(conn, "/chat", "r", 7)
+    state.close(conn, "/chat", 7)
+    gone = weakref.ref(conn)
+    del conn
+    assert gone() is None
+
+
+def test_reopened_connection_has_no_rooms_of_its_last_life(state):
+    conn = opened(state, 7)
+    state.join(conn, "/chat", "r", 7)
+    state.close(conn, "/chat", 7)
+    state.open(conn, "/chat", 7, BIG)
+    assert state.rooms_of(conn) == frozenset()
+
+
+def test_connections_that_cannot_be_weakly_referenced_keep_no_rooms_after_closing(state):
+    state.open("c", "/chat", 7, BIG)
+    state.join("c", "/chat", "r", 7)
+    assert state.rooms_of("c") == {"r"}
+    state.close("c", "/chat", 7)
+    assert state.rooms_of("c") == frozenset() and state.is_empty()
 
 
 # -- remote nodes --------------------------------------------------------------------------

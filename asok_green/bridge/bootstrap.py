@@ -31,8 +31,8 @@ def install_dropin() -> None:
     import asok.ws
     import asok.ws.server
 
+    from .. import WebSocketServer  # the public class
     from ..server.connection import Connection
-    from ..server.hub import WebSocketServer
 
     for module in (asok, asok.ws, asok.ws.server):
         module.WebSocketServer = WebSocketServer
@@ -51,7 +51,7 @@ def _close_sockets_on_logout() -> None:
     """
     from asok.request.auth import AuthMixin
 
-    from ..server.hub import WebSocketServer
+    from .. import WebSocketServer  # the public class
 
     original = AuthMixin.logout
     if getattr(original, "closes_websockets", False):

@@ -29,7 +29,6 @@ from ..server.offload import call_on_loop
 
 if TYPE_CHECKING:
     from ..server.connection import Connection
-    from ..server.hub import WebSocketServer
 
 logger = logging.getLogger("asok_green")
 
@@ -63,8 +62,8 @@ def on_graphql_message(conn: Connection, message: Any) -> None:
     on_graphql_ws_message(conn, message)
 
 
-def install(hub: WebSocketServer) -> bool:
-    """Serve ``/graphql`` on ``hub`` as Asok does, unless a handler is already registered there.
+def install(hub: Any) -> bool:
+    """Serve ``/graphql`` on ``hub`` (a WebSocketServer) as Asok does, unless a handler is already registered there.
 
     Returns False (and changes nothing) when the installed Asok has no GraphQL
     module or the path is taken.
@@ -81,7 +80,7 @@ def install(hub: WebSocketServer) -> bool:
     return True
 
 
-def _listeners_of(setup: Callable[[Any], None], hub: WebSocketServer) -> Any:
+def _listeners_of(setup: Callable[[Any], None], hub: Any) -> Any:
     """Run Asok's ``setup(hub)`` against an event emitter of our own, and return that emitter.
 
     ``setup`` registers its listeners on ``asok.events.events``, which it reads

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..server.connection import Connection
-    from ..server.hub import WebSocketServer
+    from ..server.hub import Hub
 
 logger = logging.getLogger("asok_green")
 
@@ -47,7 +47,7 @@ def on_live_message(conn: Connection, text: Any) -> None:
     handler(conn.server, conn, data)
 
 
-def _join_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
+def _join_room(server: Hub, conn: Connection, data: dict) -> None:
     room = data.get("room")
     since = None
     if data.get("since") is not None:
@@ -77,13 +77,13 @@ def _model_room_allowed(conn: Connection, room: str) -> bool:
     return live._validate_model_room(conn, room)
 
 
-def _leave_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
+def _leave_room(server: Hub, conn: Connection, data: dict) -> None:
     room = data.get("room")
     if isinstance(room, str):
         conn.leave(room)
 
 
-def _get_presence(server: WebSocketServer, conn: Connection, data: dict) -> None:
+def _get_presence(server: Hub, conn: Connection, data: dict) -> None:
     room = data.get("room")
     if room is None:
         conn.send_json({"op": "broadcast", "type": "presence_list", "users": server.get_online_users()})
@@ -94,12 +94,12 @@ def _get_presence(server: WebSocketServer, conn: Connection, data: dict) -> None
         conn.send_json(_room_error(room, _NOT_A_MEMBER.format(room=room)))
 
 
-def _typing(server: WebSocketServer, conn: Connection, data: dict) -> None:
+def _typing(server: Hub, conn: Connection, data: dict) -> None:
     user_id = getattr(conn.user, "id", None)
     _relay_to_room(server, conn, data.get("room"), "typing", {"user_id": user_id, "typing": bool(data.get("typing"))})
 
 
-def _receipt(server: WebSocketServer, conn: Connection, data: dict) -> None:
+def _receipt(server: Hub, conn: Connection, data: dict) -> None:
     fields = {
         "message_id": data.get("message_id"),
         "user_id": getattr(conn.user, "id", None),
@@ -108,7 +108,7 @@ def _receipt(server: WebSocketServer, conn: Connection, data: dict) -> None:
     _relay_to_room(server, conn, data.get("room"), "receipt", fields)
 
 
-def _relay_to_room(server: WebSocketServer, conn: Connection, room: Any, kind: str, fields: dict) -> None:
+def _relay_to_room(server: Hub, conn: Connection, room: Any, kind: str, fields: dict) -> None:
     """Broadcast ``kind`` to the other members of ``room``, if the sender is one of them."""
     if _is_member(conn, room):
         server.broadcast_to_json(room, {"op": "broadcast", "type": kind, "room": room, **fields}, exclude=conn)
@@ -139,7 +139,7 @@ def _asok_live_operator(op: str) -> Callable | None:
     if asok_handler is None:
         return None
 
-    def run(server: WebSocketServer, conn: Connection, data: dict) -> None:
+    def run(server: Hub, conn: Connection, data: dict) -> None:
         cid = data.get("cid")
         if cid is not None and not (isinstance(cid, str) and len(cid) <= 100):
             conn.send_json({"op": "error", "message": "invalid component id"})
@@ -155,7 +155,7 @@ def _asok_live_operator(op: str) -> Callable | None:
 _RELAYED: set[int] = set()
 
 
-def install_model_relay(server: WebSocketServer) -> None:
+def install_model_relay(server: Hub) -> None:
     """Relay Asok's model events to the ``model:<Name>`` and ``model:<Name>:<id>`` rooms."""
     if id(server) in _RELAYED:
         return

@@ -40,7 +40,7 @@ from ..protocol.frames import OP_TEXT
 
 if TYPE_CHECKING:
     from ..server.connection import Outgoing
-    from ..server.hub import WebSocketServer
+    from ..server.hub import Hub
 
 logger = logging.getLogger("asok_green.adapter")
 
@@ -108,7 +108,7 @@ class AdapterPort:
     attribute is the hub's.
     """
 
-    def __init__(self, hub: WebSocketServer) -> None:
+    def __init__(self, hub: Hub) -> None:
         """A port onto ``hub``; made in the loop's thread."""
         self._hub = hub
         self._loop_thread = _native_thread_id()
@@ -139,7 +139,7 @@ class AdapterNode:
     distributed = False
     node_id = None
 
-    def __init__(self, hub: WebSocketServer, adapter: Any) -> None:
+    def __init__(self, hub: Hub, adapter: Any) -> None:
         """Prepare to drive ``adapter`` for ``hub``; nothing is bound before :meth:`start`."""
         self.hub = hub
         self.adapter = adapter
@@ -210,7 +210,7 @@ class AdapterNode:
                 self._outage.answered()
 
 
-def join(hub: WebSocketServer) -> AdapterNode | None:
+def join(hub: Hub) -> AdapterNode | None:
     """A started :class:`AdapterNode` for ``hub`` if its ``adapter=`` is one to drive, else None."""
     if not is_custom_adapter(hub.adapter):
         return None

@@ -64,7 +64,7 @@ from ..protocol.frames import OP_TEXT
 
 if TYPE_CHECKING:
     from ..server.connection import Outgoing
-    from ..server.hub import WebSocketServer
+    from ..server.hub import Hub
 
 logger = logging.getLogger("asok_green.cluster")
 
@@ -109,7 +109,7 @@ def _setting(config: Any, key: str) -> Any:
     return value or None
 
 
-def resolve_settings(hub: WebSocketServer) -> ClusterSettings | None:
+def resolve_settings(hub: Hub) -> ClusterSettings | None:
     """The cluster settings of ``hub``, or None for a single process.
 
     In order: the ``adapter=`` constructor argument (``"redis"``, a ``redis://``
@@ -171,7 +171,7 @@ def resolve_settings(hub: WebSocketServer) -> ClusterSettings | None:
     return ClusterSettings(url=str(url), prefix=prefix, presence_ttl=ttl)
 
 
-def join(hub: WebSocketServer) -> RedisCluster | None:
+def join(hub: Hub) -> RedisCluster | None:
     """A started :class:`RedisCluster` for ``hub`` if its settings ask for one, else None."""
     settings = resolve_settings(hub)
     if settings is None:
@@ -297,7 +297,7 @@ class RedisCluster:
 
     distributed = True
 
-    def __init__(self, hub: WebSocketServer, settings: ClusterSettings):
+    def __init__(self, hub: Hub, settings: ClusterSettings):
         """Prepare a node of ``hub`` on ``settings.url``; nothing connects before :meth:`start`."""
         try:
             import redis

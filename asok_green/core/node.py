@@ -11,10 +11,16 @@ the hub through its ``node_synced`` / ``node_added`` / ``node_removed`` /
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+
+class Broadcast(Protocol):
+    """A broadcast message as a node passes it on: its opcode and its payload (one encoding for every client)."""
+
+    #: The WebSocket opcode: text (1) or binary (2).
+    opcode: int
+    #: The message's bytes, as the hub's clients get them (UTF-8 for text).
+    payload: bytes
 
 
 class Node(Protocol):
@@ -25,7 +31,7 @@ class Node(Protocol):
     #: This node's id in its cluster (None on its own).
     node_id: str | None
 
-    def publish(self, target: str, name: str, message: Outgoing) -> None:
+    def publish(self, target: str, name: str, message: Broadcast) -> None:
         """Pass on a broadcast already delivered here (``target``: ``"path"`` or ``"room"``); never yields."""
 
     def local_changes(self, changes: list[Any]) -> None:
@@ -41,7 +47,7 @@ class SingleProcess:
     distributed = False
     node_id = None
 
-    def publish(self, target: str, name: str, message: Outgoing) -> None:
+    def publish(self, target: str, name: str, message: Broadcast) -> None:
         """Nothing to do: the hub has delivered it to every client there is."""
 
     def local_changes(self, changes: list[Any]) -> None:

@@ -25,7 +25,8 @@ route as ``@ws.on("/chat/[room]")``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Handler = Callable[..., object]
 
@@ -125,6 +126,10 @@ class RouteTable:
         """An empty table."""
         self._routes: dict[tuple[str, ...], Route] = {}
         self._dynamic: list[Route] = []
+        #: Paths of static routes that speak a subprotocol of their own (their clients get no
+        #: presence frames), and whether a dynamic route does.
+        self.quiet_paths: set[str] = set()
+        self.quiet_patterns = False
 
     def route(self, pattern: str) -> Route:
         """The route for ``pattern``, created on first use."""
@@ -136,6 +141,36 @@ class RouteTable:
                 self._dynamic.append(found)
                 self._dynamic.sort(key=lambda r: -sum(p is None for p in r.params))
         return found
+
+    def speak(self, pattern: str, subprotocols: Iterable[str]) -> Route:
+        """The route for ``pattern``, made to speak ``subprotocols``: its clients get no presence frames."""
+        route = self.route(pattern)
+        route.subprotocols = tuple(subprotocols)
+        if route.is_dynamic:
+            self.quiet_patterns = True
+        else:
+            self.quiet_paths.add("/" + "/".join(route.segments))
+        return route
+
+    def presence_audience(self, by_path: dict[str, Iterable[Any]]) -> list[Any]:
+        """The connections of ``by_path`` (path -> connections) but those on routes that speak a subprotocol.
+
+        A GraphQL client on ``/graphql`` (graphql-transport-ws) takes any other
+        message for a protocol error and drops its subscriptions.
+        """
+        quiet, patterns = self.quiet_paths, self.quiet_patterns
+        if not quiet and not patterns:
+            return [conn for members in by_path.values() for conn in members]
+        audience = []
+        for path, members in by_path.items():
+            if path in quiet:
+                continue
+            if patterns:
+                route = self.match(path)[0]
+                if route is not None and route.subprotocols:
+                    continue
+            audience.extend(members)
+        return audience
 
     def match(self, path: str) -> tuple[Route | None, dict[str, str]]:
         """``(route, params)`` for a decoded request path, or ``(None, {})``.

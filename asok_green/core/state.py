@@ -16,7 +16,8 @@ returns the announcements it calls for, in order:
 No I/O and no gevent here: the caller applies a transition, then sends what it
 returned, so nothing is ever announced from a half-changed state. Connections
 are opaque hashable keys; user ids are hashable; guests (``None``) are never
-counted.
+counted. The state is the one owner of room membership: a connection's rooms
+are read from it (:meth:`HubState.rooms_of`), never kept on the connection.
 
 Remote nodes: a node becomes live with :meth:`HubState.node_synced` (its whole
 holding), changes with :meth:`HubState.node_added` / :meth:`HubState.node_removed`,
@@ -26,6 +27,7 @@ are ignored until it syncs again, so a late event cannot bring a dead node back.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +147,12 @@ class HubState:
         self.by_path: dict[str, dict[Any, None]] = {}
         #: room -> the connections of this node that joined it.
         self.rooms: dict[str, dict[Any, None]] = {}
+        #: connection -> the rooms it is in, in the order it joined them (a dict used as an
+        #: ordered set). Only a connection in at least one room has an entry.
+        self.joined: dict[Any, dict[str, None]] = {}
+        #: closed connection -> the rooms it was in when it closed, kept as long as the
+        #: connection object lives (its on_disconnect handler still reads them).
+        self._departed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         #: user -> how many connections of this node they have open.
         self.local_users: dict[Any, int] = {}
         #: room -> user -> how many of this node's connections of the user are in it.
@@ -206,6 +214,8 @@ class HubState:
             raise AtCapacity(f"{self.taken()} of {capacity} connection slots taken")
         self.by_path.setdefault(path, {})[conn] = None
         self.count += 1
+        if self._departed and self._rooms_at_close(conn) is not None:
+            del self._departed[conn]  # opened again: the rooms it left at its last close are past
         out: Announcements = []
         if user_id is not None and _count_up(self.local_users, user_id):
             out.append(LocalUserAdded(user_id))
@@ -213,11 +223,12 @@ class HubState:
                 out.append(UserOnline(user_id))
         return out
 
-    def close(self, conn: Any, path: str, user_id: Any, rooms: Iterable[str] = ()) -> Announcements:
-        """Close ``conn``: it leaves ``rooms`` (the rooms it joined) and ``path``.
+    def close(self, conn: Any, path: str, user_id: Any) -> Announcements:
+        """Close ``conn``: it leaves every room it joined (in the order it joined them), then ``path``.
 
         Rooms are announced before the user, as a client would see them go.
-        Closing a connection that is not open changes nothing.
+        :meth:`rooms_of` still answers the rooms it was in, for as long as the
+        connection object lives. Closing a connection that is not open changes nothing.
         """
         members = self.by_path.get(path)
         if members is None or conn not in members:
@@ -227,8 +238,14 @@ class HubState:
             del self.by_path[path]
         self.count -= 1
         out: Announcements = []
-        for room in rooms:
-            self._leave(conn, room, user_id, out)
+        rooms = self.joined.pop(conn, None)
+        if rooms is not None:
+            for room in rooms:
+                self._leave(conn, room, user_id, out)
+            try:
+                self._departed[conn] = rooms
+            except TypeError:  # a key that cannot be weakly referenced: its rooms are not kept
+                pass
         if user_id is not None and _count_down(self.local_users, user_id):
             out.append(LocalUserRemoved(user_id))
             if user_id not in self.remote_users:
@@ -246,6 +263,10 @@ class HubState:
         if conn in members:
             return []
         members[conn] = None
+        rooms = self.joined.get(conn)
+        if rooms is None:
+            rooms = self.joined[conn] = {}
+        rooms[room] = None
         out: Announcements = []
         if user_id is not None and _count_up(self.local_room_users.setdefault(room, {}), user_id):
             out.append(LocalRoomUserAdded(room, user_id))
@@ -254,7 +275,22 @@ class HubState:
         return out
 
     def leave(self, conn: Any, room: str, user_id: Any) -> Announcements:
-        """Take ``conn`` out of ``room`` (nothing if it is not in it)."""
+        """Take ``conn`` out of ``room`` (nothing if it is not in it).
+
+        A closed connection has left its rooms already: leaving one only drops
+        it from the rooms :meth:`rooms_of` still answers for it.
+        """
+        rooms = self.joined.get(conn)
+        if rooms is None:
+            rooms = self._rooms_at_close(conn)
+            if rooms is not None:
+                rooms.pop(room, None)
+            return []
+        if room not in rooms:
+            return []
+        del rooms[room]
+        if not rooms:
+            del self.joined[conn]
         out: Announcements = []
         self._leave(conn, room, user_id, out)
         return out
@@ -384,6 +420,21 @@ class HubState:
         """This node's connections in ``room``."""
         return list(self.rooms.get(room, ()))
 
+    def rooms_of(self, conn: Any) -> frozenset[str]:
+        """The rooms ``conn`` is in; for a closed connection, those it was in when it closed."""
+        rooms = self.joined.get(conn)
+        if rooms is None:
+            rooms = self._rooms_at_close(conn)
+            if rooms is None:
+                return frozenset()
+        return frozenset(rooms)
+
+    def _rooms_at_close(self, conn: Any) -> dict[str, None] | None:
+        try:
+            return self._departed.get(conn)
+        except TypeError:  # a key that cannot be weakly referenced keeps no rooms after closing
+            return None
+
     def held_users(self) -> list:
         """The users this node holds (what it tells the other nodes it has)."""
         return list(self.local_users)
@@ -399,5 +450,11 @@ class HubState:
     def is_empty(self) -> bool:
         """True when no connection, room, reservation or local count is left."""
         return not (
-            self.by_path or self.rooms or self.local_users or self.local_room_users or self.count or self.reservations
+            self.by_path
+            or self.rooms
+            or self.joined
+            or self.local_users
+            or self.local_room_users
+            or self.count
+            or self.reservations
         )

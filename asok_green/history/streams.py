@@ -40,7 +40,7 @@ from .store import HistoryStore, HistoryUnavailable, make_store
 
 if TYPE_CHECKING:
     from ..server.connection import Connection
-    from ..server.hub import WebSocketServer
+    from ..server.hub import Hub
 
 logger = logging.getLogger("asok_green")
 
@@ -186,7 +186,7 @@ class Settings:
 class History:
     """The streams with history of one hub, and the store that keeps them."""
 
-    def __init__(self, hub: WebSocketServer) -> None:
+    def __init__(self, hub: Hub) -> None:
         """No stream keeps history until :meth:`keep` says so."""
         self.hub = hub
         self._route_policies: dict[Any, Policy] = {}
@@ -329,11 +329,11 @@ class History:
                 stream.name,
                 exc,
             )
-            return self.hub._fan_out(self.members(stream), message, exclude)
+            return self.hub.fan_out(self.members(stream), message, exclude)
         if not called:
             # No offset yet: the plain clients' copy goes now, the v1 clients' with the offset.
             later = True
-            delivered = self.hub._fan_out(self.members(stream), message, exclude, v1=False)
+            delivered = self.hub.fan_out(self.members(stream), message, exclude, v1=False)
         return delivered
 
     def deliver(
@@ -381,7 +381,7 @@ class History:
         stream.last = offset
         message.in_stream(stream.prefix, offset)
         stream.remember(offset, time(), message)
-        return self.hub._fan_out(self.members(stream), message, exclude, stream.held, True if v1_only else None)
+        return self.hub.fan_out(self.members(stream), message, exclude, stream.held, True if v1_only else None)
 
     def _fill(self, stream: Stream, upto: int) -> None:
         """Read the messages between the last delivered here and ``upto`` (published elsewhere) and deliver them."""
@@ -434,7 +434,7 @@ class History:
         prefix, upto = answer
         for message in queued:
             if message.offset > upto or message.stream_prefix != prefix:
-                conn._send_counted(message.v1_frame_for(conn.deflate))
+                conn.send_counted(message.v1_frame_for(conn.deflate))
 
     def _answer(self, conn: Connection, stream: Stream, since: envelopes.Since | None) -> tuple[bytes, int]:
         """Send ``position``, or the replay and ``resumed``, or ``continuity_lost``.
@@ -457,7 +457,7 @@ class History:
             return stream.prefix, stream.last
         deflate = conn.deflate
         for message in replayed:
-            conn._send_counted(message.v1_frame_for(deflate))
+            conn.send_counted(message.v1_frame_for(deflate))
         upto = replayed[-1].offset if replayed else since.offset
         conn.send_text(envelopes.notice("resumed", stream.name, since.epoch, upto, replayed=len(replayed)))
         prefix = replayed[-1].stream_prefix if replayed else envelopes.stream_prefix(stream.name, since.epoch)

@@ -207,7 +207,7 @@ def hub_samples(hub: Any) -> Iterator[Sample]:
     queued = busy = 0
     for members in state.by_path.values():
         for conn in members:
-            pending = conn._pending_bytes
+            pending = conn.pending_bytes
             if pending:
                 queued += pending
                 busy += 1
@@ -278,9 +278,9 @@ def snapshot(hubs: Iterable[Any] | None = None) -> dict[str, Any]:
 def _hubs(hubs: Iterable[Any] | None) -> list[Any]:
     if hubs is not None:
         return list(hubs)
-    from ..server.hub import WebSocketServer
+    from ..server.hub import Hub
 
-    return WebSocketServer.instances()
+    return Hub.instances()
 
 
 # -- several processes: one file each in a shared directory ---------------------------

@@ -39,8 +39,8 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
 
     def load_wsgi(self) -> None:
         """Install the drop-in, load the app, then attach every WebSocketServer to it and this port."""
+        from ..api.websocket_server import WebSocketServer
         from ..bridge.bootstrap import install_dropin
-        from ..server.hub import WebSocketServer
 
         if self.cfg.preload_app:
             logger.error(
@@ -86,7 +86,7 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
 
 
 def _stop_hubs() -> None:
-    from ..server.hub import WebSocketServer
+    from ..api.websocket_server import WebSocketServer
 
     for hub in WebSocketServer.instances():
         try:

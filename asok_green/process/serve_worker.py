@@ -58,10 +58,10 @@ def serve_worker(app: Any, host: str, port: int, fd: int | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the worker's command line (as ``python -m asok_green serve``'s) and serve."""
+    from ..api.websocket_server import WebSocketServer
     from ..bridge import bootstrap
     from ..cluster.redis_node import ClusterConfigError, resolve_settings
     from ..core.origins import InsecureOriginPolicy
-    from ..server.hub import WebSocketServer
     from .cli import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m asok_green.process.serve_worker")

@@ -63,7 +63,7 @@ from ..protocol.frames import (
 )
 
 if TYPE_CHECKING:
-    from .hub import WebSocketServer
+    from ..core.interfaces import ConnectionHub
 
 logger = logging.getLogger("asok_green")
 
@@ -258,7 +258,6 @@ class Connection:
         "_pending_bytes",
         "_writer",
         "_closer",
-        "_room_set",
         "_live",
         "_rate",
         "_own_socket",
@@ -274,7 +273,7 @@ class Connection:
 
     def __init__(
         self,
-        server: WebSocketServer,
+        server: ConnectionHub,
         sock: socket.socket,
         addr: tuple,
         path: str,
@@ -316,7 +315,6 @@ class Connection:
         self._pending_bytes = 0
         self._writer: gevent.Greenlet | None = None
         self._closer: gevent.Greenlet | None = None
-        self._room_set: set | None = None
         self._live: dict | None = None
         self._rate = TokenBucket.for_limits(server.limits)
         self._own_socket = own_socket
@@ -329,17 +327,17 @@ class Connection:
     def send(self, message: str | bytes) -> bool:
         """Send a text message (``str``) or a binary one (bytes). False once closing."""
         if self.deflate is None:
-            return self._send_counted(encode_message(message))
-        return self._send_counted(compressed_frame(*message_payload(message), self.deflate))
+            return self.send_counted(encode_message(message))
+        return self.send_counted(compressed_frame(*message_payload(message), self.deflate))
 
     def send_json(self, obj: Any) -> bool:
         """Send ``obj`` serialised as JSON in a text message."""
         payload = json.dumps(obj).encode("utf-8")
         if self.deflate is None:
-            return self._send_counted(encode_frame(OP_TEXT, payload))
-        return self._send_counted(compressed_frame(OP_TEXT, payload, self.deflate))
+            return self.send_counted(encode_frame(OP_TEXT, payload))
+        return self.send_counted(compressed_frame(OP_TEXT, payload, self.deflate))
 
-    def _send_counted(self, frame: bytes) -> bool:
+    def send_counted(self, frame: bytes) -> bool:
         """:meth:`send_frame`, counted in the server's stats (broadcasts count theirs once each)."""
         if not self.send_frame(frame):
             return False
@@ -372,13 +370,22 @@ class Connection:
 
     @property
     def rooms(self) -> frozenset:
-        """The rooms this connection has joined."""
-        return frozenset(self._room_set or ())
+        """The rooms this connection has joined, as the hub holds them (read-only).
+
+        After the connection closed (in on_disconnect), the rooms it was in:
+        closing counts as leaving every room.
+        """
+        return self.server.rooms_of(self)
 
     @property
     def closed(self) -> bool:
         """True once the closing handshake has started."""
         return self.state is not OPEN
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes waiting in this connection's outbound queue, each frame charged its bookkeeping too."""
+        return self._pending_bytes
 
     @property
     def sock(self) -> socket.socket:
@@ -403,11 +410,9 @@ class Connection:
         return handshake_request(self)
 
     @property
-    def _rooms(self) -> set:
-        # Asok's live-component helpers read ``conn._rooms`` directly.
-        if self._room_set is None:
-            self._room_set = set()
-        return self._room_set
+    def _rooms(self) -> frozenset:
+        # Asok's live-component helpers read ``conn._rooms`` directly (``room in conn._rooms``).
+        return self.server.rooms_of(self)
 
     @property
     def _live_comps(self) -> dict:
@@ -914,5 +919,5 @@ class V1Connection(Connection):
     def send_text(self, text: bytes) -> bool:
         """Send ``text`` (UTF-8 JSON) as one text frame, as it is: envelopes and the server's notices."""
         if self.deflate is None:
-            return self._send_counted(encode_frame(OP_TEXT, text))
-        return self._send_counted(compressed_frame(OP_TEXT, text, self.deflate))
+            return self.send_counted(encode_frame(OP_TEXT, text))
+        return self.send_counted(compressed_frame(OP_TEXT, text, self.deflate))

@@ -64,7 +64,7 @@ from ..protocol.handshake import (
 )
 from ..protocol.request_head import RequestHead, parse_upgrade_head
 from .connection import Connection, V1Connection
-from .hub import WebSocketServer
+from .hub import Hub
 
 logger = logging.getLogger("asok_green")
 access_logger = logging.getLogger("asok_green.access")
@@ -93,7 +93,7 @@ def _nothing_yet(buffer: Any) -> None:
     return None
 
 
-def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
+def serve_connection(hub: Hub, conn: Connection, route: Route) -> None:
     """Own ``conn`` from registration to release: on_connect, messages, on_disconnect.
 
     The connection takes the slot its handshake reserved (in this greenlet); with
@@ -132,7 +132,7 @@ def serve_connection(hub: WebSocketServer, conn: Connection, route: Route) -> No
                 conn.finish(0)
 
 
-def end_connection(hub: WebSocketServer, conn: Connection, route: Route) -> None:
+def end_connection(hub: Hub, conn: Connection, route: Route) -> None:
     """What follows the last read: unregister, on_disconnect, then flush (bounded) and release.
 
     The socket is released and the slot given back even if any step raises.
@@ -444,10 +444,10 @@ class GreenHandler(WebSocketHandler):
             self.close_connection = True  # the next request belongs to the process that replaces this one
         return WSGIHandler.run_application(self)
 
-    def _hubs(self) -> Iterable[WebSocketServer]:
-        return getattr(self.server, "hubs", None) or WebSocketServer.instances()
+    def _hubs(self) -> Iterable[Hub]:
+        return getattr(self.server, "hubs", None) or Hub.instances()
 
-    def _find_route(self, path: str) -> tuple[WebSocketServer | None, Route | None, dict]:
+    def _find_route(self, path: str) -> tuple[Hub | None, Route | None, dict]:
         for hub in self._hubs():
             route, params = hub.match(path)
             if route is not None:
@@ -654,7 +654,7 @@ class GreenServer(WSGIServer):
     #: Accepted connections whose handler still runs (HTTP requests, and handshakes not yet upgraded).
     requests_in_flight = 0
 
-    def __init__(self, listener: Any, application: Any, hubs: Iterable[WebSocketServer], **kwargs: Any):
+    def __init__(self, listener: Any, application: Any, hubs: Iterable[Hub], **kwargs: Any):
         """Listen on ``listener`` (an address or a socket); nothing is accepted before ``start``."""
         kwargs.setdefault("log", LoggingLogAdapter(access_logger, logging.INFO))
         kwargs.setdefault("error_log", LoggingLogAdapter(logging.getLogger("asok_green.error"), logging.ERROR))
@@ -718,7 +718,7 @@ class GreenServer(WSGIServer):
 
 def make_server(
     app: Any,
-    ws: WebSocketServer | None = None,
+    ws: Hub | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
@@ -732,6 +732,8 @@ def make_server(
     instead of binding ``host:port``. The app's ``WS_PORT`` is set to the
     serving port, so Asok's ``window.asokWS`` connects to this same port.
     """
+    from .. import WebSocketServer  # the public class, as the caller would have made it
+
     open_files_limit()
     hubs = [ws] if ws is not None else WebSocketServer.instances() or [WebSocketServer(app=app)]
     server = GreenServer(listener if listener is not None else (host, port), app, hubs, **kwargs)
@@ -749,7 +751,7 @@ def make_server(
 
 def serve(
     app: Any,
-    ws: WebSocketServer | None = None,
+    ws: Hub | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,

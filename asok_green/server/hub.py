@@ -1,4 +1,4 @@
-"""WebSocketServer: Asok's WebSocket API, served from gevent greenlets on the HTTP port.
+"""The hub: the shared state of every connection in the process, applied and announced, and the fan-out.
 
 The hub owns the shared state of every connection in the process (who is on
 which path, who is in which room, who is online here and on the other nodes),
@@ -9,14 +9,18 @@ returned (presence frames to clients, changes to the cluster), since sending can
 close other connections and re-enter the hub. Calls that may yield (user
 handlers, the room authorizer, database lookups) happen before a transition or
 after its announcements, never in the middle.
+
+What lies beyond the process is given to the hub, never imported by it: its
+node (:class:`asok_green.core.node.Node`: the cluster, or this process alone)
+and the streams that keep history (:class:`asok_green.core.interfaces.StreamHistory`).
+Asok's API on top of it (the decorators, the app, the background jobs) is
+:class:`asok_green.api.websocket_server.WebSocketServer`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -27,7 +31,8 @@ import gevent
 from gevent.monkey import get_original
 
 from ..core import state as st
-from ..core.limits import Limits, open_files_limit
+from ..core.interfaces import StreamHistory
+from ..core.limits import Limits
 from ..core.node import SINGLE_PROCESS, Node
 from ..core.routing import Route, RouteTable
 from ..protocol.frames import OP_TEXT
@@ -36,12 +41,11 @@ from .connection import Connection, Outgoing
 logger = logging.getLogger("asok_green")
 _native_thread_id = get_original("_thread", "get_ident")
 
-#: Every WebSocketServer made in this process, in creation order.
-_INSTANCES: list[WebSocketServer] = []
+#: Every hub made in this process, in creation order.
+_INSTANCES: list[Hub] = []
 
 _ROOM_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 _MAX_ROOM_NAME = 200
-_DEFAULT_WS_PORT = 8001
 
 
 def is_valid_room_name(room: object) -> bool:
@@ -49,339 +53,80 @@ def is_valid_room_name(room: object) -> bool:
     return isinstance(room, str) and 0 < len(room) <= _MAX_ROOM_NAME and all(c in _ROOM_NAME_CHARS for c in room)
 
 
-def db_releaser() -> Callable[[], None]:
-    """What releases Asok's database connections after a handler: a look per engine, a close only if one is open."""
-    from ..bridge.dbrelease import release_db_connections
+class Hub:
+    """The connections of one WebSocket server in this process: their state, their rooms, their broadcasts.
 
-    try:
-        from asok.orm.engines import _ENGINES_CACHE
-    except ImportError:  # an Asok that keeps its engines elsewhere: its own function, as it does per request
-        from asok.orm import close_all_db_connections
-
-        return close_all_db_connections
-    return functools.partial(release_db_connections, _ENGINES_CACHE)
-
-
-def _is_asok_app(app: Any) -> bool:
-    return hasattr(app, "config") and hasattr(app, "_session_store")
-
-
-class WebSocketServer:
-    """The Asok ``WebSocketServer`` API, served on the same port as the app's pages.
-
-    Create it exactly as Asok documents (``WebSocketServer(port=8001, app=app)``),
-    register handlers with ``@ws.on``, ``@ws.on_connect`` and ``@ws.on_disconnect``,
-    and serve it with ``asok serve --gevent`` or :func:`asok_green.serve`. The
-    ``host`` and ``port`` arguments are accepted for compatibility and ignored:
-    WebSockets share the HTTP server's port.
+    Changes go through :class:`asok_green.core.state.HubState` transitions and are
+    announced after they are applied (:meth:`register`, :meth:`unregister`,
+    :meth:`join_room`, :meth:`leave_room`, the ``node_*`` reports of the
+    cluster); broadcasts are encoded once and fanned out (:meth:`fan_out`).
+    Whoever configures the hub sets :attr:`app`, :attr:`origins`, :attr:`auth`,
+    :attr:`node` and :attr:`history`; :class:`asok_green.api.websocket_server.WebSocketServer` does.
     """
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = _DEFAULT_WS_PORT,
-        secret_key: str | None = None,
-        auth_model: str = "User",
-        allowed_origins: str | Iterable[str] | None = None,
-        max_connections: int | None = None,
-        app: Any = None,
-        adapter: Any = None,
-        **limits: Any,
-    ):
-        """Configure the server; nothing listens until the process serves it."""
-        unknown = set(limits) - {f for f in Limits.__dataclass_fields__}
-        if unknown:
-            raise TypeError(f"unknown WebSocketServer option(s): {', '.join(sorted(unknown))}")
-        self.host = host
-        self.port = port
-        self.secret_key = secret_key
-        self.auth_model = auth_model
-        self.adapter = adapter
-        self.app = None
-        self._release_db: Callable[[], None] | None = None
+    #: The app served beside the hub (its config holds the ``WS_*`` settings), or None.
+    app: Any = None
+    #: The Asok cluster adapter the hub was given (``WebSocketServer(adapter=...)``), or None.
+    adapter: Any = None
+    #: The Origin policy handshakes are checked against (asok_green.core.origins.OriginPolicy).
+    origins: Any
+    #: What resolves a handshake's session cookie to ``(user, session)`` (asok_green.bridge.auth.SessionAuth).
+    auth: Any
+
+    def __init__(self, limits: Limits) -> None:
+        """An empty hub obeying ``limits``, on its own (no cluster, no history)."""
+        self.limits = limits
         self.routes = RouteTable()
-        #: Paths of static routes that speak a subprotocol, and whether a dynamic one does
-        #: (their connections get no presence frames).
-        self._subprotocol_paths: set[str] = set()
-        self._subprotocol_patterns = False
+        #: ``fn(conn, room) -> bool`` deciding who may join which room, or None (``model:`` rooms only).
+        self.authorizer: Callable[[Any, str], Any] | None = None
+        #: What releases what a handler left open in its greenlet (Asok's database connections), or None.
+        self.release_after_handler: Callable[[], None] | None = None
         self.stats: Counter = Counter()
         #: Seconds spent in, and calls of, each handler function (wall time, monotonic clock).
         #: defaultdicts, not Counters: ``+=`` on them costs half as much, once per message.
         self.handler_seconds: defaultdict = defaultdict(float)
         self.handler_calls: defaultdict = defaultdict(int)
-        self._allowed_origins = allowed_origins
-        self._limit_overrides = dict(limits)
-        if max_connections is not None:
-            self._limit_overrides["max_connections"] = max_connections
-        self.limits = Limits.resolve(self._limit_overrides)
-        self._origins = None
-        self._auth = None
-        self._room_authorizer: Callable | None = None
         #: Connections, rooms and presence (asok_green.core.state): changed only by its transitions.
         self.state = st.HubState()
-        self._jobs: list[gevent.Greenlet] = []
         #: Where broadcasts and presence changes go beyond this process: the Redis cluster
         #: this server belongs to (asok_green.cluster.redis_node), or the single-process node.
         self.node: Node = SINGLE_PROCESS
-        self.serving_port: int | None = None
         #: Timings kept while metrics are on (asok_green.ops.metrics.HubMetrics), else None.
         self.metrics: Any = None
-        #: Connections holding frames of this loop turn's broadcasts back (see _fan_out), or None.
+        #: Connections holding frames of this loop turn's broadcasts back (see fan_out), or None.
         self._corked: list[Connection] | None = None
         #: The OS thread of the event loop serving this hub (set by attach): only there are broadcasts held.
         self._loop_thread: int | None = None
-        #: The streams that keep history (asok_green.history.streams), None until one does.
-        self.history: Any = None
-        if app is not None:
-            self.bind_app(app)
+        #: The streams that keep history (asok_green.history.streams.History), None until one does.
+        self.history: StreamHistory | None = None
         _INSTANCES.append(self)
 
-    # -- registration (the doc's decorators) --------------------------------
-
-    def on(self, path: str, subprotocols: Iterable[str] = (), history: int | None = None) -> Callable:
-        """Register the handler of text and binary messages on ``path``: ``fn(conn, message)``.
-
-        ``history`` (an asok_green extension) keeps the last ``history``
-        broadcasts of each path of the route, as :meth:`keep_history` does.
-
-        ``subprotocols`` (an asok_green extension) are the WebSocket
-        subprotocols the route speaks: the handshake answer names the first
-        one the client offers among them (``Sec-WebSocket-Protocol``). A
-        client that offers none is served all the same. Connections on such a
-        route get only what is sent to them or their path: no presence frames.
-        """
-        if subprotocols:
-            route = self.routes.route(path)
-            route.subprotocols = tuple(subprotocols)
-            if route.is_dynamic:
-                self._subprotocol_patterns = True
-            else:
-                self._subprotocol_paths.add("/" + "/".join(route.segments))
-        if history:
-            self.keep_history(path, size=history)
-        return self._register_handler(path, "on_message")
-
-    def keep_history(self, pattern: str, size: int = 200, ttl: float | None = None) -> None:
-        """Keep the last ``size`` broadcasts (none older than ``ttl`` seconds) of a route's paths or of rooms.
-
-        ``pattern`` is a route pattern (``/chat/[room]``: each path is its own
-        stream) or a room glob (``room:*``, ``room:general``). Each broadcast
-        gets the next offset of its stream; clients that speak
-        ``asok-green.v1`` get it with its offset and can resume after a
-        reconnect. Where the history is kept: ``WS_HISTORY_STORE``
-        (``sqlite``, the default; ``memory``; ``redis``) and ``WS_HISTORY_PATH``.
-        """
-        if self.history is None:
-            from ..history.streams import History
-
-            self.history = History(self)
-        self.history.keep(pattern, size, ttl)
-
-    def on_connect(self, path: str) -> Callable:
-        """Register the handler called when a client connects on ``path``: ``fn(conn)``."""
-        return self._register_handler(path, "on_connect")
-
-    def on_disconnect(self, path: str) -> Callable:
-        """Register the handler called when a client on ``path`` is gone: ``fn(conn)``."""
-        return self._register_handler(path, "on_disconnect")
-
-    def _register_handler(self, path: str, slot: str) -> Callable:
-        route = self.routes.route(path)
-
-        def register(fn: Callable) -> Callable:
-            setattr(route, slot, fn)
-            return fn
-
-        return register
-
-    def room_authorizer(self, fn: Callable) -> Callable:
-        """Register ``fn(conn, room) -> bool`` deciding who may join which room."""
-        self._room_authorizer = fn
-        return fn
-
-    # -- wiring to the app and the serving process --------------------------
-
-    def bind_app(self, app: Any) -> None:
-        """Use ``app`` for config, the session cookie, Asok's ``/asok/live`` operators and ``/graphql``."""
-        from ..bridge import graphql
-        from ..bridge import live as ops
-
-        if self.app is app:
-            return
-        self.app = app
-        self._origins = None
-        self._auth = None
-        self._release_db = None
-        if not _is_asok_app(app):
-            return
-        self._release_db = db_releaser()
-        if "/asok/live" not in self.routes:
-            self.on("/asok/live")(ops.on_live_message)
-            ops.install_model_relay(self)
-        graphql.install(self)
+    @classmethod
+    def instances(cls) -> list:
+        """Every hub of this class created in this process, oldest first."""
+        return [hub for hub in _INSTANCES if isinstance(hub, cls)]
 
     def attach(self, app: Any, port: int) -> None:
-        """Called once by the serving process: bind the app and check the configuration.
+        """Called once by the serving process, in the thread of its event loop, with the app and port it serves.
 
-        Raises :class:`asok_green.core.origins.InsecureOriginPolicy` when ``"*"`` is
-        allowed with DEBUG off.
+        From then on the broadcasts made in one turn of that loop are sent
+        together at its end (see :meth:`fan_out`).
         """
-        if self.app is None and app is not None:
-            self.bind_app(app)
         self._loop_thread = _native_thread_id()
-        if self.port != port:
-            logger.info(
-                "WebSocketServer(port=%s) ignored: WebSockets are served on the HTTP port %s",
-                self.port,
-                port,
-            )
-        self.serving_port = port
-        # Resolved with the app's config now: it may have been set after the constructor ran.
-        self.limits = Limits.resolve(self._limit_overrides, getattr(self.app, "config", None))
-        self.limits.max_connections = self.limits.connection_cap(open_files_limit())
-        if self.secret_key is None and self.app is not None:
-            config = getattr(self.app, "config", None) or {}
-            self.secret_key = getattr(self.app, "secret_key", None) or config.get("SECRET_KEY")
-        # Built now (again, with the serving port), so a policy refused for production
-        # fails at start-up, not at the first client.
-        self._origins = None
-        logger.info("%s", self.origins.describe())
-        self._start_background_jobs()
-        if self.node is SINGLE_PROCESS:
-            from ..cluster import adapters
-            from ..cluster import redis_node as cluster
-
-            # The cluster's settings first: they refuse an adapter= that is no adapter.
-            self.node = cluster.join(self) or adapters.join(self) or SINGLE_PROCESS
-        if self.history is not None:
-            self.history.start()
-
-    # -- attributes of Asok's WebSocketServer ------------------------------------
-
-    @property
-    def allowed_origins(self) -> str | list[str]:
-        """The origins allowed to connect, as Asok's ``ws.allowed_origins``: ``"*"`` or a list.
-
-        The list holds the configured origins and wildcard patterns, then
-        localhost, 127.0.0.1 and [::1] on the allowed development ports. The
-        page's own origin (Origin equal to ``Host``) is allowed too but cannot be
-        listed. Setting it replaces the ``allowed_origins=`` argument; a server
-        already serving applies it at once (``"*"`` with DEBUG off raises
-        :class:`asok_green.core.origins.InsecureOriginPolicy`, as at start-up).
-        """
-        policy = self.origins
-        if policy.any_local_port:
-            return "*"
-        local = [
-            f"{scheme}://{host}{port}"
-            for scheme in ("http", "https")
-            for host in ("localhost", "127.0.0.1", "[::1]")
-            for port in ("", *(f":{p}" for p in sorted(policy.local_ports)))
-        ]
-        return [*sorted(policy.exact), *policy.wildcards, *local]
-
-    @allowed_origins.setter
-    def allowed_origins(self, value: str | Iterable[str] | None) -> None:
-        previous, previous_policy = self._allowed_origins, self._origins
-        self._allowed_origins = value
-        self._origins = None
-        if self.serving_port is not None:
-            try:
-                self.origins  # noqa: B018 - built now, so a refused policy raises here
-            except Exception:
-                self._allowed_origins, self._origins = previous, previous_policy
-                raise
-
-    @property
-    def max_connections(self) -> int:
-        """The most WebSockets this process holds at once, as Asok's ``ws.max_connections``.
-
-        ``max_connections=`` or ``WS_MAX_CONNECTIONS`` when given, capped by what
-        the open-files limit allows; that limit alone otherwise. Setting it
-        applies to the next handshake; open connections stay.
-        """
-        return self.limits.max_connections or self.limits.connection_cap(open_files_limit())
-
-    @max_connections.setter
-    def max_connections(self, value: int) -> None:
-        value = int(value)
-        self._limit_overrides["max_connections"] = value
-        self.limits.max_connections = value
-        if self.serving_port is not None:
-            self.limits.max_connections = self.limits.connection_cap(open_files_limit())
-
-    @property
-    def presence_counts(self) -> dict:
-        """User id -> how many connections the user has open in this process, as Asok's ``ws.presence_counts``.
-
-        A copy: presence changes only as connections open and close.
-        """
-        return dict(self.state.local_users)
-
-    def on_live_message(self, conn: Connection, text: str | bytes) -> None:
-        """Handle one ``/asok/live`` message, as Asok's ``ws.on_live_message`` does (a handler for ``@ws.on``)."""
-        from ..bridge import live as ops
-
-        ops.on_live_message(conn, text)
-
-    @property
-    def cluster(self) -> Any:
-        """The Redis cluster node this server belongs to (asok_green.cluster.redis_node), or None."""
-        return self.node if self.node.distributed else None
-
-    def _start_background_jobs(self) -> None:
-        from . import keepalive, revocation
-
-        if self._jobs:
-            return
-        if self.limits.ping_interval > 0:
-            self._jobs.append(gevent.spawn(keepalive.run, self))
-        if self.limits.session_check_interval > 0 and _is_asok_app(self.app):
-            self._jobs.append(gevent.spawn(revocation.run, self))
-
-    def revoke_session(self, login_sid: str) -> int:
-        """Close (1008) every connection whose login is bound to ``login_sid``; returns how many."""
-        from . import revocation
-
-        closed = revocation.close_all(c for c in self.connections() if c.login_sid == login_sid)
-        self.stats["revoked"] += closed
-        return closed
-
-    @property
-    def origins(self):
-        """The Origin policy (built on first use from the constructor, env and app config)."""
-        if self._origins is None:
-            from ..core.origins import OriginPolicy
-
-            config = getattr(self.app, "config", None)
-            local_ports = [p for p in (self.serving_port, os.environ.get("ASOK_PORT")) if p]
-            self._origins = OriginPolicy.from_settings(self._allowed_origins, config=config, local_ports=local_ports)
-        return self._origins
-
-    @property
-    def auth(self):
-        """Resolves the Asok session cookie of a handshake to ``(user, session)``."""
-        if self._auth is None:
-            from ..bridge.auth import SessionAuth
-
-            self._auth = SessionAuth(self.app, auth_model=self.auth_model, secret_key=self.secret_key)
-        return self._auth
-
-    def start(self) -> WebSocketServer:
-        """Return at once: the serving process (``asok serve --gevent``) serves this server."""
-        return self
 
     def stop(self) -> None:
-        """Stop the background jobs and close every connection with 1001 (going away)."""
-        for job in self._jobs:
-            job.kill(block=False)
-        self._jobs.clear()
+        """Close every connection with 1001 (going away), then release the history and leave the cluster."""
         for conn in self.connections():
             conn.going_away()
         if self.history is not None:
             # Before the node: a store that writes through the cluster's Redis flushes first.
             self.history.stop()
         self.node.stop()
+
+    @property
+    def cluster(self) -> Any:
+        """The Redis cluster node this server belongs to (asok_green.cluster.redis_node), or None."""
+        return self.node if self.node.distributed else None
 
     def after_handler(self) -> None:
         """Release what a handler left open in this greenlet (Asok's per-greenlet DB connections).
@@ -390,8 +135,8 @@ class WebSocketServer:
         WebSocket greenlet lives for hours, so the server does it after each
         handler call instead of holding one connection per client.
         """
-        if self._release_db is not None:
-            self._release_db()
+        if self.release_after_handler is not None:
+            self.release_after_handler()
 
     # -- what the serving process asks ----------------------------------------
 
@@ -453,8 +198,7 @@ class WebSocketServer:
 
         Closing counts as leaving every room; ``conn.rooms`` stays readable for on_disconnect.
         """
-        changes = self.state.close(conn, conn.path, getattr(conn.user, "id", None), conn._room_set or ())
-        self._announce(changes)
+        self._announce(self.state.close(conn, conn.path, getattr(conn.user, "id", None)))
 
     def _announce(self, changes: list) -> None:
         """Say what a transition returned: to the cluster first (only queued), then to clients."""
@@ -475,33 +219,12 @@ class WebSocketServer:
     def _broadcast_presence(self, user_id: Any, status: str) -> None:
         presence = {"op": "broadcast", "type": "presence", "user_id": user_id, "status": status}
         message = Outgoing(OP_TEXT, json.dumps(presence).encode("utf-8"))
-        self._fan_out(self._presence_audience(), message, None)
-
-    def _presence_audience(self) -> list[Connection]:
-        """Every connection, but those on routes that speak a subprotocol of their own.
-
-        A GraphQL client on ``/graphql`` (graphql-transport-ws) takes any other
-        message for a protocol error and drops its subscriptions.
-        """
-        quiet, patterns = self._subprotocol_paths, self._subprotocol_patterns
-        if not quiet and not patterns:
-            return self.connections()
-        match = self.routes.match
-        audience = []
-        for path, members in self.state.by_path.items():
-            if path in quiet:
-                continue
-            if patterns:
-                route = match(path)[0]
-                if route is not None and route.subprotocols:
-                    continue
-            audience.extend(members)
-        return audience
+        self.fan_out(self.routes.presence_audience(self.state.by_path), message, None)
 
     def _announce_room_presence(self, room: str, user_id: Any, status: str) -> None:
         # This node's members only: every node announces a cluster-wide change to its own.
         message = {"op": "broadcast", "type": "room_presence", "room": room, "user_id": user_id, "status": status}
-        self._fan_out(self.state.rooms.get(room, ()), Outgoing.json(message), None)
+        self.fan_out(self.state.rooms.get(room, ()), Outgoing.json(message), None)
 
     # -- what the cluster reports about the other nodes ---------------------------
 
@@ -540,7 +263,6 @@ class WebSocketServer:
         changes = self.state.join(conn, conn.path, room, getattr(conn.user, "id", None))
         if changes is None:
             return False
-        conn._rooms.add(room)
         self._announce(changes)
         if conn.speaks_v1 and self.history is not None:
             stream = self.history.room_stream(room)
@@ -550,8 +272,6 @@ class WebSocketServer:
 
     def leave_room(self, conn: Connection, room: str) -> None:
         """Remove ``conn`` from ``room``; the user's last connection there (on any node) is announced as ``left``."""
-        if conn._room_set is not None:
-            conn._room_set.discard(room)
         self._announce(self.state.leave(conn, room, getattr(conn.user, "id", None)))
 
     def get_room_users(self, room: str) -> list:
@@ -560,10 +280,11 @@ class WebSocketServer:
 
     def check_room_authorization(self, conn: Connection, room: str) -> bool:
         """The room authorizer's verdict; without one, only ``model:`` rooms, as in Asok."""
-        if self._room_authorizer is None:
+        authorizer = self.authorizer
+        if authorizer is None:
             return room.startswith("model:")
         try:
-            return bool(self._room_authorizer(conn, room))
+            return bool(authorizer(conn, room))
         except Exception:
             logger.exception("room authorizer failed for room %r (path %s): denied", room, conn.path)
             return False
@@ -571,6 +292,10 @@ class WebSocketServer:
     def room_members(self, room: str) -> list[Connection]:
         """The connections of this process that have joined ``room``."""
         return self.state.room_members(room)
+
+    def rooms_of(self, conn: Connection) -> frozenset[str]:
+        """The rooms ``conn`` has joined (for a closed connection: those it was in when it closed)."""
+        return self.state.rooms_of(conn)
 
     # -- broadcasting (the frame is encoded once, whatever the audience) ----
 
@@ -613,13 +338,13 @@ class WebSocketServer:
                 return delivered
         state = self.state
         members = state.by_path.get(name, ()) if target == "path" else state.rooms.get(name, ())
-        delivered = self._fan_out(members, message, exclude)
+        delivered = self.fan_out(members, message, exclude)
         if not from_adapter:
             # Only queued: a cluster's publisher greenlet does the Redis I/O.
             self.node.publish(target, name, message)
         return delivered
 
-    def _fan_out(
+    def fan_out(
         self,
         members: Iterable[Connection],
         message: Outgoing | bytes,
@@ -694,10 +419,6 @@ class WebSocketServer:
         alike, after any message of the stream still missing here (read from
         the store). Returns how many connections got it.
         """
-        if self.history is None:
-            from ..history.streams import History
-
-            self.history = History(self)
         history = self.history
         return history.deliver(history.stream_named(stream), epoch, offset, Outgoing(opcode, data), None)
 
@@ -719,11 +440,3 @@ class WebSocketServer:
     def connection_count(self) -> int:
         """How many WebSockets this server holds now."""
         return self.state.count
-
-    @classmethod
-    def instances(cls) -> list[WebSocketServer]:
-        """Every WebSocketServer created in this process, oldest first."""
-        return list(_INSTANCES)
-
-    def __repr__(self) -> str:
-        return f"<asok_green.WebSocketServer routes={[r.pattern for r in self.routes]} connections={self.state.count}>"

@@ -22,7 +22,7 @@ from ..protocol.frames import CLOSE_INTERNAL_ERROR, OP_PING, encode_frame
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .hub import WebSocketServer
+    from .hub import Hub
 
 logger = logging.getLogger("asok_green")
 
@@ -54,7 +54,7 @@ def sweep(connections: Iterable[Connection], now: float, interval: float, timeou
     return pinged, closed
 
 
-def run(server: WebSocketServer) -> None:
+def run(server: Hub) -> None:
     """Sweep ``server``'s connections for as long as the greenlet lives; a sweep that raises is logged."""
     limits = server.limits
     period = max(0.05, min(limits.ping_interval, limits.ping_timeout) / 2)

@@ -28,7 +28,7 @@ from ..protocol.frames import CLOSE_POLICY
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .hub import WebSocketServer
+    from .hub import Hub
 
 logger = logging.getLogger("asok_green")
 
@@ -72,7 +72,7 @@ def recheck(connections: Iterable[Connection], state_of: Callable[[str, Any], Se
     return closed, True
 
 
-def run(server: WebSocketServer) -> None:
+def run(server: Hub) -> None:
     """Re-check every logged-in connection's session each ``session_check_interval`` seconds, for good.
 
     Counts each pass in ``server.stats``: ``session_rechecks``, and
