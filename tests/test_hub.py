@@ -164,6 +164,23 @@ def test_broadcast_to_room_and_cleanup_on_unregister(server, connect):
     assert server.room_members("r1") == []
 
 
+def test_on_disconnect_reads_the_rooms_the_connection_left_by_closing(server, connect):
+    from asok_green.server.handler import end_connection
+
+    seen = []
+    server.room_authorizer(lambda c, r: True)
+
+    @server.on_disconnect("/chat")
+    def gone(conn):
+        seen.append((conn.rooms, server.room_members("r1"), server.room_members("r2")))
+
+    conn, _ = connect()
+    conn.join("r1")
+    conn.join("r2")
+    end_connection(server, conn, server.match("/chat")[0])
+    assert seen == [({"r1", "r2"}, [], [])]
+
+
 def test_slow_consumer_is_closed_with_1008_and_others_get_everything(server, connect):
     stuck, stuck_peer = connect()
     _, reader = connect()

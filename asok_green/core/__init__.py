@@ -2,7 +2,8 @@
 
 The hub's state (paths, rooms, presence: the one owner of them), routing,
 Origin and proxy policies, limits, the outage tracker, rate-limited log
-lines, and the interface of a cluster node. Transitions return what must be
+lines, and the interfaces the hub's parts meet at (a cluster node, the
+history, what a connection asks of its hub). Transitions return what must be
 said; nothing here does I/O or yields. May import ``protocol`` and the
 standard library; no gevent, no asok.
 """
