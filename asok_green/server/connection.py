@@ -87,7 +87,7 @@ class Connection(Inbound):
         ``own_socket`` the connection closes ``sock`` when it finishes (a plain
         gevent socket can then be served by :meth:`watch`).
         """
-        super().__init__(server, sock, leftover, deflate, own_socket)
+        Inbound.__init__(self, server, sock, leftover, deflate, own_socket)
         self.path = path
         self.params = params or {}
         self.headers = headers

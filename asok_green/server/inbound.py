@@ -100,7 +100,7 @@ class Inbound(Outbound):
         own_socket: bool,
     ) -> None:
         """Read from ``sock`` for ``server``; ``leftover`` is data the client sent right after its handshake."""
-        super().__init__(server, sock, own_socket)
+        Outbound.__init__(self, server, sock, own_socket)
         self.deflate = deflate
         self.last_seen = monotonic()
         limits = server.limits
