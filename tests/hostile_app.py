@@ -20,8 +20,8 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+from asok_green.api.serving import serve  # noqa: E402
 from asok_green.api.websocket_server import WebSocketServer  # noqa: E402
-from asok_green.server.handler import serve  # noqa: E402
 
 calls = {"count": 0}
 

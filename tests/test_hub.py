@@ -165,7 +165,7 @@ def test_broadcast_to_room_and_cleanup_on_unregister(server, connect):
 
 
 def test_on_disconnect_reads_the_rooms_the_connection_left_by_closing(server, connect):
-    from asok_green.server.handler import end_connection
+    from asok_green.server.lifecycle import end_connection
 
     seen = []
     server.room_authorizer(lambda c, r: True)

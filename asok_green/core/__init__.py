@@ -2,8 +2,8 @@
 
 The hub's state (paths, rooms, presence: the one owner of them), routing,
 Origin and proxy policies, limits, the outage tracker, rate-limited log
-lines, and the interfaces the hub's parts meet at (a cluster node, the
-history, what a connection asks of its hub). Transitions return what must be
-said; nothing here does I/O or yields. May import ``protocol`` and the
-standard library; no gevent, no asok.
+lines, and the interfaces the hub meets the layers above at (a cluster
+node, the history). Transitions return what must be said; nothing here does
+I/O or yields. May import ``protocol`` and the standard library; no gevent,
+no asok.
 """

@@ -1,44 +1,14 @@
-"""What the hub's parts ask of each other, as small interfaces: the seams that keep imports pointing down.
+"""What the hub asks of the layers above it, as small interfaces: the seams that keep imports pointing down.
 
-:class:`ConnectionHub` is what a connection (asok_green.server.connection)
-asks of the hub that holds it, so the connection need not import the hub.
 :class:`StreamHistory` is what the hub (asok_green.server.hub) asks of the
 streams that keep history (asok_green.history.streams), which sit a layer
-above it and are handed to it as an attribute. Interfaces only: nothing here
-runs.
+above it and are handed to it as an attribute (the cluster node's interface
+is :class:`asok_green.core.node.Node`). Interfaces only: nothing here runs.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-from .limits import Limits
-
-
-class ConnectionHub(Protocol):
-    """The hub as one of its connections sees it: limits, counters, rooms, the after-handler hook."""
-
-    #: The limits every connection of the hub obeys (queue, message size, rates, timeouts).
-    limits: Limits
-    #: Counters of the hub (a ``collections.Counter``): messages, bytes, closes by cause.
-    stats: Any
-    #: Seconds spent in, and calls of, each handler function.
-    handler_seconds: Any
-    handler_calls: Any
-    #: Timings kept while metrics are on (asok_green.ops.metrics.HubMetrics), else None.
-    metrics: Any
-
-    def join_room(self, conn: Any, room: str, since: Any = None) -> bool:
-        """Put ``conn`` in ``room`` if the name is valid and the authorizer agrees."""
-
-    def leave_room(self, conn: Any, room: str) -> None:
-        """Take ``conn`` out of ``room``."""
-
-    def rooms_of(self, conn: Any) -> frozenset[str]:
-        """The rooms ``conn`` is in (for a closed one, those it was in when it closed)."""
-
-    def after_handler(self) -> None:
-        """Release what a handler left open in this greenlet."""
 
 
 class StreamHistory(Protocol):

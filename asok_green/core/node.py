@@ -11,16 +11,10 @@ the hub through its ``node_synced`` / ``node_added`` / ``node_removed`` /
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-
-class Broadcast(Protocol):
-    """A broadcast message as a node passes it on: its opcode and its payload (one encoding for every client)."""
-
-    #: The WebSocket opcode: text (1) or binary (2).
-    opcode: int
-    #: The message's bytes, as the hub's clients get them (UTF-8 for text).
-    payload: bytes
+if TYPE_CHECKING:
+    from ..protocol.outgoing import Outgoing
 
 
 class Node(Protocol):
@@ -31,7 +25,7 @@ class Node(Protocol):
     #: This node's id in its cluster (None on its own).
     node_id: str | None
 
-    def publish(self, target: str, name: str, message: Broadcast) -> None:
+    def publish(self, target: str, name: str, message: Outgoing) -> None:
         """Pass on a broadcast already delivered here (``target``: ``"path"`` or ``"room"``); never yields."""
 
     def local_changes(self, changes: list[Any]) -> None:
@@ -47,7 +41,7 @@ class SingleProcess:
     distributed = False
     node_id = None
 
-    def publish(self, target: str, name: str, message: Broadcast) -> None:
+    def publish(self, target: str, name: str, message: Outgoing) -> None:
         """Nothing to do: the hub has delivered it to every client there is."""
 
     def local_changes(self, changes: list[Any]) -> None:
