@@ -15,6 +15,7 @@ import pytest
 import websocket
 
 from tests.asok_project import cookie_header, make_project, project_env
+from tests.leftovers import ProcessWatch, mark_this_run, stop
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -169,8 +170,44 @@ def authorize(conn, room):
 """
 
 
+#: The run's :class:`tests.leftovers.ProcessWatch`, in ``config.stash``.
+WATCH = pytest.StashKey[ProcessWatch]()
+
+
 def pytest_configure(config):
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Before any test starts a process: every process of the run inherits the mark.
+    config.stash[WATCH] = ProcessWatch(mark_this_run())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Remember during which test each process of the run was started, to name it if it is left."""
+    watch = item.config.stash[WATCH]
+    watch.current = item.nodeid
+    yield
+    watch.note_new(item.nodeid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(request):
+    """After the last test: fail the run, naming them, if tests left a process running or a port open.
+
+    The processes left are stopped (SIGTERM, then SIGKILL), so a failed run
+    does not leave them behind either.
+    """
+    yield
+    watch = request.config.stash[WATCH]
+    watch.note_new(watch.current)
+    left = watch.leftovers()
+    gc.collect()
+    own_ports = watch.new_own_ports()
+    if left:
+        stop([leftover.pid for leftover in left])
+    problems = [f"a process still runs: {leftover}" for leftover in left]
+    problems += [f"the test process itself still listens on port {port}" for port in own_ports]
+    if problems:
+        pytest.fail("the tests left behind:\n  " + "\n  ".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="module")
