@@ -102,14 +102,16 @@ def asok_serve(project: pathlib.Path, tmp: pathlib.Path, *extra: str, env: dict 
     return ServerProcess(argv, project, env or project_env(), port, tmp / f"server-{port}.log")
 
 
-def ws_connect(server: ServerProcess, path: str, cookies: dict | None = None, origin: str | None = None, **kw):
-    """A real WebSocket client (websocket-client) connected to ``server``."""
+def ws_connect(
+    server: ServerProcess, path: str, cookies: dict | None = None, origin: str | None = None, timeout: float = 5, **kw
+):
+    """A real WebSocket client (websocket-client) connected to ``server``; ``timeout`` for the handshake and reads."""
     header = [f"Cookie: {cookie_header(cookies)}"] if cookies else None
     return websocket.create_connection(
         server.ws_url + path,
         origin=origin or server.url,
         header=header,
-        timeout=5,
+        timeout=timeout,
         **kw,
     )
 
@@ -210,6 +212,9 @@ def nothing_left_behind(request):
         pytest.fail("the tests left behind:\n  " + "\n  ".join(problems), pytrace=False)
 
 
+# The fixtures below use tests/cluster_support, which imports this module: imported when used.
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     """A real redis-server for the module's cluster nodes (tests/cluster_support.RedisServer)."""
@@ -218,6 +223,47 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own, which it may stop, pause and start again; stopped after the test."""
+    from tests.cluster_support import RedisServer
+
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def start_nodes(redis_server, tmp_path_factory):
+    """``start_nodes(project, count)``: that many nodes of ``project`` in the module's Redis cluster.
+
+    They run until the module ends (tests/cluster_support.start_node).
+    """
+    from tests.cluster_support import start_node
+
+    logs = tmp_path_factory.mktemp("node-logs")
+    started: list[ServerProcess] = []
+
+    def start(project: pathlib.Path, count: int) -> list[ServerProcess]:
+        nodes = [start_node(project, logs, redis_server) for _ in range(count)]
+        started.extend(nodes)
+        return nodes
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def clients():
+    """The test's WebSocket clients (tests/cluster_support.Clients), closed when it ends."""
+    from tests.cluster_support import Clients
+
+    opened = Clients()
+    yield opened
+    opened.close_all()
 
 
 def greenlet_count() -> int:

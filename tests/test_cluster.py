@@ -13,7 +13,6 @@ import collections
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,13 +24,12 @@ from tests.asok_project import fetch, login, make_project, project_env
 from tests.cluster_support import (
     NODE_ROUTES,
     TTL,
-    Clients,
-    RedisServer,
     node_env,
     presence_of,
     recv_json,
     recv_texts,
     start_node,
+    user_ids,
 )
 from tests.conftest import BIN, INTROSPECTION, ServerProcess, free_port, ws_connect
 
@@ -47,26 +45,13 @@ def cluster_project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def users(cluster_project) -> dict[str, int]:
     """name -> user id, from the project's database."""
-    with sqlite3.connect(cluster_project / "db.sqlite3") as db:
-        return dict(db.execute("SELECT name, id FROM users"))
+    return user_ids(cluster_project)
 
 
 @pytest.fixture(scope="module")
-def nodes(cluster_project, redis_server, tmp_path_factory):
+def nodes(cluster_project, start_nodes):
     """Nodes A, B and C."""
-    logs = tmp_path_factory.mktemp("node-logs")
-    started = [start_node(cluster_project, logs, redis_server) for _ in range(3)]
-    yield started
-    for node in started:
-        node.stop()
-
-
-@pytest.fixture
-def clients():
-    """The test's WebSocket clients, closed when it ends."""
-    opened = Clients()
-    yield opened
-    opened.close_all()
+    return start_nodes(cluster_project, 3)
 
 
 @pytest.fixture
@@ -268,17 +253,16 @@ def test_killed_node_users_go_offline_everywhere_after_the_ttl(
 
 
 def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
-    cluster_project, tmp_path, cookies, users, clients
+    cluster_project, tmp_path, own_redis, cookies, users, clients
 ):
-    redis = RedisServer(tmp_path)
-    first, second = (start_node(cluster_project, tmp_path, redis) for _ in range(2))
+    first, second = (start_node(cluster_project, tmp_path, own_redis) for _ in range(2))
     try:
         watcher = clients.connect(second, "/asok/live")
         alice_tab = clients.connect(first, "/chat/outage", cookies=cookies["alice"])
         assert recv_json(watcher, presence_of(users["alice"]))["status"] == "online"
         sender, local_peer = clients.connect(first, "/chat/outage"), clients.connect(first, "/chat/outage")
 
-        redis.stop()
+        own_redis.stop()
         for i in range(20):
             sender.send(f"during outage {i}")
         expected = [f"Guest: during outage {i}" for i in range(20)]
@@ -288,7 +272,7 @@ def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
         time.sleep(0.5)
         assert first.log().count("unreachable") == 1, "an outage is logged once, not per message"
 
-        redis.start()
+        own_redis.start()
         first.wait_for_log("is back", timeout=10)
         second.wait_for_log("is back", timeout=10)
         # bob connected while Redis was down: republished, so the other node announces him,
@@ -300,7 +284,7 @@ def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
         assert {users["alice"], users["bob"]} <= set(presence_list(watcher))
         node_key = f"asok:ws:presence:node:{clients.node_info(first)['node']}"
         for user in ("alice", "bob"):
-            assert redis.command("SISMEMBER", node_key, str(users[user])) == ":1"
+            assert own_redis.command("SISMEMBER", node_key, str(users[user])) == ":1"
         remote_peer = clients.connect(second, "/chat/outage")
         sender.send("after the outage")
         assert recv_texts(remote_peer, 1, timeout=5) == ["Guest: after the outage"]
@@ -312,7 +296,6 @@ def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
         clients.close_all()
         first.stop()
         second.stop()
-        redis.stop()
 
 
 # -- Asok's own adapter on the same Redis --------------------------------------------
