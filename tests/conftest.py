@@ -116,6 +116,46 @@ def ws_connect(
     )
 
 
+def until_marker(client, is_marker, count: int = 1, timeout: float = 5.0) -> list:
+    """What arrives on ``client`` before ``count`` markers (messages for which ``is_marker`` is true) have.
+
+    To show that a message did not arrive, a test sends a marker after the event that
+    must not reach ``client``, along a way that delivers it after anything that event
+    sent: what came before the markers is all that could have come. Markers are not
+    returned; AssertionError if they do not all arrive within ``timeout`` seconds.
+    """
+    got: list = []
+    seen = 0
+    deadline = time.monotonic() + timeout
+    previous = client.gettimeout()
+    try:
+        while seen < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{count - seen} marker(s) not received within {timeout}s; got {got}")
+            client.settimeout(left)
+            try:
+                message = client.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            if is_marker(message):
+                seen += 1
+            else:
+                got.append(message)
+    finally:
+        client.settimeout(previous)
+    return got
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout}s")
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> pathlib.Path:
     """A real Asok project (wsgi.py with the doc's handlers, SQLite users alice and bob)."""
