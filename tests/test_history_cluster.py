@@ -22,9 +22,9 @@ import time
 import pytest
 import websocket
 
-from tests.asok_project import make_project, project_env
+from tests.asok_project import login, make_project, project_env
 from tests.cluster_support import Clients, RedisServer, node_env, recv_texts, start_node
-from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, ws_connect
+from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, until_marker, ws_connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -332,7 +332,9 @@ def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in
             assert not [n for n in reader.notices if n["asok"] in ("continuity_lost", "new_epoch")]
         assert local.duplicates == 0
         assert recv_texts(plain, len(payloads), timeout=15) == payloads  # this node's own, once each
-        assert quiet(plain, 0.3) == []
+        # A marker from the other node, published after them all: a second copy would come before it.
+        publish(b, path, ["marker"], clients)
+        assert until_marker(plain, "marker".__eq__) == []
     finally:
         clients.close_all()
         a.stop()
@@ -355,17 +357,6 @@ def wait_for_count(node, text: str, count: int, timeout: float = 15) -> None:
         time.sleep(0.05)
 
 
-def quiet(client, seconds: float = 0.5) -> list:
-    """What arrives on ``client`` within ``seconds``."""
-    got = []
-    client.settimeout(seconds)
-    try:
-        while True:
-            got.append(client.recv())
-    except websocket.WebSocketTimeoutException:
-        return got
-
-
 def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same_epoch(
     feed_project, tmp_path, own_redis, clients
 ):
@@ -384,7 +375,11 @@ def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same
             a.wait_for_log("unreachable", timeout=15)
             publish(a, path, ["during1", "during2"], clients)
             assert recv_texts(plain, 3) == ["before", "during1", "during2"]
-            assert quiet(reader.ws) == [], "a v1 client got a stream message with no offset from Redis"
+            # The marker: alice comes online on node A; it is told to every connection there, after
+            # anything the broadcast above sent it.
+            clients.connect(a, "/chat/marker", cookies=login(a.url, "alice"))
+            before = until_marker(reader.ws, lambda m: '"type": "presence"' in json.loads(m).get("d", ""))
+            assert before == [], "a v1 client got a stream message with no offset from Redis"
             # Meanwhile a v1 client is told the position this node delivered last...
             newcomer = ResumeClient(a, path, clients)
             assert (newcomer.epoch, newcomer.last) == (epoch, reader.last)
@@ -501,7 +496,10 @@ def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
     clients.opened.append(listener)
     publish(a, path, ["hello"], clients)
     assert recv_texts(listener, 1) == ["hello"]
-    assert quiet(listener, 0.3) == []
+    # A marker from each node: anything else sent to the listener would come before them.
+    for node in (a, b):
+        publish(node, path, ["marker"], clients)
+    assert until_marker(listener, "marker".__eq__, count=2) == []
 
 
 def serve_expecting_exit(project, env: dict) -> subprocess.CompletedProcess:
