@@ -12,7 +12,7 @@ import pytest
 
 from asok_green.history.streams import Policy, Stream
 from asok_green.protocol.envelopes import Since
-from asok_green.server.connection import Outgoing
+from asok_green.protocol.outgoing import Outgoing
 
 pytestmark = pytest.mark.quick
 
