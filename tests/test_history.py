@@ -30,6 +30,8 @@ from asok_green.protocol.frames import OP_BINARY, OP_TEXT
 from asok_green.protocol.outgoing import Outgoing
 from tests.server_frames import parse_server_frames
 
+pytestmark = pytest.mark.quick
+
 # -- envelopes ---------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ from asok_green.server import keepalive, revocation
 from asok_green.server.connection import Connection
 from asok_green.server.handler import RequestTooLarge, read_header_block
 
+pytestmark = pytest.mark.quick
+
 
 def test_keyword_beats_config_beats_environment():
     limits = Limits.resolve(
