@@ -164,11 +164,13 @@ class HubStateMachine(RuleBasedStateMachine):
     def close(self, conn):
         before = self.snapshot()
         if conn not in self.open_conns:
-            assert self.state.close(conn, "/a", 1, ["r"]) == []
+            assert self.state.close(conn, "/a", 1) == []
             return
         path, user, rooms = self.open_conns.pop(conn)
-        out = self.state.close(conn, path, user, sorted(rooms))
+        out = self.state.close(conn, path, user)
         self.check_announcements(out, before)
+        # The rooms it left by closing are still answered (its on_disconnect reads them).
+        assert self.state.rooms_of(conn) == rooms
 
     @rule(conn=conns, room=ROOMS)
     def join(self, conn, room):
@@ -248,6 +250,8 @@ class HubStateMachine(RuleBasedStateMachine):
         for room, members in self.state.rooms.items():
             assert all(self.state.is_open(conn, self.open_conns[conn][0]) for conn in members)
             assert set(self.state.room_members(room)) == set(members)
+        for conn, (_, _, joined) in self.open_conns.items():
+            assert self.state.rooms_of(conn) == joined
 
     @invariant()
     def presence_counts_equal_connections_per_user(self):
