@@ -44,7 +44,8 @@ def serve_worker(app: Any, host: str, port: int, fd: int | None = None) -> None:
     here). SIGHUP drains: a new worker already serves in this one's place.
     """
     from ..server.handler import make_server
-    from .drain import drain, tell_parent_ready
+    from ..server.listeners import tell_parent_ready
+    from .drain import drain
 
     listener = inherited_listener(fd) if fd is not None else reuse_port_listener(host, port)
     server = make_server(app, host=host, port=port, listener=listener)

@@ -65,6 +65,7 @@ from ..protocol.handshake import (
 from ..protocol.request_head import RequestHead, parse_upgrade_head
 from .connection import Connection, V1Connection
 from .hub import WebSocketServer
+from .listeners import tell_parent_ready
 
 logger = logging.getLogger("asok_green")
 access_logger = logging.getLogger("asok_green.access")
@@ -651,6 +652,10 @@ class GreenServer(WSGIServer):
     watches_connections = True
     #: True once a restart's successor serves and this server winds down (``asok_green.process.drain``).
     draining = False
+    #: True while this server starts its successor and hands over to it (``asok_green.process.handoff``).
+    restarting = False
+    #: True once :meth:`shutdown` began (SIGTERM, SIGINT): a drain under way gives way to it.
+    shutting_down = False
     #: Accepted connections whose handler still runs (HTTP requests, and handshakes not yet upgraded).
     requests_in_flight = 0
 
@@ -694,9 +699,9 @@ class GreenServer(WSGIServer):
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, close every WebSocket with 1001, wait for them (bounded), then stop."""
-        if self.stopped.is_set() or getattr(self, "_shutting_down", False):
+        if self.stopped.is_set() or self.shutting_down:
             return
-        self._shutting_down = True
+        self.shutting_down = True
         if timeout is None:
             timeout = max(hub.limits.shutdown_timeout for hub in self.hubs) if self.hubs else 1.0
         logger.info(
@@ -754,6 +759,7 @@ def serve(
     port: int = 8000,
     *,
     on_hangup: Callable[[GreenServer], None] | None = None,
+    on_serving: Callable[[GreenServer], None] | None = None,
     **kwargs: Any,
 ) -> None:
     """Serve ``app`` and its WebSockets on ``host:port`` until SIGINT or SIGTERM.
@@ -762,10 +768,9 @@ def serve(
     (``python -m asok_green serve`` and ``asok serve --gevent`` do it for you).
     With ``ssl_context=`` (or gevent's ``certfile=``/``keyfile=``) the port
     serves https and wss. ``on_hangup(server)`` runs in a greenlet of its own
-    on each SIGHUP (``asok serve --gevent`` restarts there).
+    on each SIGHUP (``asok serve --gevent`` restarts there); ``on_serving(server)``
+    once the server listens, before the process that started this one hears that it serves.
     """
-    from ..process.drain import tell_parent_ready
-
     server = make_server(app, ws, host, port, **kwargs)
     url = f"{'https' if server.ssl_enabled else 'http'}://{host}:{server.server_port}"
     if jsonlog.json_requested(getattr(app, "config", None)):
@@ -776,6 +781,8 @@ def serve(
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
     if on_hangup is not None:
         gevent.signal_handler(signal.SIGHUP, gevent.spawn, on_hangup, server)
+    if on_serving is not None:
+        on_serving(server)
     tell_parent_ready()  # only now: the parent may send SIGHUP as soon as it hears this
     server.stopped.wait()
     logger.info("stopped", extra={"event": "stopped"})
