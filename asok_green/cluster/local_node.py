@@ -43,7 +43,7 @@ from ..protocol.frames import OP_BINARY, OP_TEXT
 from . import local_wire as wire
 
 if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+    from ..protocol.outgoing import Outgoing
     from ..server.hub import WebSocketServer
 
 logger = logging.getLogger("asok_green.cluster")

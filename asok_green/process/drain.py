@@ -17,14 +17,10 @@ from typing import Any
 
 import gevent
 
-from ..server.listeners import tell_parent_ready
-
 logger = logging.getLogger("asok_green")
 
 #: The close code that tells a client the server restarts and it should reconnect (RFC 6455, IANA registry).
 CLOSE_SERVICE_RESTART = 1012
-__all__ = ["CLOSE_SERVICE_RESTART", "drain", "drain_schedule", "tell_parent_ready"]
-
 #: Batches per second of the drain period: small enough to spread reconnections, big enough to be cheap.
 BATCHES_PER_SECOND = 10
 
