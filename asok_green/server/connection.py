@@ -397,10 +397,12 @@ class Connection:
         ``REMOTE_ADDR`` (``conn.addr``), and ``request.user`` /
         ``request.session`` as the handshake resolved them. Reading the user
         never queries the database again. Handlers may set it as in Asok.
+        The framework behind the app builds it (asok_green.core.framework):
+        None when there is none, for a plain WSGI app.
         """
-        from .handshake_request import handshake_request
+        from ..core import framework
 
-        return handshake_request(self)
+        return framework.current().handshake_request(self)
 
     @property
     def _rooms(self) -> set:
