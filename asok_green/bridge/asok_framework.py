@@ -1,10 +1,16 @@
-"""Asok's answers to what the lower layers ask of the framework behind the app (asok_green.core.framework)."""
+"""Asok's answers to what the lower layers ask of the framework behind the app.
+
+The port (asok_green.core.framework), and ``conn.request``: a connection
+builds it with ``Connection.request_factory``, Asok's from here on
+(asok_green.bridge.handshake_request).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..core import framework
+from ..server.connection import Connection
 from . import asok_api
 from .handshake_request import handshake_request
 
@@ -12,15 +18,11 @@ __all__ = ["AsokFramework", "install"]
 
 
 class AsokFramework(framework.Framework):
-    """Asok behind the app: its request objects, its metrics gauge, its adapters, its database connections."""
+    """Asok behind the app: its apps, its metrics gauge, its adapters, its database connections."""
 
     def owns(self, app: Any) -> bool:
         """True for an Asok app."""
         return asok_api.is_asok_app(app)
-
-    def handshake_request(self, conn: Any) -> Any:
-        """The Asok ``Request`` of ``conn``'s handshake (asok_green.bridge.handshake_request)."""
-        return handshake_request(conn)
 
     def count_open_sockets(self, count: int) -> None:
         """Set Asok's ``asok_websocket_active_connections`` gauge."""
@@ -40,6 +42,7 @@ class AsokFramework(framework.Framework):
 
 
 def install() -> None:
-    """Make Asok the framework the lower layers ask; installing it again changes nothing."""
+    """Make Asok the framework the lower layers ask, and ``conn.request`` Asok's; again changes nothing."""
     if not isinstance(framework.current(), AsokFramework):
         framework.install(AsokFramework())
+        Connection.request_factory = staticmethod(handshake_request)

@@ -20,7 +20,11 @@ _BODY_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding"
 
 
 def handshake_request(conn: Any) -> Any:
-    """An ``asok.request.Request`` for ``conn``'s handshake: headers, cookies, path, address, user, session."""
+    """An ``asok.request.Request`` for ``conn``'s handshake: headers, cookies, path, address, user, session.
+
+    ``conn`` is a :class:`~asok_green.server.connection.Connection`, which
+    calls this through its ``request_factory`` (installed by asok_green.bridge.asok_framework).
+    """
     # A handshake has no body for the Request to read: its body headers would make it try.
     headers = {k: v for k, v in conn.headers.items() if k not in _BODY_HEADERS}
     view = SimpleNamespace(path=conn.path, headers=headers, user=conn.user, session=conn.session)

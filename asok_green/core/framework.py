@@ -1,9 +1,9 @@
 """What the server, the cluster and ops ask of the web framework behind the app: a port the bridge fills.
 
 Those layers import no framework. For the few answers only the framework has
-(the request object a socket's handshake would have been, the framework's own
-gauge of open sockets, which adapter objects are its placeholders, the
-database connections it keeps per thread) they ask :func:`current`; the
+(whether an app is one of its own, its gauge of open sockets, which adapter
+objects are its placeholders, the database connections it keeps per thread)
+they ask :func:`current`; the
 layer that knows the framework (asok_green.bridge) installs its answers with
 :func:`install` as soon as Asok is in use: a hub bound to an Asok app, the
 drop-in installed, a session cookie read. Until then the answers are those
@@ -23,10 +23,6 @@ class Framework:
     def owns(self, app: Any) -> bool:
         """True if ``app`` is an app of this framework."""
         return False
-
-    def handshake_request(self, conn: Any) -> Any:
-        """The framework's request object for ``conn``'s handshake (``conn.request``), or None."""
-        return None
 
     def count_open_sockets(self, count: int) -> None:
         """Tell the framework's own metrics that ``count`` WebSockets are open (before it answers a scrape)."""
