@@ -27,7 +27,7 @@ from asok_green.server.connection import Connection, V1Connection
 from asok_green.server.hub import WebSocketServer
 from tests.test_hub import Peer
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.quick, pytest.mark.timeout(30)]
 
 
 def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
