@@ -10,7 +10,6 @@ joins the cluster and opens the history.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -30,19 +29,15 @@ _DEFAULT_WS_PORT = 8001
 
 def db_releaser() -> Callable[[], None]:
     """What releases Asok's database connections after a handler: a look per engine, a close only if one is open."""
-    from ..bridge.dbrelease import release_db_connections
+    from ..bridge.dbrelease import db_releaser as asok_db_releaser
 
-    try:
-        from asok.orm.engines import _ENGINES_CACHE
-    except ImportError:  # an Asok that keeps its engines elsewhere: its own function, as it does per request
-        from asok.orm import close_all_db_connections
-
-        return close_all_db_connections
-    return functools.partial(release_db_connections, _ENGINES_CACHE)
+    return asok_db_releaser()
 
 
 def _is_asok_app(app: Any) -> bool:
-    return hasattr(app, "config") and hasattr(app, "_session_store")
+    from ..bridge.asok_api import is_asok_app
+
+    return is_asok_app(app)
 
 
 class WebSocketServer(Hub):
@@ -119,11 +114,7 @@ class WebSocketServer(Hub):
         reconnect. Where the history is kept: ``WS_HISTORY_STORE``
         (``sqlite``, the default; ``memory``; ``redis``) and ``WS_HISTORY_PATH``.
         """
-        if self.history is None:
-            from ..history.streams import History
-
-            self.history = History(self)
-        self.history.keep(pattern, size, ttl)
+        self._keep_streams().keep(pattern, size, ttl)
 
     def on_connect(self, path: str) -> Callable:
         """Register the handler called when a client connects on ``path``: ``fn(conn)``."""
@@ -151,7 +142,7 @@ class WebSocketServer(Hub):
 
     def bind_app(self, app: Any) -> None:
         """Use ``app`` for config, the session cookie, Asok's ``/asok/live`` operators and ``/graphql``."""
-        from ..bridge import graphql
+        from ..bridge import asok_framework, graphql
         from ..bridge import live as ops
 
         if self.app is app:
@@ -163,6 +154,7 @@ class WebSocketServer(Hub):
         if not _is_asok_app(app):
             return
         self.release_after_handler = db_releaser()
+        asok_framework.install()
         if "/asok/live" not in self.routes:
             self.on("/asok/live")(ops.on_live_message)
             ops.install_model_relay(self)
@@ -320,6 +312,18 @@ class WebSocketServer(Hub):
             job.kill(block=False)
         self._jobs.clear()
         super().stop()
+
+    def deliver_stream(self, stream: str, epoch: str, offset: int, opcode: int, data: bytes) -> int:
+        """As :meth:`Hub.deliver_stream`, with history kept from now on if none was yet."""
+        self._keep_streams()
+        return super().deliver_stream(stream, epoch, offset, opcode, data)
+
+    def _keep_streams(self) -> Any:
+        if self.history is None:
+            from ..history.streams import History
+
+            self.history = History(self)
+        return self.history
 
     @classmethod
     def instances(cls) -> list[WebSocketServer]:

@@ -2,8 +2,9 @@
 
 The hub's state (paths, rooms, presence: the one owner of them), routing,
 Origin and proxy policies, limits, the outage tracker, rate-limited log
-lines, and the interfaces the hub meets the layers above at (a cluster
-node, the history). Transitions return what must be said; nothing here does
-I/O or yields. May import ``protocol`` and the standard library; no gevent,
-no asok.
+lines, the interfaces the hub meets the layers above at (a cluster node,
+the history), and the port through which the layers above ask the web
+framework behind the app (the bridge fills it). Transitions return what must
+be said; nothing here does I/O or yields. May import ``protocol`` and the
+standard library; no gevent, no asok.
 """

@@ -418,8 +418,9 @@ class Hub:
 
         Delivered here with the offset it carries, to plain and v1 members
         alike, after any message of the stream still missing here (read from
-        the store). Returns how many connections got it. Called by the store of
-        this hub's history (a shared one), so the hub keeps history.
+        the store). Returns how many connections got it. Needs the hub's
+        history (:class:`asok_green.api.websocket_server.WebSocketServer` makes
+        one if there is none yet).
         """
         history = self.history
         return history.deliver(history.stream_named(stream), epoch, offset, Outgoing(opcode, data), None)
