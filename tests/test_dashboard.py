@@ -9,6 +9,7 @@ the test project and open the page and its socket as a token holder, an admin
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -223,8 +224,9 @@ def test_publisher_runs_only_while_someone_watches():
 
 @pytest.fixture(scope="module")
 def server(project, tmp_path_factory):
-    """The test project with the dashboard opened by ``TOKEN`` too."""
-    proc = asok_serve(project, tmp_path_factory.mktemp("dashboard"), env=project_env(WS_DASHBOARD_TOKEN=TOKEN))
+    """The test project with the dashboard opened by ``TOKEN`` too; sessions re-checked hourly only."""
+    env = project_env(WS_DASHBOARD_TOKEN=TOKEN, WS_SESSION_CHECK_INTERVAL="3600")
+    proc = asok_serve(project, tmp_path_factory.mktemp("dashboard"), env=env)
     yield proc
     proc.stop()
 
@@ -304,6 +306,31 @@ def test_live_socket_pushes_snapshots_of_connections_rooms_and_users(server):
     client.close()
     next_snapshot(watcher, lambda s: all(r["room"] != "dash-room" for r in s["rooms"]))
     watcher.close()
+
+
+def next_close_code(sock, timeout: float) -> int:
+    """Skip snapshots until the server's close frame; its code (AssertionError if none comes in time)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            opcode, frame = sock.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            break
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", frame.data[:2])[0]
+    raise AssertionError(f"no close frame within {timeout}s")
+
+
+def test_live_socket_closes_1008_when_its_admin_logs_out(server):
+    alice = login(server.url, "alice")
+    watcher = live(server, cookies=alice)
+    next_snapshot(watcher)
+    tab = ws_connect(server, "/echo", cookies=alice)
+    assert fetch(server.url + "/logout", cookies=alice).status in (200, 302)
+    # Sessions are re-checked hourly here: a close within the wait comes from the logout itself.
+    assert next_close_code(tab, timeout=20) == 1008
+    assert next_close_code(watcher, timeout=20) == 1008
 
 
 def test_live_socket_counts_messages_and_handler_time(server):
