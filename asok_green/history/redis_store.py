@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import gevent
 from gevent.event import Event
 
-from ..cluster.redis_node import ClusterConfigError
+from ..core.node import ClusterConfigError
 from ..core.outage import Outage
 from .store import HistoryUnavailable
 
@@ -446,7 +446,7 @@ class RedisHistoryStore:
     def start(self, hub: Any) -> None:
         """Use ``hub``'s Redis cluster: listen on its history channel, start the writer greenlet.
 
-        Raises :class:`asok_green.cluster.redis_node.ClusterConfigError` when ``hub`` is not in a Redis cluster.
+        Raises :class:`asok_green.core.node.ClusterConfigError` when ``hub`` is not in a Redis cluster.
         """
         cluster = hub.cluster
         if cluster is None or not hasattr(cluster, "attach_history"):
