@@ -9,6 +9,7 @@ the test project and open the page and its socket as a token holder, an admin
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import time
 from collections import Counter
@@ -150,6 +151,7 @@ def test_cluster_nodes_show_users_per_node_and_the_redis_link():
     ("status", "reason", "cause"),
     [
         (403, "origin 'https://evil.example' is not allowed", "origin"),
+        (403, "forbidden: the dashboard is for admins", "auth"),
         (404, "no WebSocket route matches /x", "route"),
         (503, "too many WebSocket connections", "capacity"),
         (503, "session store unavailable, try again", "auth"),
@@ -358,6 +360,19 @@ def test_live_socket_closes_1008_when_its_admin_logs_out(server):
     # Sessions are re-checked hourly here: a close within the wait comes from the logout itself.
     assert next_close_code(tab, timeout=20) == 1008
     assert next_close_code(watcher, timeout=20) == 1008
+
+
+def test_live_socket_closes_1001_with_the_others_when_the_server_stops(project, tmp_path):
+    proc = asok_serve(project, tmp_path, env=project_env(WS_DASHBOARD_TOKEN=TOKEN))
+    try:
+        watcher = live(proc, token=TOKEN)
+        assert next_snapshot(watcher)["watchers"] == 1
+        client = ws_connect(proc, "/echo")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert next_close_code(client, timeout=20) == 1001
+        assert next_close_code(watcher, timeout=20) == 1001
+    finally:
+        proc.stop()
 
 
 def test_live_socket_counts_messages_and_handler_time(server):

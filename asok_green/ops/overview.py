@@ -36,7 +36,7 @@ CLOSES = {
 def refusal_cause(status: int, reason: str) -> str:
     """The cause of a refused handshake, from its status and reason: a small, fixed set of words."""
     if status == 403:
-        return "origin"
+        return "origin" if "origin" in reason else "auth"
     if status == 404:
         return "route"
     if status == 503:

@@ -41,7 +41,7 @@ def refusal_cause(status: int, reason: str) -> str:
     A 403 is ``origin`` unless its reason says otherwise (the dashboard's "for admins" is ``auth``).
     """
     if status == 403:
-        return "auth" if "origin" not in reason else "origin"
+        return "origin" if "origin" in reason else "auth"
     if status == 503:
         return "limit" if "too many" in reason else "auth"
     if status == 404:
