@@ -17,6 +17,8 @@ from asok_green.history.redis_log import StreamLog
 from asok_green.history.redis_store import parse_published
 from asok_green.history.write_queue import PendingMessage, WriteQueue
 
+pytestmark = pytest.mark.quick
+
 CHANNEL = "asok:ws:history"
 
 

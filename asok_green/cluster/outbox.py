@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..protocol.frames import OP_TEXT
 
 if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+    from ..protocol.outgoing import Outgoing
 
 #: Broadcasts queued at most; past it they are dropped (and counted by the node).
 MAX_OUTBOX = 10_000

@@ -66,7 +66,7 @@ from .settings import (
 )
 
 if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+    from ..protocol.outgoing import Outgoing
     from ..server.hub import WebSocketServer
 
 __all__ = [

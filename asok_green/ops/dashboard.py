@@ -40,9 +40,10 @@ from urllib.parse import parse_qs
 
 import gevent
 
+from ..core.refusals import REFUSALS
 from ..protocol.frames import OP_TEXT, encode_frame
 from ..protocol.handshake import Refusal, is_upgrade_request
-from .overview import REFUSALS, build_snapshot
+from .overview import build_snapshot
 
 logger = logging.getLogger("asok_green.dashboard")
 

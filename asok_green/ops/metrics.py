@@ -23,6 +23,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..core.refusals import handshake_refusals
+from ..core.refusals import refusal_label as refusal_cause
 from ..core.timing import TIME_BUCKETS, Timing
 from .samples import (
     FAMILIES,
@@ -30,10 +32,8 @@ from .samples import (
     Sample,
     combine,
     gather,
-    handshake_refusals,
     keep_process_file,
     read_sibling_files,
-    refusal_cause,
     snapshot,
     write_process_file,
 )

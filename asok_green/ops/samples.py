@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..core.refusals import handshake_refusals
 from ..core.timing import Timing
 
 logger = logging.getLogger("asok_green")
@@ -30,26 +31,6 @@ METRICS_DIR_ENV = "ASOK_GREEN_METRICS_DIR"
 
 #: Seconds between two writes of a process' figures to the metrics directory.
 SNAPSHOT_INTERVAL = 1.0
-
-#: Handshakes refused, by cause (see :func:`refusal_cause`): one per process.
-handshake_refusals: Counter = Counter()
-
-
-def refusal_cause(status: int, reason: str) -> str:
-    """The cause label of a refused handshake: origin, limit, auth, route, path, headers or protocol.
-
-    A 403 is ``origin`` unless its reason says otherwise (the dashboard's "for admins" is ``auth``).
-    """
-    if status == 403:
-        return "origin" if "origin" in reason else "auth"
-    if status == 503:
-        return "limit" if "too many" in reason else "auth"
-    if status == 404:
-        return "path" if "canonical" in reason else "route"
-    if status in (408, 414, 431):
-        return "headers"
-    return "protocol"
-
 
 # -- gathering (pure reads of the hubs) ---------------------------------------------
 
