@@ -10,7 +10,8 @@ same figures as one flat dict, for readers inside the process.
 
 While metrics are on, a hub keeps two more timings (:class:`HubMetrics`): each
 broadcast's fan-out and each batch of cluster publishes. Handler time is always
-counted, once, in ``hub.handler_times`` (asok_green.core.timing).
+counted, once, in ``hub.handler_times`` (asok_green.core.timing). Asok's gauge is
+set through the framework's answers (asok_green.core.framework): ops knows no Asok.
 
 ``prometheus_client`` is the ``metrics`` extra: without it the server serves
 Asok's response unchanged and says once that its own metrics are off.
@@ -23,6 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..core import framework
 from ..core.refusals import handshake_refusals
 from ..core.refusals import refusal_label as refusal_cause
 from ..core.timing import TIME_BUCKETS, Timing
@@ -174,7 +176,7 @@ def overview(hubs: Iterable[Any] | None = None) -> dict[str, Any]:
 
 def _metrics_path(app: Any) -> str | None:
     config = getattr(app, "config", None)
-    if not hasattr(config, "get") or not hasattr(app, "_session_store"):
+    if not hasattr(config, "get") or not framework.current().owns(app):
         return None
     return config.get("METRICS_PATH", "/metrics")
 
@@ -244,12 +246,7 @@ class MetricsApp:
         if environ.get("PATH_INFO") != self.path:
             return self.app(environ, start_response)
         samples = gather(self.hubs)
-        try:
-            from asok.core.metrics import default_metrics
-
-            default_metrics.set_ws_connections(int(_total(samples, "asok_green_connections")))
-        except ImportError:
-            pass
+        framework.current().count_open_sockets(int(_total(samples, "asok_green_connections")))
         captured: list = []
 
         def capture(status: str, headers: list, exc_info: Any = None) -> Callable:

@@ -14,7 +14,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_APP = "wsgi:app"
 _UNSUPPORTED = (
@@ -59,7 +59,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+class Subcommands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as the ``asok`` CLI's extensions use it."""
+
+    #: The parser of each command added so far, by name.
+    choices: dict[str, argparse.ArgumentParser]
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add the command ``name`` and return its parser."""
+
+
+def register(subparsers: Subcommands) -> None:
     """The ``asok.commands`` entry point: adds ``asok serve``, and ``--gevent`` to ``dev`` and ``deploy``."""
     parser = subparsers.add_parser("serve", help="serve pages and WebSockets on one port (asok_green)")
     parser.add_argument("--gevent", action="store_true", help="serve from one gevent process (required)")
@@ -115,7 +125,7 @@ def add_deploy_gevent_options(parser: argparse.ArgumentParser) -> None:
     _add_deploy_options(parser, with_prod_dir=False)
 
 
-def _extend_dev_command(subparsers: argparse._SubParsersAction) -> None:
+def _extend_dev_command(subparsers: Subcommands) -> None:
     """Add the ``--gevent`` options to ``dev`` and ``deploy`` now, or as soon as Asok adds their parsers.
 
     Asok loads extension commands before it registers its own, so they
@@ -296,13 +306,6 @@ def run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging(level: str, config: Any = None) -> None:
-    """One line per event on stderr, with time, level and logger (JSON objects with ``LOG_FORMAT=json``)."""
-    from ..ops.jsonlog import configure
-
-    configure(level, config)
-
-
 def quiet_duplicate_loggers() -> None:
     """Asok gives its loggers handlers of their own: keep their lines from printing twice."""
     asok_logger = logging.getLogger("asok")
@@ -338,9 +341,10 @@ def main(argv: list[str] | None = None) -> None:
             print("asok_green: --certfile with --workers is not supported; use one worker", file=sys.stderr)
             sys.exit(2)
         sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
-    configure_logging(args.log_level)
     from ..bridge import bootstrap
+    from .logs import configure_logging
 
+    configure_logging(args.log_level)
     try:
         bootstrap.require_monkey_patched()
         bootstrap.install_dropin()

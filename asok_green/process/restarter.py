@@ -29,8 +29,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from ..ops.jsonlog import announce
 from ..server.listeners import READY_FD_ENV
+from .logs import announce
 
 #: Signals blocked from the moment a server process turns into this parent until it handles them.
 HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
