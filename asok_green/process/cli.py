@@ -16,6 +16,10 @@ import os
 import sys
 from typing import Any, Protocol
 
+from .command_lines import serve_argv, tls_argv
+
+__all__ = ["DEFAULT_APP", "main", "register", "serve_argv", "tls_argv"]
+
 DEFAULT_APP = "wsgi:app"
 _UNSUPPORTED = (
     "asok serve: only `asok serve --gevent` is provided (by asok_green): it serves the "
@@ -166,23 +170,6 @@ def find_project_root(start: str | None = None) -> str | None:
             return None
         folder = parent
     return None
-
-
-def serve_argv(
-    host: str, port: int, app: str, log_level: str = "info", entry: tuple[str, ...] = ("asok_green", "serve")
-) -> list[str]:
-    """The command line of a patched server process (``entry`` is what follows ``python -m``)."""
-    options = ["--host", host, "--port", str(port), "--app", app, "--log-level", log_level]
-    return [sys.executable, "-m", *entry, *options]
-
-
-def tls_argv(certfile: str | None, keyfile: str | None) -> list[str]:
-    """The TLS options of a server command line, as absolute paths (the server runs in the project root)."""
-    argv = []
-    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
-        if path:
-            argv += [option, os.path.abspath(path)]
-    return argv
 
 
 def _check_tls_or_exit(command: str, args: argparse.Namespace) -> None:
@@ -373,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         print(f"asok_green: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(1)
+    if args.fd is None:  # stopped before it became the restarting parent, which removes it otherwise
+        from .restart_link import remove_channel_dir
+
+        remove_channel_dir()
 
 
 def _restart_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -381,25 +372,33 @@ def _restart_options(args: argparse.Namespace) -> dict[str, Any]:
     The process ``asok serve --gevent`` started hands its port to a successor
     and becomes its parent (``asok_green.process.handoff``); a process started by that
     parent (``--fd``) drains and exits, the parent having started its successor.
+    A process started by a restart links up with the one it replaces once it
+    listens, and waits for its own successor (``asok_green.process.restart_link``).
     """
     import functools
 
     if args.fd is None:
-        from .handoff import hand_over
+        from .handoff import HandOver
 
         tls = tls_argv(args.certfile, args.keyfile)
 
         def successor_argv(fd: int) -> list[str]:
             return [*serve_argv(args.host, args.port, args.app, args.log_level), "--fd", str(fd), *tls]
 
-        return {"on_hangup": functools.partial(hand_over, server_argv=successor_argv)}
+        return {"on_hangup": HandOver(successor_argv)}
     import gevent
 
     from ..server.listeners import inherited_listener
+    from . import restart_link
     from .drain import drain
 
     gevent.spawn(_stop_when_orphaned)
-    return {"on_hangup": drain, "listener": inherited_listener(args.fd)}
+    peer = os.environ.pop(restart_link.PEER_ENV, None)
+    return {
+        "on_hangup": drain,
+        "listener": inherited_listener(args.fd),
+        "on_serving": functools.partial(restart_link.join, peer=peer),
+    }
 
 
 def _stop_when_orphaned() -> None:

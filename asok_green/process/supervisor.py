@@ -28,7 +28,7 @@ from collections import deque
 from ..cluster.redis_node import WORKERS_ENV
 from ..ops.metrics import METRICS_DIR_ENV
 from ..server.listeners import READY_FD_ENV, listen
-from .cli import serve_argv
+from .command_lines import serve_argv
 from .logs import announce
 from .restarter import StartFailed, start_ready
 
