@@ -148,6 +148,8 @@ class ResumingClient:
         self._outbox: deque[str | bytes] = deque()
         self._rooms: dict[str, dict] = {}
         self._closed: ClientClosed | None = None
+        #: The server has said where the path's stream stands on this link (a notice or a message of it).
+        self._told = False
 
     # -- the public API ------------------------------------------------------------
 
@@ -179,6 +181,23 @@ class ResumingClient:
                 self._open_link(raise_errors=False)
                 continue
             self._read(deadline)
+
+    def wait_ready(self, timeout: float | None = None) -> ResumingClient:
+        """Wait until the server has told where the path's stream stands (a path that keeps history).
+
+        From then on nothing published to the stream is missed. Messages read
+        meanwhile wait for :meth:`recv`. ``TimeoutError`` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._told:
+            if self._closed is not None:
+                raise self._closed
+            if self._ws is None:
+                self._wait_to_retry(deadline)
+                self._open_link(raise_errors=False)
+                continue
+            self._read(deadline)
+        return self
 
     def __iter__(self) -> Iterator[Message]:
         """Messages as they come, until the client is closed."""
@@ -279,7 +298,7 @@ class ResumingClient:
                 ws.shutdown()
                 return
             self._ws, self._v1 = ws, ws.getsubprotocol() == SUBPROTOCOL
-            self._opened_at, self._pinged_at = time.monotonic(), None
+            self._opened_at, self._pinged_at, self._told = time.monotonic(), None, False
             reconnected = self.stats["links"] > 0
             self.stats["links"] += 1
             self.stats["reconnects"] += reconnected
@@ -410,6 +429,7 @@ class ResumingClient:
     def _learn(self, stream: str) -> None:
         if not stream.startswith(ROOM_PREFIX):
             self._path_stream = stream
+            self._told = True
 
     def _stream_message(self, message: Message) -> None:
         self._learn(message.stream)

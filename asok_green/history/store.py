@@ -172,9 +172,10 @@ def make_store(name: str, settings: Any) -> HistoryStore:
 
 
 def _sqlite_store(settings: Any) -> HistoryStore:
-    from .sqlite_store import SqliteStore, default_path
+    from .sqlite_follow import FollowedSqliteStore
+    from .sqlite_store import default_path
 
-    return SqliteStore(settings.get("WS_HISTORY_PATH") or default_path())
+    return FollowedSqliteStore(settings.get("WS_HISTORY_PATH") or default_path())
 
 
 def _redis_store(settings: Any) -> HistoryStore:
