@@ -86,7 +86,7 @@ def _with_since(url: str, since: str | None) -> str:
     parts = urlsplit(url)
     query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("asok_since="))
     query = (query + "&" if query else "") + "asok_since=" + quote(since, safe=":")
-    return urlunsplit(parts._replace(query=query))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 class ResumingClient:
