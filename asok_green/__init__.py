@@ -21,17 +21,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .api.serving import make_server, serve
     from .publishing import publish, publish_json
     from .server.connection import Connection
-    from .server.handler import make_server, serve
     from .server.hub import WebSocketServer
     from .server.offload import blocking
 
 _LAZY = {
     "WebSocketServer": "server.hub",
     "Connection": "server.connection",
-    "serve": "server.handler",
-    "make_server": "server.handler",
+    "serve": "api.serving",
+    "make_server": "api.serving",
     "blocking": "server.offload",
     "publish": "publishing",
     "publish_json": "publishing",
