@@ -421,3 +421,32 @@ def test_the_plugin_leaves_other_projects_alone(tmp_path):
     )
     results, output = run_pytest(tmp_path, "test_plain.py")
     passed(results, "test_nothing_loaded", output)
+
+
+PATCHED_CONFTEST = """
+from gevent import monkey
+
+monkey.patch_all()
+"""
+
+PATCHED_TESTS = """
+def test_chat_in_a_patched_process(ws_client):
+    from gevent import monkey
+
+    assert monkey.is_module_patched("socket")
+    with ws_client.websocket("/chat/general") as first, ws_client.websocket("/chat/general") as second:
+        first.send("hi")
+        assert first.receive() == "Guest: hi"
+        assert second.receive() == "Guest: hi"
+"""
+
+
+def test_the_kit_works_when_the_test_process_is_patched_too(kit_run):
+    _, _, project = kit_run
+    folder = project / "patched"
+    folder.mkdir(exist_ok=True)
+    (folder / "conftest.py").write_text(PATCHED_CONFTEST)
+    (folder / "test_patched.py").write_text(PATCHED_TESTS)
+    results, output = run_pytest(project, "patched", "-W", "ignore::gevent.monkey.MonkeyPatchWarning")
+    passed(results, "test_chat_in_a_patched_process", output)
+    assert "error" not in output.splitlines()[-1], output

@@ -39,6 +39,12 @@ def find_project_root(start: str | os.PathLike | None = None) -> pathlib.Path | 
     return None
 
 
+def _release(hub: Any) -> None:
+    """Destroy the server thread's own hub; a patched process' thread is a greenlet of the main hub: leave that."""
+    if not getattr(hub, "main_hub", False):
+        hub.destroy(destroy_loop=True)
+
+
 class TestServer:
     """An Asok project served by asok_green in this process: ``with TestServer() as server: ...``.
 
@@ -139,7 +145,7 @@ class TestServer:
         except BaseException as error:  # reported to the thread that called start()
             self._failure = error
             self._ready.set()
-            hub.destroy(destroy_loop=True)
+            _release(hub)
             return
         self._ready.set()
         try:
@@ -147,7 +153,7 @@ class TestServer:
             self._http.shutdown(timeout=5.0)
         finally:
             self._loop = None
-            hub.destroy(destroy_loop=True)
+            _release(hub)
 
     # -- where it is ------------------------------------------------------------
 
