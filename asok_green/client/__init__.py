@@ -14,8 +14,9 @@ and in gevent's greenlets. See :mod:`asok_green.client.resuming`.
 from __future__ import annotations
 
 from .backoff import Backoff, full_jitter
+from .errors import ClientClosed, ContinuityLost, HandshakeFailed
 from .positions import Position, StreamPositions, Verdict
-from .resuming import FINAL_CODES, SUBPROTOCOL, ClientClosed, ContinuityLost, HandshakeFailed, ResumingClient
+from .resuming import FINAL_CODES, SUBPROTOCOL, ResumingClient
 from .wire import Message, Notice
 
 __all__ = [

@@ -21,7 +21,8 @@ import pathlib
 import sys
 from typing import Any
 
-from .resuming import ClientClosed, ContinuityLost, HandshakeFailed, ResumingClient
+from .errors import ClientClosed, ContinuityLost, HandshakeFailed
+from .resuming import ResumingClient
 from .wire import Message
 
 

@@ -33,51 +33,18 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .backoff import Backoff
-from .positions import ROOM_PREFIX, StreamPositions, Verdict
-from .wire import Message, Notice, decode
+from .errors import ClientClosed, ContinuityLost, HandshakeFailed
+from .inbox import Inbox
+from .positions import ROOM_PREFIX, StreamPositions
+from .wire import Message, decode
 
-__all__ = ["ResumingClient", "ContinuityLost", "ClientClosed", "HandshakeFailed", "SUBPROTOCOL", "FINAL_CODES"]
+__all__ = ["ResumingClient", "SUBPROTOCOL", "FINAL_CODES"]
 
 SUBPROTOCOL = "asok-green.v1"
 
 #: Close codes after which the client does not reconnect: the server meant it
 #: (normal closure, protocol or policy errors, a message too big). 4000-4999, the app's own, too.
 FINAL_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010})
-
-
-class ContinuityLost(Exception):
-    """Messages of ``stream`` were lost for good: the server could not replay them.
-
-    ``reason`` is ``history_exceeded`` (the history no longer reaches back),
-    ``epoch_changed`` (the stream started again: the store was emptied or lost)
-    or ``position_changed`` (the server named a position past ours without
-    replaying). ``epoch`` and ``offset`` are the position the client goes on from.
-    """
-
-    def __init__(self, stream: str, epoch: str, offset: int, reason: str) -> None:
-        super().__init__(f"continuity lost on {stream} ({reason}): going on from {epoch}:{offset}")
-        self.stream = stream
-        self.epoch = epoch
-        self.offset = offset
-        self.reason = reason
-
-
-class ClientClosed(Exception):
-    """The client is closed: by :meth:`ResumingClient.close`, or by the server with a final ``code``."""
-
-    def __init__(self, code: int | None = None, reason: str = "") -> None:
-        super().__init__(f"closed ({code}{': ' + reason if reason else ''})")
-        self.code = code
-        self.reason = reason
-
-
-class HandshakeFailed(Exception):
-    """The server refused the WebSocket with an HTTP status that retrying will not change (a 4xx)."""
-
-    def __init__(self, status: int, body: str = "") -> None:
-        super().__init__(f"the server refused the WebSocket: HTTP {status} {body[:200]!r}")
-        self.status = status
-        self.body = body
 
 
 def _with_since(url: str, since: str | None) -> str:
@@ -130,26 +97,21 @@ class ResumingClient:
         if cookies:
             self._header.append("Cookie: " + "; ".join(f"{name}={value}" for name, value in cookies.items()))
         self._origin = origin
-        self._on_lost = on_continuity_lost
-        self._on_event = on_event
+        self._inbox = Inbox(self.positions, self.stats, on_continuity_lost, on_event)
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self._max_queued = max_queued
         self._final_codes = final_codes
         self._sslopt = sslopt
-        self._path_stream = next((s for s in self.positions if not s.startswith(ROOM_PREFIX)), None)
         self._lock = threading.RLock()
         self._ws: Any = None
         self._v1 = False
         self._opened_at: float | None = None
         self._retry_at = 0.0
         self._pinged_at: float | None = None
-        self._ready: deque[Message | ContinuityLost] = deque()
         self._outbox: deque[str | bytes] = deque()
         self._rooms: dict[str, dict] = {}
         self._closed: ClientClosed | None = None
-        #: The server has said where the path's stream stands on this link (a notice or a message of it).
-        self._told = False
 
     # -- the public API ------------------------------------------------------------
 
@@ -169,11 +131,8 @@ class ResumingClient:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self._ready:
-                item = self._ready.popleft()
-                if isinstance(item, ContinuityLost):
-                    raise item
-                return item
+            if self._inbox:
+                return self._inbox.pop()
             if self._closed is not None:
                 raise self._closed
             if self._ws is None:
@@ -189,7 +148,7 @@ class ResumingClient:
         meanwhile wait for :meth:`recv`. ``TimeoutError`` after ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._told:
+        while not self._inbox.told:
             if self._closed is not None:
                 raise self._closed
             if self._ws is None:
@@ -265,7 +224,8 @@ class ResumingClient:
     # -- links ------------------------------------------------------------------------
 
     def _link_url(self) -> str:
-        position = self.positions.get(self._path_stream) if self._path_stream else None
+        path_stream = self._inbox.path_stream
+        position = self.positions.get(path_stream) if path_stream else None
         return _with_since(self.url, position.as_since() if position else None)
 
     def _open_link(self, raise_errors: bool) -> None:
@@ -298,7 +258,7 @@ class ResumingClient:
                 ws.shutdown()
                 return
             self._ws, self._v1 = ws, ws.getsubprotocol() == SUBPROTOCOL
-            self._opened_at, self._pinged_at, self._told = time.monotonic(), None, False
+            self._opened_at, self._pinged_at, self._inbox.told = time.monotonic(), None, False
             reconnected = self.stats["links"] > 0
             self.stats["links"] += 1
             self.stats["reconnects"] += reconnected
@@ -385,9 +345,9 @@ class ResumingClient:
         self._pinged_at = None
         if opcode == websocket.ABNF.OPCODE_TEXT:
             text = frame.data.decode("utf-8", "replace")
-            self._received(decode(text) if self._v1 else Message(text))
+            self._take(decode(text) if self._v1 else Message(text))
         elif opcode == websocket.ABNF.OPCODE_BINARY:
-            self._received(Message(bytes(frame.data)))
+            self._take(Message(bytes(frame.data)))
         elif opcode == websocket.ABNF.OPCODE_CLOSE:
             self._server_closed(frame.data)
 
@@ -417,60 +377,9 @@ class ResumingClient:
             return
         self._drop_link(code, reason)
 
-    def _received(self, item: Message | Notice | None) -> None:
-        if isinstance(item, Notice):
-            self._notice(item)
-        elif isinstance(item, Message):
-            if item.stream is None:
-                self._deliver(item)
-            else:
-                self._stream_message(item)
-
-    def _learn(self, stream: str) -> None:
-        if not stream.startswith(ROOM_PREFIX):
-            self._path_stream = stream
-            self._told = True
-
-    def _stream_message(self, message: Message) -> None:
-        self._learn(message.stream)
-        verdict = self.positions.accept(message.stream, message.epoch, message.offset)
-        if verdict is Verdict.DUPLICATE:
-            self.stats["duplicates"] += 1
-        elif verdict is Verdict.GAP:
-            self.stats["gaps"] += 1
-            self._drop_link(None, "gap", resume_now=True)
-        else:
-            if verdict is Verdict.LOST:
-                self._lost(message.stream, message.epoch, message.offset, "epoch_changed")
-            self._deliver(message)
-
-    def _notice(self, notice: Notice) -> None:
-        self._learn(notice.stream)
-        verdict = self.positions.notice(notice.kind, notice.stream, notice.epoch, notice.offset)
-        if verdict is Verdict.GAP:
-            self.stats["gaps"] += 1
-            self._drop_link(None, "replay stopped short", resume_now=True)
-            return
-        if verdict is Verdict.LOST:
-            self._lost(notice.stream, notice.epoch, notice.offset, notice.extra.get("reason") or "position_changed")
-        if notice.kind == "resumed":
-            replayed = notice.extra.get("replayed") or 0
-            self.stats["replayed"] += replayed
-            detail = {"stream": notice.stream, "epoch": notice.epoch, "offset": notice.offset, "replayed": replayed}
-            self._event("resumed", detail)
-
-    def _deliver(self, message: Message) -> None:
-        self.stats["delivered"] += 1
-        self._ready.append(message)
-
-    def _lost(self, stream: str, epoch: str, offset: int, reason: str) -> None:
-        self.stats["continuity_lost"] += 1
-        error = ContinuityLost(stream, epoch, offset, reason)
-        if self._on_lost is not None:
-            self._on_lost(error)
-        else:
-            self._ready.append(error)
+    def _take(self, item: Any) -> None:
+        if self._inbox.take(item):
+            self._drop_link(None, "gap: the server fills it", resume_now=True)
 
     def _event(self, kind: str, detail: dict) -> None:
-        if self._on_event is not None:
-            self._on_event(kind, detail)
+        self._inbox.event(kind, detail)

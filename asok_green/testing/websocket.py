@@ -175,9 +175,9 @@ class TestWebSocket:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._inbox:
             if self.closed:
-                raise ConnectionClosed(self._describe("the server closed the socket", None), *self._close_args())
+                raise self._closed_error()
             if not self._read_frame(deadline):
-                raise ReceiveTimeout(self._describe("no message", timeout))
+                raise self._timed_out("no message", timeout)
         return self._inbox.popleft()
 
     def receive_text(self, timeout: float | None = None) -> str:
@@ -211,9 +211,9 @@ class TestWebSocket:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self._presence_inbox:
             if self.closed:
-                raise ConnectionClosed(self._describe("the server closed the socket", None), *self._close_args())
+                raise self._closed_error()
             if not self._read_frame(deadline):
-                raise ReceiveTimeout(self._describe("no presence announcement", timeout))
+                raise self._timed_out("no presence announcement", timeout)
         return self._presence_inbox.popleft()
 
     def sync(self, timeout: float | None = None) -> None:
@@ -239,7 +239,7 @@ class TestWebSocket:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while self._pong < wanted and not self.closed:
             if not self._read_frame(deadline):
-                raise ReceiveTimeout(self._describe("no pong: the server did not handle what was sent", timeout))
+                raise self._timed_out("no pong: the server did not handle what was sent", timeout)
 
     def assert_nothing_received(self) -> None:
         """After :meth:`sync`, no app message must be waiting (fails the test listing them if some are)."""
@@ -308,7 +308,7 @@ class TestWebSocket:
         while not self.closed:
             if not self._read_frame(deadline):
                 self._drop()
-                raise ReceiveTimeout(self._describe("the server did not end the connection", timeout))
+                raise self._timed_out("the server did not end the connection", timeout)
 
     def wait_closed(self, timeout: float | None = None) -> int | None:
         """Wait until the server closes the socket; its close code (app messages stay for :meth:`receive`)."""
@@ -316,7 +316,7 @@ class TestWebSocket:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not self.closed:
             if not self._read_frame(deadline):
-                raise ReceiveTimeout(self._describe("the server did not close the socket", timeout))
+                raise self._timed_out("the server did not close the socket", timeout)
         return self.close_code
 
     def __enter__(self) -> TestWebSocket:
@@ -390,13 +390,18 @@ class TestWebSocket:
     def _drop(self) -> None:
         self._ws.shutdown()
 
-    def _close_args(self) -> tuple[int | None, str]:
-        return self.close_code, self.close_reason
+    def _timed_out(self, what: str, timeout: float | None) -> ReceiveTimeout:
+        waited = self.timeout if timeout is None else timeout
+        return ReceiveTimeout(self._report(f"{what} on {self.path} within {waited:g}s."))
 
-    def _describe(self, what: str, timeout: float | None) -> str:
-        waited = "" if timeout is None and self.closed else f" within {self.timeout if timeout is None else timeout:g}s"
-        lines = [f"{what} on {self.path}{waited}."]
-        if self.closed:
+    def _closed_error(self) -> ConnectionClosed:
+        headline = f"the server closed {self.path}: code {self.close_code}, reason {self.close_reason!r}."
+        return ConnectionClosed(self._report(headline), self.close_code, self.close_reason)
+
+    def _report(self, headline: str) -> str:
+        """``headline``, then what this socket received: the test's failure message."""
+        lines = [headline]
+        if self.closed and not headline.startswith("the server closed"):
             lines.append(f"The server closed it: code {self.close_code}, reason {self.close_reason!r}.")
         lines.append(f"Received so far: {self.received!r}")
         if self._inbox:
