@@ -246,6 +246,17 @@ def test_logged_in_as_each_user(ws_client, alice, bob):
     assert ws_client.get("/whoami", user=bob).text == "bob"
 
 
+def test_a_logout_closes_the_users_socket_and_the_next_login_is_a_new_session(ws_client, alice):
+    cookies = ws_client.login(alice)
+    with ws_client.websocket("/chat/general", cookies=cookies) as ws:
+        cookie_header = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        ws_client.request("GET", "/logout", headers={"Cookie": cookie_header})
+        assert ws.wait_closed() == 1008
+    with ws_client.websocket("/chat/general", user=alice) as again:
+        again.send("back")
+        assert again.receive() == "alice: back"
+
+
 def test_presence_frames_can_be_kept(ws_client, alice):
     with ws_client.websocket("/chat/general", user=alice, presence_frames=True) as ws:
         announced = ws.receive_json()

@@ -83,7 +83,6 @@ class TestServer:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._previous_cwd: str | None = None
-        self._logins: dict[Any, dict[str, str]] = {}
 
     # -- life -----------------------------------------------------------------
 
@@ -216,16 +215,16 @@ class TestServer:
             raise TimeoutError(f"{getattr(fn, '__name__', fn)!r} did not return within {timeout:g}s") from None
 
     def login(self, user: Any) -> dict[str, str]:
-        """The session cookies of ``user`` (a user object with an ``id``, or an id), made once per user."""
-        key = user_id(user)
-        cookies = self._logins.get(key)
-        if cookies is None:
-            from ..bridge.asok_api import session_store
+        """The session cookies of ``user`` (a user object with an ``id``, or an id): a new session each time.
 
-            app = self.app
-            config = getattr(app, "config", None) or {}
-            cookies = self._logins[key] = self.call(login_cookies, config, session_store(app), key)
-        return dict(cookies)
+        A new one each time, so a test that logs out (or revokes) one session
+        leaves the next test's login alone.
+        """
+        from ..bridge.asok_api import session_store
+
+        app = self.app
+        config = getattr(app, "config", None) or {}
+        return self.call(login_cookies, config, session_store(app), user_id(user))
 
     def find_user(self, **criteria: Any) -> Any:
         """The user the app's user model (``AUTH_MODEL``, default ``User``) finds for ``criteria``, or None."""
