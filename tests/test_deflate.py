@@ -40,6 +40,8 @@ from tests.conftest import asok_serve
 from tests.echo import ROOT, echo_serve
 from tests.server_frames import client_frame, split_server_frame
 
+pytestmark = pytest.mark.quick
+
 TAIL = b"\x00\x00\xff\xff"
 BOTH_NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 CHROME_OFFER = "permessage-deflate; client_max_window_bits"

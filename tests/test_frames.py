@@ -28,6 +28,8 @@ from asok_green.protocol.frames import (
 )
 from tests.server_frames import split_server_frame
 
+pytestmark = pytest.mark.quick
+
 MASK = b"\x37\xfa\x21\x3d"
 
 

@@ -30,6 +30,8 @@ from asok_green.protocol.outgoing import Outgoing
 from asok_green.server.hub import WebSocketServer
 from tests.server_frames import parse_server_frames
 
+pytestmark = pytest.mark.quick
+
 # -- envelopes ---------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ from asok_green.server.connection import Connection
 from asok_green.server.handler import RequestTooLarge, read_header_block
 from asok_green.server.hub import WebSocketServer
 
+pytestmark = pytest.mark.quick
+
 
 def test_keyword_beats_config_beats_environment():
     limits = Limits.resolve(

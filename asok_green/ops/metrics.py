@@ -10,7 +10,8 @@ never paths, rooms or users.
 The families are served where Asok users already scrape: Asok's own
 ``METRICS_PATH`` response (``METRICS_ENABLED``, ``METRICS_TOKEN``), which
 :func:`wrap_app` extends with them and whose ``asok_websocket_active_connections``
-it sets from the hub. With several processes (``--workers N``, or gunicorn with
+it sets from the hub (through the framework's answers, asok_green.core.framework:
+ops knows no Asok). With several processes (``--workers N``, or gunicorn with
 ``ASOK_GREEN_METRICS_DIR`` set) each process writes its figures to that
 directory every second and the process that answers a scrape sums them.
 
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..core import framework
 from ..core.refusals import handshake_refusals
 from ..core.refusals import refusal_label as refusal_cause
 
@@ -435,7 +437,7 @@ def overview(hubs: Iterable[Any] | None = None) -> dict[str, Any]:
 
 def _metrics_path(app: Any) -> str | None:
     config = getattr(app, "config", None)
-    if not hasattr(config, "get") or not hasattr(app, "_session_store"):
+    if not hasattr(config, "get") or not framework.current().owns(app):
         return None
     return config.get("METRICS_PATH", "/metrics")
 
@@ -505,12 +507,7 @@ class MetricsApp:
         if environ.get("PATH_INFO") != self.path:
             return self.app(environ, start_response)
         samples = gather(self.hubs)
-        try:
-            from asok.core.metrics import default_metrics
-
-            default_metrics.set_ws_connections(int(_total(samples, "asok_green_connections")))
-        except ImportError:
-            pass
+        framework.current().count_open_sockets(int(_total(samples, "asok_green_connections")))
         captured: list = []
 
         def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
