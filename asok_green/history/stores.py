@@ -20,7 +20,8 @@ from typing import Any
 
 from .memory_store import MemoryStore
 from .redis_store import RedisHistoryStore, queue_limit
-from .sqlite_store import SqliteStore, default_path
+from .sqlite_follow import FollowedSqliteStore
+from .sqlite_store import default_path
 from .store import HistoryStore
 
 #: Store name -> ``factory(settings)`` building it; ``settings`` is a mapping of WS_* settings.
@@ -46,7 +47,7 @@ def make_store(name: str, settings: Any) -> HistoryStore:
 
 
 def _sqlite_store(settings: Any) -> HistoryStore:
-    return SqliteStore(settings.get("WS_HISTORY_PATH") or default_path())
+    return FollowedSqliteStore(settings.get("WS_HISTORY_PATH") or default_path())
 
 
 def _redis_store(settings: Any) -> HistoryStore:
