@@ -48,6 +48,8 @@ CONTRACT: tuple[AsokName, ...] = (
     AsokName("asok.Asok._session_store", None, "the app's session store, where handshakes look sessions up"),
     AsokName("asok.Asok._unsign", ("self", "signed_value"), "verifies the signed asok_session and asok_sid cookies"),
     AsokName(f"{_STORE}.load", ("self", "sid"), "reads a session's data"),
+    AsokName(f"{_STORE}.save", ("self", "sid", "data"), "asok_green.testing logs a test in: stores its new session"),
+    AsokName(f"{_STORE}.generate_sid", ("self",), "asok_green.testing logs a test in: the new session's id"),
     AsokName(f"{_STORE}.backend", None, "file stores are read off the loop; file and Redis 'no session' is confirmed"),
     AsokName(f"{_STORE}._session_file", ("self", "sid"), "only a missing file means 'no session' (not a failed read)"),
     AsokName(f"{_STORE}._redis_key", ("self", "sid"), "a session's Redis key"),

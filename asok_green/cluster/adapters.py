@@ -142,6 +142,11 @@ class AdapterNode:
         self._publisher = gevent.spawn(self._run_publisher)
         logger.info("broadcasts go through the WebSocket adapter %s", type(self.adapter).__qualname__)
 
+    @property
+    def backlog(self) -> int:
+        """Broadcasts queued for ``adapter.publish`` and not handed to it yet."""
+        return len(self._outbox)
+
     # -- what the hub calls (never yields) -----------------------------------------
 
     def publish(self, target: str, name: str, message: Outgoing) -> None:

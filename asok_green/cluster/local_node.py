@@ -90,6 +90,11 @@ class Link:
         self._writer: gevent.Greenlet | None = None
         self._reader: gevent.Greenlet | None = None
 
+    @property
+    def backlog(self) -> int:
+        """Items queued for the peer and not written yet."""
+        return len(self._outbox)
+
     def start(self) -> None:
         """Start reading and writing."""
         self._writer = gevent.spawn(self._run_writer)
@@ -229,6 +234,11 @@ class LocalNode:
         self._listener: Any = None
         self._acceptor: gevent.Greenlet | None = None
         self._stopped = False
+
+    @property
+    def backlog(self) -> int:
+        """Broadcasts and changes queued for the other process and not written yet."""
+        return sum(link.backlog for link in self.links)
 
     # -- lifecycle ---------------------------------------------------------------
 
