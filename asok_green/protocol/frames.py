@@ -368,6 +368,20 @@ class MessageReader:
         return message
 
     @property
+    def partial(self) -> bool:
+        """True while the reader holds the start of a frame whose rest has not arrived."""
+        return bool(self._buf)
+
+    @property
+    def at_rest(self) -> bool:
+        """True between two messages: no frame begun, no fragmented message under way, not done.
+
+        A reader at rest holds nothing a new reader would not: it may be
+        dropped and another made for the next bytes.
+        """
+        return not self._buf and self._opcode is None and not self._done
+
+    @property
     def done(self) -> bool:
         """True once the reader ignores its input (after a close frame, an error or :meth:`stop`)."""
         return self._done

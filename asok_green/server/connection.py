@@ -6,16 +6,19 @@ connection's bounded queue, drained by a writer greenlet that exists only while
 there is something to drain. A client whose queue passes its limit is closed
 (1008) instead of slowing anyone else down.
 
-Reads: a connection that owns its socket has no greenlet while it is idle. A
-read watcher on the socket spawns a short-lived reader greenlet when data
-arrives; it reads what is there, runs the handlers in order, and re-arms the
-watcher when the socket is drained (``watch``). Any other socket is read by the
-greenlet that accepted it (``run``). Either way a slow handler only delays its
-own connection, and a fast client cannot monopolise the process: a reader
-lets every other ready greenlet run between two chunks it reads, between two
-``_PARSE_SLICE`` bytes it parses, and after every ``_MESSAGES_PER_TURN``
-messages it handles. A connection the server fails (protocol error, message
-rate) reads nothing more from its client.
+Reads: a connection that owns its socket has no greenlet while it is idle. The
+read watcher on the socket reads what arrives; pings and pongs it answers on
+the spot, anything else it hands to a short-lived reader greenlet (shared with
+other connections, see :mod:`.readers`), which runs the handlers in order and
+re-arms the watcher when the socket is drained (``watch``). Once quiet again,
+the connection keeps nothing of the read: no reader, no frame parser, no
+buffer, no send queue. Any other socket is read by the greenlet that accepted
+it (``run``). Either way a slow handler only delays its own connection, and a
+fast client cannot monopolise the process: a reader lets every other ready
+greenlet run between two chunks it reads, between two ``_PARSE_SLICE`` bytes it
+parses, and after every ``_MESSAGES_PER_TURN`` messages it handles. A
+connection the server fails (protocol error, message rate) reads nothing more
+from its client.
 
 Every per-connection buffer has a bound: the reader's (``max_message_size``,
 fragment headers included), the outbound queue (``max_queue``, each queued
@@ -57,10 +60,12 @@ from ..protocol.frames import (
     Message,
     MessageReader,
     Ping,
+    Pong,
     ProtocolError,
     encode_close,
     encode_frame,
 )
+from .readers import LINGERING, READS, take_turn
 
 if TYPE_CHECKING:
     from .hub import WebSocketServer
@@ -90,18 +95,6 @@ _QUEUE_ENTRY_COST = 64
 
 #: First byte of an unfragmented pong frame, as the server sends it.
 _PONG_HEAD = 0x80 | OP_PONG
-
-
-def take_turn() -> None:
-    """Let every other ready greenlet run, including those whose sockets became readable.
-
-    ``gevent.sleep(0)`` is not enough: the loop keeps running callbacks (a chain
-    of ``sleep(0)``) for up to its switch interval before it polls for I/O,
-    so a flooding reader would still hold a probe's readable socket back by
-    milliseconds. ``gevent.idle()`` waits until the loop has polled and run
-    everything that was ready.
-    """
-    gevent.idle()
 
 
 def message_payload(message: str | bytes | bytearray | memoryview) -> tuple[int, bytes]:
@@ -309,7 +302,8 @@ class Connection:
         self._sock = sock
         self._try_send = nonblocking_send(sock)
         self.deflate = deflate
-        self._reader = MessageReader(max_message_size=server.limits.max_message_size, allow_rsv1=deflate is not None)
+        # Made when the client sends something, dropped once it holds nothing (see _parser).
+        self._reader: MessageReader | None = None
         self._inflater: Inflater | None = None
         self._leftover = leftover
         self._pending: deque | None = None
@@ -483,11 +477,11 @@ class Connection:
         if self._writer is not None or not pending:
             return
         if self.state is CLOSED:
-            pending.clear()
+            self._pending = None
             self._pending_bytes = 0
             return
         chunk = pending.popleft() if len(pending) == 1 else b"".join(pending)
-        pending.clear()
+        self._pending = None  # a quiet connection keeps no queue
         self._pending_bytes = 0
         try:
             sent = self._try_send(chunk)
@@ -498,7 +492,7 @@ class Connection:
             return
         if sent < len(chunk):
             rest = memoryview(chunk)[sent:]
-            pending.append(rest)
+            self._pending = deque((rest,))
             self._pending_bytes = len(rest) + _QUEUE_ENTRY_COST
             self._writer = gevent.spawn(self._drain)
 
@@ -569,6 +563,8 @@ class Connection:
             self.abort()
         finally:
             self._writer = None
+            if self._pending is pending and not pending:
+                self._pending = None  # a quiet connection keeps no queue
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for queued frames to reach the kernel."""
@@ -633,29 +629,86 @@ class Connection:
         self._on_message, self._on_end = on_message, on_end
         self._watcher = self._sock._read_event  # unused otherwise: nothing else waits to read this socket
         if self._leftover:
-            gevent.spawn(self._read_burst)
+            READS.add(self._read_burst)
         else:
             self._watcher.start(self._readable)
 
     def _readable(self) -> None:
-        """The watcher's callback: start a reader greenlet, and stop watching until it is done."""
-        # Runs in the hub, so it must not block or raise. The watcher stays
-        # stopped while the reader runs: a client is not read faster than its
-        # handlers go.
-        self._watcher.stop()
-        gevent.spawn(self._read_burst)
+        """The watcher's callback, in the hub: read what a quiet client sent.
 
-    def _read_burst(self) -> None:
-        """Reader greenlet: handle what the client sent, then re-arm the watcher, or end."""
+        Pings and pongs are handled right here, with no greenlet: a keep-alive
+        round's answers cost no reader each (thousands of readers at once, each
+        with its stack, frames and timer, leave memory the allocators keep).
+        Anything else (a data frame, a close, a frame not complete yet, the end
+        of the stream, an error) goes to a reader greenlet, and the watcher
+        stays stopped until the reader is done: a client is not read faster
+        than its handlers go.
+        """
+        # Runs in the hub, so it must not block or raise. It reads one slice at
+        # most, as a reader parses between two turns of the others; the watcher
+        # fires again for the rest.
+        try:
+            data = self._sock._sock.recv(_PARSE_SLICE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        events: list = []
+        error: ProtocolError | None = None
+        if data:
+            self.last_seen = monotonic()
+            self.server.stats["bytes_received"] += len(data)
+            try:
+                events = self._parser().feed(data)
+            except ProtocolError as exc:
+                events, error = exc.events, exc
+            if error is None and self._answer_control(events):
+                self._drop_parser()
+                return
+        self._watcher.stop()
+        READS.add(self._read_burst, events, error, not data)
+
+    def _answer_control(self, events: list) -> bool:
+        """Handle ``events`` in the hub if they are whole pings and pongs; False to leave them to a reader.
+
+        A ping is answered here only when the pong can go straight out (nothing
+        queued): the hub never takes a queue's slow paths.
+        """
+        reader = self._reader
+        if reader.partial or reader.done or self.state is CLOSED:
+            return False
+        pings = False
+        for event in events:
+            kind = type(event)
+            if kind is Ping:
+                pings = True
+            elif kind is not Pong:
+                return False
+        if pings:
+            if self._pending or self._writer is not None:
+                return False
+            if self.state is OPEN:
+                for event in events:
+                    if type(event) is Ping:
+                        self._answer_ping(event.payload)
+        return True
+
+    def _read_burst(self, events: list | tuple = (), error: ProtocolError | None = None, eof: bool = False) -> None:
+        """Reader greenlet: handle what the watcher read, then what follows; re-arm the watcher, or end.
+
+        ``events`` and ``error`` are what the watcher's read gave; ``eof``: it
+        read the end of the stream.
+        """
         ended = True
         try:
-            ended = self._read_available()
+            ended = eof or not self._handle(events, error, self._on_message) or self._read_available()
         finally:
             if ended:
                 self._lost()
                 on_end, self._on_end, self._on_message = self._on_end, None, None
                 on_end()
             else:
+                self._drop_parser()
                 self._watcher.start(self._readable)
 
     def _read_available(self) -> bool:
@@ -694,14 +747,20 @@ class Connection:
 
         A client in a conversation usually answers soon: keeping the reader
         greenlet that long saves a spawn and a watcher restart per message,
-        and a quiet client still ends up with no greenlet of its own.
+        and a quiet client still ends up with no greenlet of its own. At most
+        ``readers.MAX_LINGERING`` readers wait at once, and none while other
+        connections' reads are waiting for a reader (see :mod:`.readers`).
         """
+        if READS.waiting or not LINGERING.take():
+            return False
         try:
             with gevent.Timeout(seconds, False):
                 gevent.get_hub().wait(self._watcher)
                 return True
         except OSError:
             return True  # the socket was closed meanwhile: the next read says so
+        finally:
+            LINGERING.give()
         return False
 
     def _receive(self, data: bytes, on_message: Callable | None) -> bool:
@@ -723,17 +782,21 @@ class Connection:
         return True
 
     def _receive_slice(self, data: bytes, on_message: Callable | None) -> bool:
-        """Handle ``data`` from the client: False once the connection is ending.
-
-        Once the connection is closing, messages are dropped unread: only the
-        client's close frame still matters.
-        """
+        """Parse and handle ``data`` from the client: False once the connection is ending."""
         try:
-            events = self._reader.feed(data)
+            events = self._parser().feed(data)
             error = None
         except ProtocolError as exc:
             # What the client sent before breaking the protocol still counts.
             events, error = exc.events, exc
+        return self._handle(events, error, on_message)
+
+    def _handle(self, events: list | tuple, error: ProtocolError | None, on_message: Callable | None) -> bool:
+        """Handle ``events`` from the client, then ``error`` if it broke the protocol: False once ending.
+
+        Once the connection is closing, messages are dropped unread: only the
+        client's close frame still matters.
+        """
         handled = 0
         for event in events:
             kind = type(event)
@@ -777,11 +840,26 @@ class Connection:
                 )
                 self.close(error.code, error.reason)
             return False
-        return self.state is not CLOSED and not self._reader.done
+        reader = self._reader
+        return self.state is not CLOSED and (reader is None or not reader.done)
+
+    def _parser(self) -> MessageReader:
+        """The frame reader, made when the client next sends something: a quiet connection keeps none."""
+        reader = self._reader
+        if reader is None:
+            limit = self.server.limits.max_message_size
+            reader = self._reader = MessageReader(max_message_size=limit, allow_rsv1=self.deflate is not None)
+        return reader
+
+    def _drop_parser(self) -> None:
+        """Let go of the frame reader if it holds nothing between two messages."""
+        reader = self._reader
+        if reader is not None and reader.at_rest:
+            self._reader = None
 
     def _fail(self, code: int, reason: str) -> None:
         """Close for the client's fault, and read nothing more from it (RFC 6455 section 7.1.7)."""
-        self._reader.stop()
+        self._parser().stop()
         self.close(code, reason)
 
     def _lost(self) -> None:
@@ -829,8 +907,10 @@ class Connection:
         """The payload of a compressed message, decoded if it is text."""
         inflater = self._inflater
         if inflater is None:
-            limit = self.server.limits.max_message_size
-            inflater = self._inflater = Inflater(limit, self.deflate.client_no_context_takeover)
+            fresh = self.deflate.client_no_context_takeover
+            inflater = Inflater(self.server.limits.max_message_size, fresh)
+            if not fresh:
+                self._inflater = inflater  # it keeps the client's compression context from message to message
         data = inflater.inflate(message.data)
         if message.opcode != OP_TEXT:
             return data
