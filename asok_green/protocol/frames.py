@@ -40,6 +40,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "accept_key",
+    "control_frames_length",
     "encode_close",
     "encode_frame",
     "is_valid_client_key",
@@ -429,6 +430,27 @@ def _parse_close(payload: bytes) -> Close:
     except UnicodeDecodeError:
         raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in close reason") from None
     return Close(code, reason)
+
+
+def control_frames_length(data: bytes, pings: bool = True) -> int:
+    """Bytes at the start of ``data`` that are whole ping and pong frames as a client sends them.
+
+    Counts only frames a :class:`MessageReader` at a frame boundary would take
+    as they are (final, no reserved bits, masked, at most 125 bytes of
+    payload); it stops at anything else, at an incomplete frame, and, unless
+    ``pings``, at a ping.
+    """
+    first = (0x80 | OP_PING, 0x80 | OP_PONG) if pings else (0x80 | OP_PONG,)
+    pos, end = 0, len(data)
+    while end - pos >= 6:
+        b0, b1 = data[pos], data[pos + 1]
+        if b0 not in first or not b1 & 0x80:
+            break
+        length = b1 & 0x7F
+        if length > _MAX_CONTROL_PAYLOAD or end - pos < 6 + length:
+            break
+        pos += 6 + length
+    return pos
 
 
 def encode_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:

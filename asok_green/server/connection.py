@@ -60,8 +60,8 @@ from ..protocol.frames import (
     Message,
     MessageReader,
     Ping,
-    Pong,
     ProtocolError,
+    control_frames_length,
     encode_close,
     encode_frame,
 )
@@ -634,74 +634,64 @@ class Connection:
             self._watcher.start(self._readable)
 
     def _readable(self) -> None:
-        """The watcher's callback, in the hub: read what a quiet client sent.
+        """The watcher's callback, in the hub: what a quiet client sent is read here or by a reader.
 
-        Pings and pongs are handled right here, with no greenlet: a keep-alive
-        round's answers cost no reader each (thousands of readers at once, each
-        with its stack, frames and timer, leave memory the allocators keep).
-        Anything else (a data frame, a close, a frame not complete yet, the end
-        of the stream, an error) goes to a reader greenlet, and the watcher
-        stays stopped until the reader is done: a client is not read faster
-        than its handlers go.
+        Pings and pongs are read and answered right here, with no greenlet: a
+        keep-alive round's answers cost no reader each. Anything else (a data
+        frame, a close, a frame not complete yet, the end of the stream) is
+        left in the socket for a reader greenlet (:mod:`.readers`), and the
+        watcher stays stopped until the reader is done: a client is not read
+        faster than its handlers go. Nothing is read or parsed before a reader
+        takes it, so a crowd of clients speaking at once costs a queue entry
+        each until then, not their messages.
         """
-        # Runs in the hub, so it must not block or raise. It reads one slice at
-        # most, as a reader parses between two turns of the others; the watcher
-        # fires again for the rest.
+        # Runs in the hub, so it must not block or raise.
+        sock = self._sock._sock
         try:
-            data = self._sock._sock.recv(_PARSE_SLICE)
+            head = sock.recv(_PARSE_SLICE, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        events: list = []
-        error: ProtocolError | None = None
-        if data:
-            self.last_seen = monotonic()
-            self.server.stats["bytes_received"] += len(data)
-            try:
-                events = self._parser().feed(data)
-            except ProtocolError as exc:
-                events, error = exc.events, exc
-            if error is None and self._answer_control(events):
-                self._drop_parser()
+            head = b""
+        reader = self._reader
+        if head and self.state is not CLOSED and (reader is None or not (reader.partial or reader.done)):
+            size = len(head)
+            if control_frames_length(head, pings=False) == size:
+                self._read_control(sock, size, pings=False)
+                return
+            # A ping is answered here only when its pong can go straight out (nothing queued).
+            if not self._pending and self._writer is None and control_frames_length(head) == size:
+                self._read_control(sock, size, pings=True)
                 return
         self._watcher.stop()
-        READS.add(self._read_burst, events, error, not data)
+        READS.add(self._read_burst)
 
-    def _answer_control(self, events: list) -> bool:
-        """Handle ``events`` in the hub if they are whole pings and pongs; False to leave them to a reader.
+    def _read_control(self, sock: socket.socket, size: int, pings: bool) -> None:
+        """Read ``size`` bytes of whole pongs (and with ``pings``, pings) from ``sock``; answer the pings.
 
-        A ping is answered here only when the pong can go straight out (nothing
-        queued): the hub never takes a queue's slow paths.
+        Runs in the hub. A pong only says the client is there: its bytes are
+        not even parsed.
         """
-        reader = self._reader
-        if reader.partial or reader.done or self.state is CLOSED:
-            return False
-        pings = False
-        for event in events:
-            kind = type(event)
-            if kind is Ping:
-                pings = True
-            elif kind is not Pong:
-                return False
-        if pings:
-            if self._pending or self._writer is not None:
-                return False
-            if self.state is OPEN:
-                for event in events:
-                    if type(event) is Ping:
-                        self._answer_ping(event.payload)
-        return True
+        try:
+            data = sock.recv(size)
+        except OSError:
+            return  # the watcher fires again, and a reader finds out what went wrong
+        self.last_seen = monotonic()
+        self.server.stats["bytes_received"] += len(data)
+        if not pings:
+            return
+        try:
+            events, error = self._parser().feed(data), None
+        except ProtocolError as exc:  # not for frames control_frames_length took; handled all the same
+            events, error = exc.events, exc
+        self._handle(events, error, None)
+        self._drop_parser()
 
-    def _read_burst(self, events: list | tuple = (), error: ProtocolError | None = None, eof: bool = False) -> None:
-        """Reader greenlet: handle what the watcher read, then what follows; re-arm the watcher, or end.
-
-        ``events`` and ``error`` are what the watcher's read gave; ``eof``: it
-        read the end of the stream.
-        """
+    def _read_burst(self) -> None:
+        """Reader greenlet: handle what the client sent, then re-arm the watcher, or end."""
         ended = True
         try:
-            ended = eof or not self._handle(events, error, self._on_message) or self._read_available()
+            ended = self._read_available()
         finally:
             if ended:
                 self._lost()
@@ -791,7 +781,7 @@ class Connection:
             events, error = exc.events, exc
         return self._handle(events, error, on_message)
 
-    def _handle(self, events: list | tuple, error: ProtocolError | None, on_message: Callable | None) -> bool:
+    def _handle(self, events: list, error: ProtocolError | None, on_message: Callable | None) -> bool:
         """Handle ``events`` from the client, then ``error`` if it broke the protocol: False once ending.
 
         Once the connection is closing, messages are dropped unread: only the

@@ -3,7 +3,8 @@
 A watched connection has no greenlet while it is quiet (``Connection.watch``).
 When its client sends something, the watcher's callback puts the connection's
 read on :data:`READS`, and a reader greenlet runs it: the connection's handlers
-for what arrived, then the watcher again. One reader serves the ready reads one
+for what arrived, then the watcher again. Until a reader takes it, a queued
+read is one bound method: what the client sent waits in the socket. One reader serves the ready reads one
 after another, with a turn for every other greenlet after every ``READS_PER_TURN``
 (a read itself takes turns while it reads a lot). The hub starts
 a reader when a read is queued and none is about to start, and one more
@@ -81,13 +82,13 @@ class ReadQueue:
 
     def __init__(self) -> None:
         """No read waiting, no reader."""
-        self.ready: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self.ready: deque[Callable[[], Any]] = deque()
         #: A reader has been spawned and has not started yet.
         self.starting = False
 
-    def add(self, read: Callable[..., Any], *args: Any) -> None:
-        """Queue ``read(*args)`` for a reader; callable from the hub (it never waits)."""
-        self.ready.append((read, args))
+    def add(self, read: Callable[[], Any]) -> None:
+        """Queue ``read()`` for a reader; callable from the hub (it never waits)."""
+        self.ready.append(read)
         self._start_reader()
 
     @property
@@ -107,13 +108,13 @@ class ReadQueue:
         loop = gevent.get_hub().loop
         done = 0
         while ready:
-            read, args = ready.popleft()
+            read = ready.popleft()
             # Runs in the hub the first time this greenlet pauses: if that is
             # in the middle of the read, the others must not wait for it.
             busy = [True]
             loop.run_callback(self._paused, busy)
             try:
-                read(*args)
+                read()
             except Exception:
                 logger.exception("reader failed: going on with the next connection")
             finally:
