@@ -20,15 +20,19 @@ all 10,000 connections in one sweep; the 10,000 pongs woke 10,000 reader greenle
 waiting a second for more data with its C stack copied to the heap, its frames and its timer. Freed a
 second later, that memory stayed: a few long-lived objects made during the burst (a `last_seen` float, a
 watcher callback, a parser buffer per connection) pinned nearly every arena and heap page it had used.
-No buffer, reader or greenlet was kept per connection; `malloc_trim(0)` would have given back the glibc
-part only.
+No buffer, reader or greenlet was kept per connection. `malloc_trim(0)` after everyone had spoken
+gave back the glibc part only (RSS 114.0 MiB, then 94.0 MiB: 2 KB per connection still kept by
+pymalloc's arenas), and `MALLOC_ARENA_MAX=1` changed nothing (6.9 KB steady: the server allocates from
+one thread).
 
-**What changed.** Pings and pongs are handled in the read watcher's callback, with no greenlet; data goes
-to a queue of reads served by a few reader greenlets in turn (one more whenever a reader's handler waits),
-not one greenlet per speaking client; at most 128 readers wait for a client's next message at once; the
-frame parser, the send queue and the inflater exist only while in use; and the keep-alive looks at a slice
-of the connections every 0.5 s, so connections opened together are pinged, and answer, spread over its
-period.
+**What changed.** The read watcher's callback peeks at what arrived: pongs are consumed there (not
+even parsed), pings answered there, with no greenlet; anything else stays in the socket and the
+connection goes on a queue of reads, served by a few reader greenlets in turn (one more whenever a
+reader's handler waits), not one greenlet per speaking client. At most 128 readers wait for a client's
+next message at once. The frame parser, the send queue and the inflater exist only while in use. The
+keep-alive looks at a slice of the connections every 0.5 s, so connections opened together are pinged,
+and answer, spread over its period. With these, the same diagnosis on 10,000 connections: pymalloc kept
+40 arenas from "never spoke" to "steady", and glibc's heap grew by 1.2 MiB (about 0.1 KB per connection).
 """
 
 
