@@ -12,16 +12,16 @@ __version__ = "0.1.0"
 __all__ = ["WebSocketServer", "Connection", "serve", "make_server", "blocking", "__version__"]
 
 if TYPE_CHECKING:
+    from .api.serving import make_server, serve
     from .server.connection import Connection
-    from .server.handler import make_server, serve
     from .server.hub import WebSocketServer
     from .server.offload import blocking
 
 _LAZY = {
     "WebSocketServer": "server.hub",
     "Connection": "server.connection",
-    "serve": "server.handler",
-    "make_server": "server.handler",
+    "serve": "api.serving",
+    "make_server": "api.serving",
     "blocking": "server.offload",
 }
 

@@ -18,8 +18,8 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+from asok_green.api.serving import serve  # noqa: E402
 from asok_green.core.routing import Route  # noqa: E402
-from asok_green.server.handler import serve  # noqa: E402
 from asok_green.server.hub import WebSocketServer  # noqa: E402
 
 

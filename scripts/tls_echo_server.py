@@ -18,7 +18,7 @@ import sys  # noqa: E402
 
 from echo_server import CatchAllServer, EchoApp, echo  # noqa: E402
 
-from asok_green.server.handler import serve  # noqa: E402
+from asok_green.api.serving import serve  # noqa: E402
 from asok_green.server.tls import server_tls_options  # noqa: E402
 
 

@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import socket
+import sqlite3
 import subprocess
 import time
 
@@ -162,14 +163,16 @@ class Clients:
     closing them first keeps the tests fast.
     """
 
-    def __init__(self):
-        """No client yet."""
+    def __init__(self, timeout: float = 5):
+        """No client yet; ``timeout`` is each new client's, for its handshake and its reads."""
         self.opened: list = []
+        self.timeout = timeout
 
     def connect(self, server, path: str, **kwargs):
         """``ws_connect(server, path, **kwargs)``, remembered."""
         from tests.conftest import ws_connect
 
+        kwargs.setdefault("timeout", self.timeout)
         client = ws_connect(server, path, **kwargs)
         self.opened.append(client)
         return client
@@ -194,6 +197,12 @@ class Clients:
 
 #: WS_PRESENCE_TTL of the test nodes: a node gone silent is dropped within about 2 s.
 TTL = 1.5
+
+
+def user_ids(project: pathlib.Path) -> dict[str, int]:
+    """name -> user id, from ``project``'s database."""
+    with sqlite3.connect(project / "db.sqlite3") as db:
+        return dict(db.execute("SELECT name, id FROM users"))
 
 
 def node_env(redis: RedisServer, **extra: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ import pytest
 import websocket
 
 from tests.asok_project import cookie_header, make_project, project_env
+from tests.leftovers import ProcessWatch, mark_this_run, stop
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -101,16 +102,58 @@ def asok_serve(project: pathlib.Path, tmp: pathlib.Path, *extra: str, env: dict 
     return ServerProcess(argv, project, env or project_env(), port, tmp / f"server-{port}.log")
 
 
-def ws_connect(server: ServerProcess, path: str, cookies: dict | None = None, origin: str | None = None, **kw):
-    """A real WebSocket client (websocket-client) connected to ``server``."""
+def ws_connect(
+    server: ServerProcess, path: str, cookies: dict | None = None, origin: str | None = None, timeout: float = 5, **kw
+):
+    """A real WebSocket client (websocket-client) connected to ``server``; ``timeout`` for the handshake and reads."""
     header = [f"Cookie: {cookie_header(cookies)}"] if cookies else None
     return websocket.create_connection(
         server.ws_url + path,
         origin=origin or server.url,
         header=header,
-        timeout=5,
+        timeout=timeout,
         **kw,
     )
+
+
+def until_marker(client, is_marker, count: int = 1, timeout: float = 5.0) -> list:
+    """What arrives on ``client`` before ``count`` markers (messages for which ``is_marker`` is true) have.
+
+    To show that a message did not arrive, a test sends a marker after the event that
+    must not reach ``client``, along a way that delivers it after anything that event
+    sent: what came before the markers is all that could have come. Markers are not
+    returned; AssertionError if they do not all arrive within ``timeout`` seconds.
+    """
+    got: list = []
+    seen = 0
+    deadline = time.monotonic() + timeout
+    previous = client.gettimeout()
+    try:
+        while seen < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{count - seen} marker(s) not received within {timeout}s; got {got}")
+            client.settimeout(left)
+            try:
+                message = client.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            if is_marker(message):
+                seen += 1
+            else:
+                got.append(message)
+    finally:
+        client.settimeout(previous)
+    return got
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout}s")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -169,8 +212,47 @@ def authorize(conn, room):
 """
 
 
+#: The run's :class:`tests.leftovers.ProcessWatch`, in ``config.stash``.
+WATCH = pytest.StashKey[ProcessWatch]()
+
+
 def pytest_configure(config):
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Before any test starts a process: every process of the run inherits the mark.
+    config.stash[WATCH] = ProcessWatch(mark_this_run())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Remember during which test each process of the run was started, to name it if it is left."""
+    watch = item.config.stash[WATCH]
+    watch.current = item.nodeid
+    yield
+    watch.note_new(item.nodeid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(request):
+    """After the last test: fail the run, naming them, if tests left a process running or a port open.
+
+    The processes left are stopped (SIGTERM, then SIGKILL), so a failed run
+    does not leave them behind either.
+    """
+    yield
+    watch = request.config.stash[WATCH]
+    watch.note_new(watch.current)
+    left = watch.leftovers()
+    gc.collect()
+    own_ports = watch.new_own_ports()
+    if left:
+        stop([leftover.pid for leftover in left])
+    problems = [f"a process still runs: {leftover}" for leftover in left]
+    problems += [f"the test process itself still listens on port {port}" for port in own_ports]
+    if problems:
+        pytest.fail("the tests left behind:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+# The fixtures below use tests/cluster_support, which imports this module: imported when used.
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +263,47 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own, which it may stop, pause and start again; stopped after the test."""
+    from tests.cluster_support import RedisServer
+
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def start_nodes(redis_server, tmp_path_factory):
+    """``start_nodes(project, count)``: that many nodes of ``project`` in the module's Redis cluster.
+
+    They run until the module ends (tests/cluster_support.start_node).
+    """
+    from tests.cluster_support import start_node
+
+    logs = tmp_path_factory.mktemp("node-logs")
+    started: list[ServerProcess] = []
+
+    def start(project: pathlib.Path, count: int) -> list[ServerProcess]:
+        nodes = [start_node(project, logs, redis_server) for _ in range(count)]
+        started.extend(nodes)
+        return nodes
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def clients():
+    """The test's WebSocket clients (tests/cluster_support.Clients), closed when it ends."""
+    from tests.cluster_support import Clients
+
+    opened = Clients()
+    yield opened
+    opened.close_all()
 
 
 def greenlet_count() -> int:

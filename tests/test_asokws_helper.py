@@ -11,7 +11,7 @@ from tests.asok_project import fetch, make_project
 from tests.conftest import asok_serve
 
 #: The resume client as shipped in the package.
-SCRIPT_FILE = pathlib.Path(__file__).resolve().parent.parent / "asok_green" / "client_assets" / "resume.js"
+SCRIPT_FILE = pathlib.Path(__file__).resolve().parent.parent / "asok_green" / "bridge" / "client_assets" / "resume.js"
 
 DOC_PAGE_PY = '''\
 """/doc: the documentation's frontend snippet on a page with nothing else."""

@@ -52,6 +52,8 @@ from asok_green.bridge.auth import (
     user_id_of,
 )
 
+pytestmark = pytest.mark.quick
+
 SECRET = secrets.token_hex(32)
 _module_names = itertools.count()
 

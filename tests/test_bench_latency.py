@@ -6,11 +6,15 @@ import math
 import pathlib
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
 from benchlib import latency_report, shootout  # noqa: E402
 from benchlib.targets import latency_verdict  # noqa: E402
+
+pytestmark = pytest.mark.quick
 
 
 def _step(clients: int, p95: float, samples: int = 100) -> dict:

@@ -18,11 +18,10 @@ import time
 
 import gevent
 import pytest
-import websocket
 
 import asok_green
 from asok_green.server import offload
-from tests.asok_project import cookie_header, login, make_project, project_env
+from tests.asok_project import login, make_project, project_env
 from tests.conftest import asok_serve
 
 pytestmark = pytest.mark.timeout(90)
@@ -94,19 +93,10 @@ def blocking_server(blocking_project, tmp_path_factory):
 
 
 @pytest.fixture
-def clients():
-    opened = []
-
-    def connect(server, path, cookies=None, timeout=10):
-        header = [f"Cookie: {cookie_header(cookies)}"] if cookies else None
-        client = websocket.create_connection(server.ws_url + path, origin=server.url, header=header, timeout=timeout)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        with contextlib.suppress(OSError, websocket.WebSocketException):
-            client.close(timeout=1)
+def clients(clients):
+    """conftest's clients, with room for a handshake that waits on a slow lookup."""
+    clients.timeout = 10
+    return clients
 
 
 @contextlib.contextmanager
@@ -153,8 +143,8 @@ def database_files_open(server) -> int:
 def test_a_handler_waiting_on_a_locked_database_through_blocking_stalls_nobody_else(
     blocking_server, blocking_project, clients
 ):
-    echo = clients(blocking_server, "/echo")
-    slow = clients(blocking_server, "/slow-write", timeout=60)
+    echo = clients.connect(blocking_server, "/echo")
+    slow = clients.connect(blocking_server, "/slow-write", timeout=60)
     with write_locked(blocking_project / "db.sqlite3"):
         slow.send("go")
         assert reply(slow) == "started"
@@ -165,7 +155,7 @@ def test_a_handler_waiting_on_a_locked_database_through_blocking_stalls_nobody_e
 
 def test_a_slow_user_lookup_at_the_handshake_stalls_nobody_else(blocking_server, blocking_project, clients):
     cookies = login(blocking_server.url, "alice")
-    echo = clients(blocking_server, "/echo")
+    echo = clients.connect(blocking_server, "/echo")
     gate, started = blocking_project / "lookup.gate", blocking_project / "lookup.started"
     gate.touch()
     handshake: dict = {}
@@ -173,7 +163,9 @@ def test_a_slow_user_lookup_at_the_handshake_stalls_nobody_else(blocking_server,
         with open(gate, "rb") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
             waiting = threading.Thread(
-                target=lambda: handshake.update(client=clients(blocking_server, "/me", cookies=cookies, timeout=30))
+                target=lambda: handshake.update(
+                    client=clients.connect(blocking_server, "/me", cookies=cookies, timeout=30)
+                )
             )
             waiting.start()
             wait_for_file(started)
@@ -188,7 +180,7 @@ def test_a_slow_user_lookup_at_the_handshake_stalls_nobody_else(blocking_server,
 
 
 def test_blocking_calls_leave_no_database_file_open(blocking_server, clients):
-    finder = clients(blocking_server, "/find")
+    finder = clients.connect(blocking_server, "/find")
     for _ in range(30):
         finder.send("1")
         assert reply(finder) == "alice"

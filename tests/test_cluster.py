@@ -13,10 +13,8 @@ import collections
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import websocket
@@ -25,15 +23,14 @@ from tests.asok_project import fetch, login, make_project, project_env
 from tests.cluster_support import (
     NODE_ROUTES,
     TTL,
-    Clients,
-    RedisServer,
     node_env,
     presence_of,
     recv_json,
     recv_texts,
     start_node,
+    user_ids,
 )
-from tests.conftest import BIN, INTROSPECTION, ServerProcess, free_port, ws_connect
+from tests.conftest import BIN, INTROSPECTION, ServerProcess, free_port, until_marker, wait_until, ws_connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,26 +44,13 @@ def cluster_project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def users(cluster_project) -> dict[str, int]:
     """name -> user id, from the project's database."""
-    with sqlite3.connect(cluster_project / "db.sqlite3") as db:
-        return dict(db.execute("SELECT name, id FROM users"))
+    return user_ids(cluster_project)
 
 
 @pytest.fixture(scope="module")
-def nodes(cluster_project, redis_server, tmp_path_factory):
+def nodes(cluster_project, start_nodes):
     """Nodes A, B and C."""
-    logs = tmp_path_factory.mktemp("node-logs")
-    started = [start_node(cluster_project, logs, redis_server) for _ in range(3)]
-    yield started
-    for node in started:
-        node.stop()
-
-
-@pytest.fixture
-def clients():
-    """The test's WebSocket clients, closed when it ends."""
-    opened = Clients()
-    yield opened
-    opened.close_all()
+    return start_nodes(cluster_project, 3)
 
 
 @pytest.fixture
@@ -84,13 +68,13 @@ def online_on(node) -> list:
     return answer["online"]
 
 
-def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true within {timeout}s")
-        time.sleep(0.05)
+def on_path(node, path: str) -> int:
+    """How many connections ``node`` holds on ``path``."""
+    client = ws_connect(node, "/introspect")
+    client.send(json.dumps({"paths": [path]}))
+    answer = recv_json(client, lambda m: "on_path" in m)
+    client.close()
+    return answer["on_path"][path]
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +95,16 @@ def drain(client, quiet: float = 0.4) -> list:
             got.append(client.recv())
         except websocket.WebSocketTimeoutException:
             return got
+
+
+def presence(user_id: int, status: str) -> dict:
+    """The presence broadcast of ``user_id`` going ``status``."""
+    return {"op": "broadcast", "type": "presence", "user_id": user_id, "status": status}
+
+
+def is_json(expected: dict):
+    """A marker for :func:`until_marker`: the message that is ``expected`` in JSON."""
+    return lambda message: json.loads(message) == expected
 
 
 def presence_list(client) -> list:
@@ -138,9 +132,16 @@ def test_broadcast_reaches_every_client_on_every_node_exactly_once(nodes, client
     expected = collections.Counter(["Guest: from A", "Guest: from B", "Guest: from C"])
     for client in chat:
         assert collections.Counter(recv_texts(client, 3)) == expected
+    # A marker from each node, sent after every copy was published: a duplicate arrives before them.
+    for sender, name in ((chat[0], "A"), (chat[2], "B"), (chat[3], "C")):
+        sender.send(f"marker {name}")
+    for node, name in ((a, "A"), (c, "C")):
+        clients.connect(node, "/chat/other").send(f"marker {name}")
+    elsewhere.send("marker B")
+    markers = {f"Guest: marker {name}" for name in "ABC"}
     for client in chat:
-        assert drain(client) == []
-    assert drain(elsewhere, quiet=0.1) == []
+        assert until_marker(client, markers.__contains__, count=3) == []
+    assert until_marker(elsewhere, markers.__contains__, count=3) == []
 
 
 def test_broadcast_json_and_binary_cross_nodes(nodes, clients):
@@ -170,15 +171,21 @@ def test_broadcast_from_a_page_reaches_sockets_on_other_nodes(nodes, clients):
 
 def test_presence_is_cluster_wide_with_counts_across_nodes(nodes, cookies, users, clients):
     a, b, c = nodes
-    alice = users["alice"]
+    alice, bob = users["alice"], users["bob"]
     watchers = [clients.connect(node, "/asok/live") for node in nodes]
+
+    def is_alice(message: str) -> bool:
+        return presence_of(alice)(json.loads(message))
 
     first_tab = clients.connect(a, "/chat/presence", cookies=cookies["alice"])
     for watcher in watchers:
         assert recv_json(watcher, presence_of(alice))["status"] == "online"
 
     second_tab = clients.connect(b, "/chat/presence", cookies=cookies["alice"])
-    time.sleep(0.3)
+    # The marker: bob comes online on the same node, after alice's second tab registered there.
+    bob_tab = clients.connect(b, "/chat/presence", cookies=cookies["bob"])
+    for watcher in watchers:
+        assert not [m for m in until_marker(watcher, is_json(presence(bob, "online"))) if is_alice(m)]
     for watcher in watchers:
         # Nothing new was announced: the next presence message is the answer to get_presence.
         watcher.send(json.dumps({"op": "get_presence"}))
@@ -187,7 +194,14 @@ def test_presence_is_cluster_wide_with_counts_across_nodes(nodes, cookies, users
     assert alice in online_on(c)
 
     first_tab.close()
-    time.sleep(0.3)
+    wait_until(lambda: on_path(a, "/chat/presence") == 0, what="the first tab's close handled")
+    # The markers: bob goes offline, then comes online again on node A, after the close there.
+    bob_tab.close()
+    for watcher in watchers:
+        assert not [m for m in until_marker(watcher, is_json(presence(bob, "offline"))) if is_alice(m)]
+    clients.connect(a, "/chat/presence", cookies=cookies["bob"])
+    for watcher in watchers:
+        assert not [m for m in until_marker(watcher, is_json(presence(bob, "online"))) if is_alice(m)]
     for watcher in watchers:
         watcher.send(json.dumps({"op": "get_presence"}))
         answer = recv_json(watcher, lambda m: m.get("type") in ("presence", "presence_list"))
@@ -227,17 +241,21 @@ def test_typing_and_receipts_reach_room_members_on_other_nodes(nodes, cookies, u
         "user_id": users["bob"],
         "status": "read",
     }
-    for client in (alice_conn, guest_in_room):
-        assert recv_json(client, lambda m: m.get("type") == "receipt") == receipt
+    assert recv_json(guest_in_room, lambda m: m.get("type") == "receipt") == receipt
 
-    def kinds(client):
-        return [json.loads(m).get("type") for m in drain(client, quiet=0.3)]
+    def kinds(client, *markers):
+        """The types of what ``client`` got before ``markers`` (exact messages, in JSON)."""
+        got = until_marker(client, lambda m: json.loads(m) in markers, count=len(markers))
+        return [json.loads(m).get("type") for m in got]
 
-    assert "typing" not in kinds(alice_conn), "the sender got its own typing indicator"
-    assert "receipt" not in kinds(bob_conn), "the sender got its own receipt"
-    assert not {"typing", "receipt"} & set(kinds(guest_outside)), "a non-member got room traffic"
+    # bob's receipt, from node B, was published after alice's typing: alice gets her own typing before it.
+    assert "typing" not in kinds(alice_conn, receipt), "the sender got its own typing indicator"
+    # alice goes offline on node A after bob's receipt was published, and bob after alice's typing.
     alice_conn.close()
+    assert "receipt" not in kinds(bob_conn, presence(users["alice"], "offline")), "the sender got its own receipt"
     bob_conn.close()
+    room_traffic = kinds(guest_outside, presence(users["alice"], "offline"), presence(users["bob"], "offline"))
+    assert not {"typing", "receipt"} & set(room_traffic), "a non-member got room traffic"
 
 
 # -- failures ------------------------------------------------------------------------
@@ -268,29 +286,28 @@ def test_killed_node_users_go_offline_everywhere_after_the_ttl(
 
 
 def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
-    cluster_project, tmp_path, cookies, users, clients
+    cluster_project, tmp_path, own_redis, cookies, users, clients
 ):
-    redis = RedisServer(tmp_path)
-    first, second = (start_node(cluster_project, tmp_path, redis) for _ in range(2))
+    first, second = (start_node(cluster_project, tmp_path, own_redis) for _ in range(2))
     try:
         watcher = clients.connect(second, "/asok/live")
         alice_tab = clients.connect(first, "/chat/outage", cookies=cookies["alice"])
         assert recv_json(watcher, presence_of(users["alice"]))["status"] == "online"
         sender, local_peer = clients.connect(first, "/chat/outage"), clients.connect(first, "/chat/outage")
 
-        redis.stop()
+        own_redis.stop()
         for i in range(20):
             sender.send(f"during outage {i}")
         expected = [f"Guest: during outage {i}" for i in range(20)]
         assert recv_texts(local_peer, 20) == expected
         bob_tab = clients.connect(first, "/chat/outage", cookies=cookies["bob"])
         first.wait_for_log("unreachable")
-        time.sleep(0.5)
-        assert first.log().count("unreachable") == 1, "an outage is logged once, not per message"
 
-        redis.start()
+        own_redis.start()
         first.wait_for_log("is back", timeout=10)
         second.wait_for_log("is back", timeout=10)
+        # Everything logged during the outage came before "is back".
+        assert first.log().count("unreachable") == 1, "an outage is logged once, not per message"
         # bob connected while Redis was down: republished, so the other node announces him,
         # and alice, online on the same node all along, never went offline there.
         seen: list[dict] = []
@@ -300,7 +317,7 @@ def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
         assert {users["alice"], users["bob"]} <= set(presence_list(watcher))
         node_key = f"asok:ws:presence:node:{clients.node_info(first)['node']}"
         for user in ("alice", "bob"):
-            assert redis.command("SISMEMBER", node_key, str(users[user])) == ":1"
+            assert own_redis.command("SISMEMBER", node_key, str(users[user])) == ":1"
         remote_peer = clients.connect(second, "/chat/outage")
         sender.send("after the outage")
         assert recv_texts(remote_peer, 1, timeout=5) == ["Guest: after the outage"]
@@ -312,7 +329,6 @@ def test_redis_restart_local_delivery_goes_on_then_the_cluster_heals(
         clients.close_all()
         first.stop()
         second.stop()
-        redis.stop()
 
 
 # -- Asok's own adapter on the same Redis --------------------------------------------

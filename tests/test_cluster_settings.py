@@ -14,6 +14,8 @@ from asok_green.cluster.redis_node import (
     resolve_settings,
 )
 
+pytestmark = pytest.mark.quick
+
 URL = "redis://10.0.0.5:6379/2"
 
 

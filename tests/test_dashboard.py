@@ -19,9 +19,10 @@ import websocket
 
 from asok_green.core import state as st
 from asok_green.core.node import SINGLE_PROCESS
+from asok_green.core.refusals import RefusalLog, refusal_cause
 from asok_green.core.routing import RouteTable
 from asok_green.ops.dashboard import Publisher, Watcher, presented_token, resolve_settings
-from asok_green.ops.overview import RefusalLog, build_snapshot, refusal_cause
+from asok_green.ops.overview import build_snapshot
 from tests.asok_project import cookie_header, fetch, login, project_env
 from tests.conftest import asok_serve, ws_connect
 

@@ -9,6 +9,8 @@ from asok.orm.engines import SQLiteEngine
 
 from asok_green.bridge.dbrelease import holds_connection, release_db_connections
 
+pytestmark = pytest.mark.quick
+
 
 class CountingEngine(SQLiteEngine):
     """Asok's SQLite engine, counting how often it is asked to close its connections."""

@@ -32,12 +32,15 @@ from asok_green.protocol.frames import (
     ProtocolError,
 )
 from asok_green.protocol.handshake import choose_compression, response_headers
+from asok_green.protocol.outgoing import Outgoing
 from asok_green.server import hub as hub_module
-from asok_green.server.connection import Connection, Outgoing
+from asok_green.server.connection import Connection
 from asok_green.server.hub import WebSocketServer
 from tests.conftest import asok_serve
 from tests.echo import ROOT, echo_serve
 from tests.server_frames import client_frame, split_server_frame
+
+pytestmark = pytest.mark.quick
 
 TAIL = b"\x00\x00\xff\xff"
 BOTH_NO_TAKEOVER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"

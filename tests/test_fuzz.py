@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asok_green.api.serving import make_server
 from asok_green.bridge import live as ops
 from asok_green.server import hub as hub_module
-from asok_green.server.handler import make_server
 from asok_green.server.hub import WebSocketServer
 from tests.conftest import greenlet_count
 from tests.server_frames import client_frame

@@ -14,7 +14,7 @@ import pytest
 import websocket
 
 from tests.asok_project import fetch, login, make_project, project_env
-from tests.cluster_support import NODE_ROUTES, Clients, RedisServer, presence_of, recv_json, recv_texts
+from tests.cluster_support import NODE_ROUTES, presence_of, recv_json, recv_texts
 from tests.conftest import BIN, INTROSPECTION, ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -35,14 +35,6 @@ def gunicorn(project, tmp, *options: str, env: dict | None = None) -> ServerProc
     argv = [str(BIN / "gunicorn"), "-k", WORKER_CLASS, "-b", f"127.0.0.1:{port}", *_no_control_socket()]
     argv += [*options, "wsgi:app"]
     return ServerProcess(argv, project, env or project_env(), port, tmp / f"gunicorn-{port}.log")
-
-
-@pytest.fixture
-def clients():
-    """The test's WebSocket clients, closed when it ends."""
-    opened = Clients()
-    yield opened
-    opened.close_all()
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +96,9 @@ def test_sigterm_closes_websockets_with_1001_and_gunicorn_exits_0(project, tmp_p
     assert server.proc.wait(10) == 0
 
 
-def test_two_workers_with_redis_are_one_server(tmp_path, clients):
-    redis = RedisServer(tmp_path)
+def test_two_workers_with_redis_are_one_server(tmp_path, own_redis, clients):
     project = make_project(tmp_path / "project", extra_wsgi=INTROSPECTION + NODE_ROUTES)
-    env = project_env(WS_ADAPTER="redis", WS_REDIS_URL=redis.url, WS_PRESENCE_TTL="2", SESSION_BACKEND="file")
+    env = project_env(WS_ADAPTER="redis", WS_REDIS_URL=own_redis.url, WS_PRESENCE_TTL="2", SESSION_BACKEND="file")
     server = gunicorn(project, tmp_path, "-w", "2", "--reuse-port", env=env)
     try:
         by_pid = collections.defaultdict(list)
@@ -136,4 +127,3 @@ def test_two_workers_with_redis_are_one_server(tmp_path, clients):
     finally:
         clients.close_all()
         server.stop()
-        redis.stop()

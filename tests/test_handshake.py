@@ -4,6 +4,8 @@ import pytest
 
 from asok_green.protocol.handshake import check_upgrade, is_upgrade_request, request_headers, response_headers
 
+pytestmark = pytest.mark.quick
+
 
 def environ(**overrides):
     base = {

@@ -26,9 +26,11 @@ from asok_green.protocol.envelopes import (
     stream_prefix,
 )
 from asok_green.protocol.frames import OP_BINARY, OP_TEXT
-from asok_green.server.connection import Outgoing
+from asok_green.protocol.outgoing import Outgoing
 from asok_green.server.hub import WebSocketServer
 from tests.server_frames import parse_server_frames
+
+pytestmark = pytest.mark.quick
 
 # -- envelopes ---------------------------------------------------------------------
 

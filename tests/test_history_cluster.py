@@ -22,9 +22,9 @@ import time
 import pytest
 import websocket
 
-from tests.asok_project import make_project, project_env
+from tests.asok_project import login, make_project, project_env
 from tests.cluster_support import Clients, RedisServer, node_env, recv_texts, start_node
-from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, ws_connect
+from tests.conftest import BIN, INTROSPECTION, asok_serve, free_port, until_marker, ws_connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,21 +56,9 @@ def feed_project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def nodes(feed_project, redis_server, tmp_path_factory):
+def nodes(feed_project, start_nodes):
     """Nodes A and B on the module's Redis."""
-    logs = tmp_path_factory.mktemp("history-node-logs")
-    started = [start_node(feed_project, logs, redis_server) for _ in range(2)]
-    yield started
-    for node in started:
-        node.stop()
-
-
-@pytest.fixture
-def clients():
-    """The test's WebSocket clients, closed when it ends."""
-    opened = Clients()
-    yield opened
-    opened.close_all()
+    return start_nodes(feed_project, 2)
 
 
 class Gap(Exception):
@@ -322,9 +310,10 @@ def test_clients_of_a_killed_node_resume_whole_on_the_other(feed_project, redis_
         doomed.stop()
 
 
-def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in_order(feed_project, tmp_path, clients):
-    redis = RedisServer(tmp_path)
-    a, b = (start_node(feed_project, tmp_path, redis) for _ in range(2))
+def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in_order(
+    feed_project, tmp_path, own_redis, clients
+):
+    a, b = (start_node(feed_project, tmp_path, own_redis) for _ in range(2))
     path = "/feed/cut"
     try:
         local, remote = ResumeClient(a, path, clients), ResumeClient(b, path, clients)
@@ -334,7 +323,7 @@ def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in
         sender.start()
         for _ in range(3):  # every node's subscriber connection dropped while messages are written
             local.collect(len(local.delivered) + 30, timeout=15)
-            redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+            own_redis.command("CLIENT", "KILL", "TYPE", "pubsub")
         sender.join(30)
         catch_up(local, a, len(payloads))
         catch_up(remote, b, len(payloads))
@@ -343,12 +332,13 @@ def test_subscriptions_cut_mid_stream_v1_clients_still_get_every_message_once_in
             assert not [n for n in reader.notices if n["asok"] in ("continuity_lost", "new_epoch")]
         assert local.duplicates == 0
         assert recv_texts(plain, len(payloads), timeout=15) == payloads  # this node's own, once each
-        assert quiet(plain, 0.3) == []
+        # A marker from the other node, published after them all: a second copy would come before it.
+        publish(b, path, ["marker"], clients)
+        assert until_marker(plain, "marker".__eq__) == []
     finally:
         clients.close_all()
         a.stop()
         b.stop()
-        redis.stop()
 
 
 def outage_nodes(project, tmp_path, redis: RedisServer, **extra: str):
@@ -367,20 +357,10 @@ def wait_for_count(node, text: str, count: int, timeout: float = 15) -> None:
         time.sleep(0.05)
 
 
-def quiet(client, seconds: float = 0.5) -> list:
-    """What arrives on ``client`` within ``seconds``."""
-    got = []
-    client.settimeout(seconds)
-    try:
-        while True:
-            got.append(client.recv())
-    except websocket.WebSocketTimeoutException:
-        return got
-
-
-def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same_epoch(feed_project, tmp_path, clients):
-    redis = RedisServer(tmp_path)
-    a, b = outage_nodes(feed_project, tmp_path, redis)
+def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same_epoch(
+    feed_project, tmp_path, own_redis, clients
+):
+    a, b = outage_nodes(feed_project, tmp_path, own_redis)
     path = "/feed/pause"
     try:
         reader = ResumeClient(a, path, clients)
@@ -390,12 +370,16 @@ def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same
         assert reader.collect(1) == ["before"] and remote.collect(1) == ["before"]
         epoch = reader.epoch
 
-        redis.proc.send_signal(signal.SIGSTOP)  # unreachable, data kept
+        own_redis.proc.send_signal(signal.SIGSTOP)  # unreachable, data kept
         try:
             a.wait_for_log("unreachable", timeout=15)
             publish(a, path, ["during1", "during2"], clients)
             assert recv_texts(plain, 3) == ["before", "during1", "during2"]
-            assert quiet(reader.ws) == [], "a v1 client got a stream message with no offset from Redis"
+            # The marker: alice comes online on node A; it is told to every connection there, after
+            # anything the broadcast above sent it.
+            clients.connect(a, "/chat/marker", cookies=login(a.url, "alice"))
+            before = until_marker(reader.ws, lambda m: '"type": "presence"' in json.loads(m).get("d", ""))
+            assert before == [], "a v1 client got a stream message with no offset from Redis"
             # Meanwhile a v1 client is told the position this node delivered last...
             newcomer = ResumeClient(a, path, clients)
             assert (newcomer.epoch, newcomer.last) == (epoch, reader.last)
@@ -405,7 +389,7 @@ def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same
             assert opcode == websocket.ABNF.OPCODE_CLOSE
             assert int.from_bytes(frame.data[:2], "big") == 1013
         finally:
-            redis.proc.send_signal(signal.SIGCONT)
+            own_redis.proc.send_signal(signal.SIGCONT)
         a.wait_for_log("is back", timeout=15)
 
         assert reader.collect(3) == ["during1", "during2"]
@@ -421,12 +405,10 @@ def test_redis_paused_plain_delivery_goes_on_and_history_lands_after_in_the_same
         clients.close_all()
         a.stop()
         b.stop()
-        redis.stop()
 
 
-def test_redis_paused_past_the_queue_the_epoch_changes(feed_project, tmp_path, clients):
-    redis = RedisServer(tmp_path)
-    a, b = outage_nodes(feed_project, tmp_path, redis, WS_HISTORY_QUEUE="3")
+def test_redis_paused_past_the_queue_the_epoch_changes(feed_project, tmp_path, own_redis, clients):
+    a, b = outage_nodes(feed_project, tmp_path, own_redis, WS_HISTORY_QUEUE="3")
     path = "/feed/overflow"
     try:
         reader = ResumeClient(a, path, clients)
@@ -434,13 +416,13 @@ def test_redis_paused_past_the_queue_the_epoch_changes(feed_project, tmp_path, c
         assert reader.collect(1) == ["before"]
         old_epoch, old_last = reader.epoch, reader.last
 
-        redis.proc.send_signal(signal.SIGSTOP)
+        own_redis.proc.send_signal(signal.SIGSTOP)
         try:
             a.wait_for_log("unreachable", timeout=15)
             publish(a, path, [f"d{i}" for i in range(5)], clients)
             a.wait_for_log("history queue full")
         finally:
-            redis.proc.send_signal(signal.SIGCONT)
+            own_redis.proc.send_signal(signal.SIGCONT)
         a.wait_for_log("is back", timeout=15)
 
         # The two oldest were dropped: the three others land in a new epoch, from offset 1.
@@ -462,12 +444,10 @@ def test_redis_paused_past_the_queue_the_epoch_changes(feed_project, tmp_path, c
         clients.close_all()
         a.stop()
         b.stop()
-        redis.stop()
 
 
-def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_project, tmp_path, clients):
-    redis = RedisServer(tmp_path)
-    a, b = outage_nodes(feed_project, tmp_path, redis)
+def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_project, tmp_path, own_redis, clients):
+    a, b = outage_nodes(feed_project, tmp_path, own_redis)
     path = "/feed/restart"
     try:
         reader = ResumeClient(a, path, clients)
@@ -476,11 +456,11 @@ def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_p
         assert reader.collect(1) == ["before"]
         old_epoch = reader.epoch
 
-        redis.stop()
+        own_redis.stop()
         a.wait_for_log("unreachable", timeout=15)
         publish(a, path, ["during"], clients)
         assert recv_texts(plain, 2) == ["before", "during"]
-        redis.start()
+        own_redis.start()
         a.wait_for_log("is back", timeout=15)
 
         assert reader.collect(2) == ["during"]
@@ -491,7 +471,6 @@ def test_redis_restarted_empty_history_written_after_lands_in_a_new_epoch(feed_p
         clients.close_all()
         a.stop()
         b.stop()
-        redis.stop()
 
 
 def test_a_broadcast_from_asoks_own_redis_adapter_is_delivered_once_everywhere_and_kept_by_no_one(
@@ -517,7 +496,10 @@ def test_plain_client_on_history_path_sees_todays_frames(nodes, clients):
     clients.opened.append(listener)
     publish(a, path, ["hello"], clients)
     assert recv_texts(listener, 1) == ["hello"]
-    assert quiet(listener, 0.3) == []
+    # A marker from each node: anything else sent to the listener would come before them.
+    for node in (a, b):
+        publish(node, path, ["marker"], clients)
+    assert until_marker(listener, "marker".__eq__, count=2) == []
 
 
 def serve_expecting_exit(project, env: dict) -> subprocess.CompletedProcess:

@@ -15,6 +15,8 @@ import redis
 
 from asok_green.history.redis_store import PendingMessage, StreamLog, WriteQueue, parse_published
 
+pytestmark = pytest.mark.quick
+
 CHANNEL = "asok:ws:history"
 
 

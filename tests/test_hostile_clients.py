@@ -16,11 +16,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 import pytest
 import websocket
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port, wait_until
 from tests.echo import ROOT
 from tests.raw_client import OP_CLOSE, OP_PING, OP_TEXT, RawClient
 from tests.server_frames import client_frame, close_code, split_server_frame
@@ -111,6 +112,15 @@ def server_frames(raw: RawClient, timeout: float) -> list[tuple[bool, int, bytes
     raise AssertionError(f"server did not end the connection within {timeout}s")
 
 
+def log_marker(server: ServerProcess) -> None:
+    """Have ``server`` log a line of its own and wait for it: whatever it logged before is in the log."""
+    path = f"/log-marker-{uuid.uuid4().hex}"
+    raw = RawClient(server.port)
+    assert raw.upgrade(path).startswith(b"HTTP/1.1 404")
+    raw.close()
+    server.wait_for_log(f"refused WebSocket {path}")
+
+
 def no_traceback(server: ServerProcess) -> None:
     log = server.log()
     assert "Traceback" not in log, log[-4000:]
@@ -126,17 +136,17 @@ def test_a_flooding_client_does_not_freeze_the_others(serve):
     probe = websocket.create_connection(server.ws_url + "/echo", timeout=5)
     probe.send("warm-up")
     assert probe.recv() == "warm-up"
-    time.sleep(1)  # the silent client has been pinged by now; drop those pings
-    silent.sock.settimeout(0.1)
-    try:
-        while silent.sock.recv(65536):
-            pass
-    except TimeoutError:
-        pass
 
     flooder = Flooder(server.port, "/count")
     try:
-        time.sleep(1)  # the flood is on
+        wait_until(lambda: ask_stats(server)["calls"] > 0, what="the server handling the flood")
+        # Drop the pings the silent client got so far: the one it waits for below comes during the flood.
+        silent.sock.settimeout(0.1)
+        try:
+            while silent.sock.recv(65536):
+                pass
+        except TimeoutError:
+            pass
         # Another client's round trips complete (each within websocket-client's 5 s timeout).
         for i in range(20):
             probe.send(f"probe {i}")
@@ -165,7 +175,8 @@ def test_rate_limit_closes_a_flooder_at_once_and_no_handler_runs_after(serve):
         assert "ended after" in flooder.wait_ended(timeout=30)
         calls = ask_stats(server)["calls"]
         assert 1 <= calls <= 200  # the burst of 100, and what came in while the next tokens filled
-        time.sleep(1)
+        # Once the flooder's connection is gone from the server, none of its messages can be handled.
+        wait_until(lambda: ask_stats(server)["connections"] == 1, what="the flooder's connection gone")
         stats = ask_stats(server)
         assert stats["calls"] == calls
         assert stats["stats"]["rate_limited"] == 1
@@ -235,7 +246,7 @@ def test_ping_flood_from_a_client_that_never_reads_is_bounded(serve):
 def test_slow_consumer_gets_whole_frames_then_1008_and_no_traceback(serve):
     # The sink never answers the close frame: the server drops it after the close timeout.
     server = serve(WS_SEND_BUFFER="8192", WS_MAX_QUEUE="65536", WS_CLOSE_TIMEOUT="8")
-    for _attempt in range(2):
+    for attempt in range(2):
         sink = RawClient(server.port)
         # Small buffers on both sides: the kernel takes some broadcast frames only in part.
         sink.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -244,7 +255,8 @@ def test_slow_consumer_gets_whole_frames_then_1008_and_no_traceback(serve):
         pump.send("300 3001")
         assert pump.recv() == "pumped"
         pump.close()
-        time.sleep(0.5)  # the sink has been closed as a slow consumer; now it reads everything
+        # The sink has been closed as a slow consumer; now it reads everything.
+        wait_until(lambda n=attempt + 1: ask_stats(server)["stats"].get("slow_consumers_closed", 0) == n, what="closed")
         frames = server_frames(sink, timeout=20)
         *data, last = frames
         assert data, "the sink got no message before its close frame"
@@ -253,7 +265,7 @@ def test_slow_consumer_gets_whole_frames_then_1008_and_no_traceback(serve):
             assert payload[:8] == f"{i:08d}".encode()
         assert last[1] == OP_CLOSE and close_code(last[2]) == 1008
         assert last[2][2:] == b"send queue over limit: client too slow"
-    time.sleep(0.5)
+    log_marker(server)
     no_traceback(server)
 
 
@@ -300,16 +312,16 @@ def test_no_close_path_logs_a_traceback(serve, tmp_path):
     pump.send("300 3001")
     assert pump.recv() == "pumped"
     pump.close()
-    time.sleep(2)  # past the close timeout: the server drops it
+    # The sink reads nothing until the server, past the close timeout, has dropped it.
+    wait_until(lambda: ask_stats(server)["connections"] == 1, what="the slow consumer dropped")
     assert sink.frames_until_closed(timeout=10)[-1][0] == OP_CLOSE
     # Server shutdown: 1001 to an idle client.
     idle = RawClient(server.port)
     idle.upgrade("/sink")
-    time.sleep(0.2)
+    wait_until(lambda: ask_stats(server)["connections"] == 2, what="the idle client registered")
     server.proc.terminate()
     assert idle.close_code(timeout=10) == 1001
-    server.proc.wait(10)
-    time.sleep(0.2)
+    server.proc.wait(10)  # its log is whole once it has exited
     no_traceback(server)
 
 

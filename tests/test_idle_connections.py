@@ -17,10 +17,10 @@ import gevent.socket
 import pytest
 from gevent.event import Event
 
+from asok_green.api.serving import make_server
 from asok_green.protocol.frames import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
-from asok_green.server import connection as connection_module
 from asok_green.server import hub as hub_module
-from asok_green.server.handler import make_server
+from asok_green.server import inbound as inbound_module
 from asok_green.server.hub import WebSocketServer
 from tests.conftest import greenlet_count
 from tests.server_frames import client_frame, parse_server_frames
@@ -151,7 +151,7 @@ def test_a_message_wakes_a_reader_that_ends_once_the_client_goes_quiet(served):
     client.send(OP_TEXT, b"ping?")
     assert client.recv() == (OP_TEXT, b"ping?")
     assert greenlet_count() == before + 1  # the reader waits a moment for more
-    with gevent.Timeout(connection_module._LINGER + 10, AssertionError("the reader of a quiet client never ended")):
+    with gevent.Timeout(inbound_module._LINGER + 10, AssertionError("the reader of a quiet client never ended")):
         while greenlet_count() != before:
             gevent.sleep(0.05)
     client.close()

@@ -10,11 +10,14 @@ import pytest
 
 from asok_green.bridge.auth import SessionState
 from asok_green.core.limits import Limits
+from asok_green.core.rate import TokenBucket
 from asok_green.server import hub as hub_module
 from asok_green.server import keepalive, revocation
-from asok_green.server.connection import Connection, TokenBucket
+from asok_green.server.connection import Connection
 from asok_green.server.handler import RequestTooLarge, read_header_block
 from asok_green.server.hub import WebSocketServer
+
+pytestmark = pytest.mark.quick
 
 
 def test_keyword_beats_config_beats_environment():

@@ -166,15 +166,35 @@ class Client:
                 raise AssertionError(f"no message with {fields} within {timeout}s; got {self.backlog}")
             self.backlog.append(message)
 
-    def silent(self, wait: float = 0.4, **fields) -> None:
-        """Assert that no message with ``fields`` arrives within ``wait`` seconds."""
-        deadline = time.monotonic() + wait
-        while (left := deadline - time.monotonic()) > 0:
-            message = self._read(left)
-            if message is not None:
-                self.backlog.append(message)
+    def handled(self, until: dict | None = None, timeout: float = 5) -> dict:
+        """Read up to the marker, keeping what comes before it; return the marker.
+
+        The marker is the first message with the fields ``until`` that arrives from now on,
+        by default the answer to a ``get_presence`` sent now: the server answers this
+        client in order, after what it sent it before and what it sent for its earlier messages.
+        """
+        if until is None:
+            self.send(op="get_presence")
+            until = {"type": "presence_list", "room": _MISSING}
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            message = self._read(left) if left > 0 else None
+            if message is None:
+                raise AssertionError(f"no message with {until} within {timeout}s; got {self.backlog}")
+            if _matches(message, until):
+                return message
+            self.backlog.append(message)
+
+    def silent(self, until: dict | None = None, **fields) -> dict:
+        """Assert that no message with ``fields`` came before the marker (see :meth:`handled`); return the marker.
+
+        The caller makes sure the event that must not reach this client was handled first.
+        """
+        marker = self.handled(until)
         unexpected = [m for m in self.backlog if _matches(m, fields)]
         assert not unexpected, f"unexpected {unexpected}"
+        return marker
 
     def close(self) -> None:
         """Close the WebSocket."""
@@ -207,6 +227,16 @@ def connect(server, cookies):
     probe = ws_connect(server, "/introspect")
     deadline = time.monotonic() + 5
     while introspect(probe)["connections"] > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    probe.close()
+
+
+def wait_for_connections(server, count: int) -> None:
+    """Wait until ``server`` holds ``count`` connections besides the asking one: the closes before are handled."""
+    probe = ws_connect(server, "/introspect")
+    deadline = time.monotonic() + 10
+    while (held := introspect(probe)["connections"] - 1) != count:
+        assert time.monotonic() < deadline, f"{held} connections, not {count}"
         time.sleep(0.05)
     probe.close()
 
@@ -268,6 +298,7 @@ def test_presence_is_counted_across_tabs_and_paths(server, connect, ids):
     info = introspect(probe, users=[ids["alice"]])
     assert info["online"] == [ids["alice"]] and info["is_online"] == {str(ids["alice"]): True}
     first.close()
+    wait_for_connections(server, 4)  # probe, watcher, notified, second
     watcher.silent(type="presence")
     assert introspect(probe, users=[ids["alice"]])["is_online"] == {str(ids["alice"]): True}
     second.close()
@@ -278,10 +309,11 @@ def test_presence_is_counted_across_tabs_and_paths(server, connect, ids):
     probe.close()
 
 
-def test_guests_are_never_announced(connect):
+def test_guests_are_never_announced(server, connect):
     watcher = connect()
     connect()
     connect(path="/echo").close()
+    wait_for_connections(server, 2)
     watcher.silent(type="presence")
 
 
@@ -322,6 +354,7 @@ def test_leave_room_stops_room_messages(connect, ids):
     bob.send(op="leave_room", room="chat:leave")
     alice.expect(**room_presence("chat:leave", ids["bob"], "left"))
     alice.send(op="typing", room="chat:leave", typing=True)
+    alice.handled()  # in order: the typing went out before this answer
     bob.silent(type="typing")
 
 
@@ -364,6 +397,7 @@ def test_typing_and_receipts_from_non_members_go_nowhere(connect, ids):
     joined(bob, "chat:elsewhere", ids["bob"])
     bob.send(op="typing", room="chat:members", typing=True)
     bob.send(op="receipt", room="chat:members", message_id=1, status="read")
+    bob.handled()  # in order: whatever they sent went out before this answer
     alice.silent(type="typing")
     alice.silent(type="receipt")
 
@@ -409,9 +443,8 @@ def test_conn_join_leave_and_broadcast_to_from_a_page(server, connect, ids):
     api.ws.send("leave chat:api")
     assert api.expect(joined=None) == {"joined": None, "rooms": []}
     assert fetch(f"{server.url}/shout?room=chat:api&msg=again").text == "1"
-    api.silent(text="again")
-    api.ws.send("join closed:api")
-    assert api.expect(joined=False) == {"joined": False, "rooms": []}
+    api.ws.send("join closed:api")  # answered after whatever the shout sent this client
+    assert api.silent(until={"joined": False}, text="again") == {"joined": False, "rooms": []}
 
 
 # -- room presence (asok_green's extension) -------------------------------------------------

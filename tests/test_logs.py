@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from asok_green.core import logs
 from asok_green.core.logs import LogLimiter, log_limited
+
+pytestmark = pytest.mark.quick
 
 
 def test_lines_within_the_burst_are_logged():

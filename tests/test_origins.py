@@ -11,6 +11,8 @@ import pytest
 
 from asok_green.core.origins import InsecureOriginPolicy, OriginPolicy
 
+pytestmark = pytest.mark.quick
+
 PROD = {"DEBUG": False}
 DEBUG = {"DEBUG": True}
 

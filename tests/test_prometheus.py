@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from tests.asok_project import make_project, project_env
-from tests.cluster_support import Clients, node_env
+from tests.cluster_support import node_env
 from tests.conftest import BIN, ServerProcess, asok_serve, free_port, stop_process
 
 pytestmark = pytest.mark.timeout(100)
@@ -116,14 +116,6 @@ def metrics_project(tmp_path_factory):
     """The test project; /fanout broadcasts what it receives."""
     extra = '\n\n@ws.on("/fanout")\ndef fanout(conn, message):\n    ws.broadcast("/fanout", message)\n'
     return make_project(tmp_path_factory.mktemp("metrics-project"), extra_wsgi=extra)
-
-
-@pytest.fixture
-def clients():
-    """The test's WebSocket clients, closed when it ends."""
-    opened = Clients()
-    yield opened
-    opened.close_all()
 
 
 def test_prometheus_scrapes_one_process_with_the_token(metrics_project, tmp_path, clients):

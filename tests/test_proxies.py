@@ -32,6 +32,8 @@ from asok_green.core.proxies import (
 from tests.asok_project import make_project, project_env
 from tests.conftest import INTROSPECTION, asok_serve
 
+pytestmark = pytest.mark.quick
+
 PEER = ("127.0.0.1", 50000)
 TRUSTED = ProxyPolicy.from_setting(["127.0.0.1"])
 

@@ -12,6 +12,8 @@ from asok_green.protocol.handshake import request_headers
 from asok_green.protocol.request_head import parse_upgrade_head
 from asok_green.server.handler import parse_header_block
 
+pytestmark = pytest.mark.quick
+
 BLOCKS = [
     ["Host: a", "Upgrade: websocket", "Connection: Upgrade"],
     ["Host: a", "upgrade: WebSocket", "X-Dup: 1", "x-dup: 2", "X-DUP: 3"],

@@ -8,9 +8,13 @@ of answering a replay with the wrong messages.
 
 from __future__ import annotations
 
+import pytest
+
 from asok_green.history.streams import Policy, Stream
 from asok_green.protocol.envelopes import Since
-from asok_green.server.connection import Outgoing
+from asok_green.protocol.outgoing import Outgoing
+
+pytestmark = pytest.mark.quick
 
 
 def test_an_offset_past_the_next_one_empties_the_tail_instead_of_leaving_a_hole():

@@ -1,4 +1,4 @@
-"""The resume client's logic (asok_green/client_assets/resume.js), checked in real Chromium.
+"""The resume client's logic (asok_green/bridge/client_assets/resume.js), checked in real Chromium.
 
 No server: the page is served by Playwright's router on http://resume.test/, and
 ``window.WebSocket`` is replaced by a scripted socket the test drives frame by
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 ORIGIN = "http://resume.test"
 #: The resume client as shipped in the package.
-SCRIPT_FILE = pathlib.Path(__file__).resolve().parent.parent / "asok_green" / "client_assets" / "resume.js"
+SCRIPT_FILE = pathlib.Path(__file__).resolve().parent.parent / "asok_green" / "bridge" / "client_assets" / "resume.js"
 
 #: A WebSocket stand-in: records what the client does, and lets the test open, feed and drop it.
 SCRIPTED_SOCKET = """

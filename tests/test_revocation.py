@@ -11,9 +11,12 @@ from collections import Counter
 from types import SimpleNamespace
 
 import gevent
+import pytest
 
 from asok_green.bridge.auth import SessionState
 from asok_green.server import revocation
+
+pytestmark = pytest.mark.quick
 
 
 class Tab:

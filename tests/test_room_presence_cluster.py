@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import time
 
 import pytest
@@ -19,10 +18,10 @@ from tests.asok_project import login, make_project
 from tests.cluster_support import (
     NODE_ROUTES,
     TTL,
-    Clients,
     RedisServer,
     recv_json,
     start_node,
+    user_ids,
 )
 from tests.conftest import INTROSPECTION
 
@@ -39,30 +38,18 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def users(project) -> dict[str, int]:
-    with sqlite3.connect(project / "db.sqlite3") as db:
-        return dict(db.execute("SELECT name, id FROM users"))
+    return user_ids(project)
 
 
 @pytest.fixture(scope="module")
-def nodes(project, redis_server, tmp_path_factory):
+def nodes(project, start_nodes):
     """Nodes A and B."""
-    logs = tmp_path_factory.mktemp("logs")
-    started = [start_node(project, logs, redis_server) for _ in range(2)]
-    yield started
-    for node in started:
-        node.stop()
+    return start_nodes(project, 2)
 
 
 @pytest.fixture(scope="module")
 def cookies(nodes):
     return {name: login(nodes[0].url, name) for name in ("alice", "bob")}
-
-
-@pytest.fixture
-def clients():
-    opened = Clients()
-    yield opened
-    opened.close_all()
 
 
 def is_room_presence(message: dict) -> bool:

@@ -4,6 +4,8 @@ import pytest
 
 from asok_green.core.routing import RouteTable, is_canonical, request_path, split_path
 
+pytestmark = pytest.mark.quick
+
 
 def test_split_path_ignores_empty_segments():
     assert split_path("//chat/general/") == ("chat", "general")

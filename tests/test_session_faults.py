@@ -10,7 +10,6 @@ served as guests. Re-checks run every 0.3 s here; the server counts them in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ import pytest
 import websocket
 
 from tests.asok_project import fetch, login, make_project, project_env
-from tests.cluster_support import RedisServer
 from tests.conftest import BIN, ServerProcess, asok_serve, free_port
 
 pytestmark = pytest.mark.timeout(110)
@@ -73,31 +71,11 @@ def next_close_code(client, timeout: float = 10) -> int:
             return struct.unpack("!H", frame.data[:2])[0]
 
 
-class Clients:
-    """The WebSocket clients of one test, closed before its servers stop (so they stop at once)."""
-
-    def __init__(self) -> None:
-        self.opened: list = []
-
-    def connect(self, server, path: str, cookies: dict | None = None, timeout: float = 30):
-        """A client on ``path``, with room for a handshake the server takes seconds to answer."""
-        header = [f"Cookie: {'; '.join(f'{k}={v}' for k, v in cookies.items())}"] if cookies else None
-        client = websocket.create_connection(server.ws_url + path, origin=server.url, header=header, timeout=timeout)
-        self.opened.append(client)
-        return client
-
-    def close_all(self) -> None:
-        for client in self.opened:
-            with contextlib.suppress(OSError, websocket.WebSocketException):
-                client.close(timeout=1)
-        self.opened.clear()
-
-
 @pytest.fixture
-def clients():
-    opened = Clients()
-    yield opened
-    opened.close_all()
+def clients(clients):
+    """conftest's clients, with room for a handshake the server takes seconds to answer."""
+    clients.timeout = 30
+    return clients
 
 
 def serve_bound_by_file_permissions(project, tmp, env) -> ServerProcess:
@@ -153,24 +131,25 @@ def test_unreadable_session_directory_keeps_sockets_open_until_a_real_logout(fau
         pages.stop()
 
 
-def test_redis_session_store_stopped_then_restarted_keeps_sockets_and_sessions(faults_project, tmp_path, clients):
-    redis = RedisServer(tmp_path)
+def test_redis_session_store_stopped_then_restarted_keeps_sockets_and_sessions(
+    faults_project, tmp_path, own_redis, clients
+):
     server = asok_serve(
-        faults_project, tmp_path, env=project_env(SESSION_BACKEND="redis", ASOK_REDIS_URL=redis.url, **CHECKS)
+        faults_project, tmp_path, env=project_env(SESSION_BACKEND="redis", ASOK_REDIS_URL=own_redis.url, **CHECKS)
     )
     try:
         cookies = login(server.url, "alice")
         tab = clients.connect(server, "/me", cookies=cookies)
         stats = clients.connect(server, "/stats")
         assert answer(tab) == "alice"
-        assert redis.command("SAVE") == "+OK"
-        redis.stop()
+        assert own_redis.command("SAVE") == "+OK"
+        own_redis.stop()
         try:
             server.wait_for_log(OUTAGE, timeout=30)
             wait_for_stat(stats, "session_rechecks_unknown", 3)
             assert answer(tab) == "alice"
         finally:
-            redis.start()
+            own_redis.start()
         server.wait_for_log(RECOVERED, timeout=30)
         assert server.log().count(OUTAGE) == 1
         assert answer(tab) == "alice"
@@ -178,7 +157,6 @@ def test_redis_session_store_stopped_then_restarted_keeps_sockets_and_sessions(f
     finally:
         clients.close_all()
         server.stop()
-        redis.stop()
 
 
 def test_unreadable_user_database_at_the_handshake_gets_503_not_a_guest(faults_project, tmp_path, clients):

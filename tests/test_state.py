@@ -21,6 +21,8 @@ from asok_green.core.state import (
     UserOnline,
 )
 
+pytestmark = pytest.mark.quick
+
 BIG = 1_000
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from asok_green.protocol.frames import accept_key
 from asok_green.protocol.handshake import SUBPROTOCOL_KEY, accept_subprotocol, choose_subprotocol, response_headers
+
+pytestmark = pytest.mark.quick
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 

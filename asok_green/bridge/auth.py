@@ -28,7 +28,6 @@ loop, where Redis, through gevent's sockets, yields instead of blocking.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import logging
@@ -41,8 +40,10 @@ from urllib.parse import unquote
 import gevent
 
 from ..core.outage import Outage
+from ..core.sessions import Credentials, SessionState, StoreUnavailable
 
 __all__ = [
+    "Credentials",
     "SessionAuth",
     "SessionState",
     "StoreUnavailable",
@@ -104,30 +105,6 @@ class _Login:
     user_id: Any
     sid: str | None = None
     data: Mapping[str, Any] | None = None
-
-
-class StoreUnavailable(Exception):
-    """The session store or the user database did not answer: the session is neither live nor ended."""
-
-
-class SessionState(enum.Enum):
-    """What a re-check learned about a session."""
-
-    #: The session exists, has not ended, and is the user's.
-    LIVE = "live"
-    #: Definitely over: missing, logged out, revoked, or another user's.
-    ENDED = "ended"
-    #: The store could not say; ask again later.
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who a handshake is: the user (or None), the session, and the session id the login is bound to."""
-
-    user: Any = None
-    session: Any = None
-    login_sid: str | None = None
 
 
 _GUEST = Credentials()

@@ -39,7 +39,7 @@ from ..core.outage import Outage
 from ..protocol.frames import OP_TEXT
 
 if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+    from ..protocol.outgoing import Outgoing
     from ..server.hub import WebSocketServer
 
 logger = logging.getLogger("asok_green.adapter")

@@ -63,7 +63,7 @@ from ..core import state
 from ..protocol.frames import OP_TEXT
 
 if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+    from ..protocol.outgoing import Outgoing
     from ..server.hub import WebSocketServer
 
 logger = logging.getLogger("asok_green.cluster")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..server.connection import Outgoing
+    from ..protocol.outgoing import Outgoing
 
 
 class Node(Protocol):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..core.logs import log_limited
 from ..protocol import envelopes
 from ..protocol.frames import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN
-from ..server.connection import Outgoing
+from ..protocol.outgoing import Outgoing
 from .store import HistoryStore, HistoryUnavailable, make_store
 
 if TYPE_CHECKING:

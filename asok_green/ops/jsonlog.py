@@ -16,6 +16,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ..core.log_fields import conn_fields, request_fields
+
 __all__ = ["conn_fields", "configure", "json_requested", "request_fields"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -71,36 +73,6 @@ def configure(level: str, config: Mapping[str, Any] | None = None) -> None:
             for handler in logging.getLogger(name).handlers:
                 if not isinstance(handler.formatter, type(_formatter(True))):
                     handler.setFormatter(_formatter(True))
-
-
-def conn_fields(conn: Any, event: str, **fields: Any) -> dict[str, Any]:
-    """The ``extra=`` of a line about ``conn``: event, connection id, route pattern, path, and ``fields``."""
-    addr = conn.addr
-    conn_id = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else str(addr)
-    route = None
-    try:
-        found = conn.server.match(conn.path)[0]
-        route = found.pattern if found is not None else None
-    except Exception:
-        pass
-    return {"event": event, "conn": conn_id, "route": route, "path": conn.path, **fields}
-
-
-def request_fields(handler: Any) -> dict[str, Any]:
-    """The ``extra=`` of an access-log line, in the fields Asok's JSON lines use for requests."""
-    started, finished = getattr(handler, "time_start", None), getattr(handler, "time_finish", None)
-    duration = round((finished - started) * 1000, 3) if started and finished else None
-    addr = handler.client_address
-    status = getattr(handler, "code", None)
-    return {
-        "event": "http_request",
-        "method": getattr(handler, "command", None),
-        "path": getattr(handler, "path", None),
-        "status": status,
-        "duration_ms": duration,
-        "ip": addr[0] if isinstance(addr, tuple) else addr,
-        "bytes": getattr(handler, "response_length", None),
-    }
 
 
 def announce(message: str, event: str, level: str = "INFO", stream: Any = None, **fields: Any) -> None:

@@ -28,6 +28,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ..core.refusals import handshake_refusals
+from ..core.refusals import refusal_label as refusal_cause
+
 logger = logging.getLogger("asok_green")
 
 __all__ = [
@@ -53,9 +56,6 @@ SNAPSHOT_INTERVAL = 1.0
 
 #: Upper bounds (seconds) of the handler-time and fan-out-time buckets.
 TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-
-#: Handshakes refused, by cause (see :func:`refusal_cause`): one per process.
-handshake_refusals: Counter = Counter()
 
 
 def available() -> bool:
@@ -117,19 +117,6 @@ class HubMetrics:
         if timing is None:
             timing = self.handler_time[handler] = Timing()
         timing.observe(seconds)
-
-
-def refusal_cause(status: int, reason: str) -> str:
-    """The cause label of a refused handshake: origin, limit, auth, route, path, headers or protocol."""
-    if status == 403:
-        return "origin"
-    if status == 503:
-        return "limit" if "too many" in reason else "auth"
-    if status == 404:
-        return "path" if "canonical" in reason else "route"
-    if status in (408, 414, 431):
-        return "headers"
-    return "protocol"
 
 
 # -- gathering (pure reads of the hubs) ---------------------------------------------

@@ -5,24 +5,22 @@ node (or anything shaped like them) and returns a JSON-able dict. The rates
 (messages per second, handler time over the last interval) come from the
 totals of the previous snapshot, which the caller passes back in.
 
-:class:`RefusalLog` keeps counts by cause and a bounded ring of the latest
-refusals: the cause, the HTTP status, the route pattern the path matched (never
-the raw path, which the client chose) and the time.
+"The handshakes refused lately" come from the server's record of them
+(:data:`asok_green.core.refusals.REFUSALS`).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import Counter
 from typing import Any
 
-#: How many room rows, online user ids and recent refusals a snapshot carries at most.
+from ..core.refusals import REFUSALS, RefusalLog
+
+#: How many room rows and online user ids a snapshot carries at most.
 MAX_ROOMS = 100
 MAX_USERS = 50
-MAX_REFUSALS = 50
 
 #: The hub's counters of connections it closed on its own, by what the dashboard calls them.
 CLOSES = {
@@ -32,68 +30,6 @@ CLOSES = {
     "keepalive": "keepalive_closed",
     "revoked": "revoked",
 }
-
-
-def refusal_cause(status: int, reason: str) -> str:
-    """The cause of a refused handshake, from its status and reason: a small, fixed set of words."""
-    if status == 403:
-        return "origin"
-    if status == 404:
-        return "route"
-    if status == 503:
-        return "capacity" if "too many" in reason else "auth"
-    if status == 401:
-        return "auth"
-    return "handshake"
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """One refused handshake as the dashboard keeps it."""
-
-    at: float
-    cause: str
-    status: int
-    pattern: str | None
-
-
-class RefusalLog:
-    """Refused handshakes of this process: counts by cause, and the latest ``size`` of them."""
-
-    def __init__(self, size: int = MAX_REFUSALS) -> None:
-        """An empty log keeping at most ``size`` recent refusals."""
-        self.counts: Counter = Counter()
-        self.recent: deque[Refusal] = deque(maxlen=size)
-
-    def note(self, status: int, reason: str, pattern: str | None, at: float | None = None) -> None:
-        """Count one refusal; ``pattern`` is the route pattern the path matched, if any."""
-        cause = refusal_cause(status, reason)
-        self.counts[cause] += 1
-        self.recent.append(Refusal(time.time() if at is None else at, cause, status, pattern))
-
-    def note_handshake(self, refusal: Any, hubs: Iterable[Any], path: str) -> None:
-        """Count a refusal the server answered to an upgrade request for ``path``."""
-        pattern = None
-        if refusal.status != 404:
-            for hub in hubs:
-                route, _ = hub.match(path)
-                if route is not None:
-                    pattern = route.pattern
-                    break
-        self.note(refusal.status, refusal.reason, pattern)
-
-    def view(self) -> dict:
-        """Counts by cause and the recent refusals, newest first, as JSON-able data."""
-        return {
-            "by_cause": dict(self.counts),
-            "recent": [
-                {"at": r.at, "cause": r.cause, "status": r.status, "pattern": r.pattern} for r in reversed(self.recent)
-            ],
-        }
-
-
-#: The refusals of this process (the server notes each one it answers).
-REFUSALS = RefusalLog()
 
 
 def _handler_totals(hub: Any) -> dict[str, dict[str, float]]:

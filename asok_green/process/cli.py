@@ -350,9 +350,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(args.log_level, getattr(app, "config", None))
     quiet_duplicate_loggers()
+    from ..api.serving import serve
     from ..cluster.redis_node import ClusterConfigError
     from ..core.origins import InsecureOriginPolicy
-    from ..server.handler import serve
     from ..server.tls import TLSConfigError, server_tls_options
 
     try:

@@ -81,7 +81,7 @@ def serve_load_error(listener: socket.socket, text: str, tls: dict) -> None:
 
 def serve_project(app: Any, listener: socket.socket, tls: dict, url: str) -> None:
     """Serve ``app`` and its WebSockets on ``listener`` until a signal or the parent's exit."""
-    from ..server.handler import make_server
+    from ..api.serving import make_server
 
     server = make_server(app, listener=listener, **tls)
     print(f"asok_green: dev worker {os.getpid()} serving {url}", flush=True)

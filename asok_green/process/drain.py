@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from typing import Any
 
 import gevent
-
-from ..server.listeners import READY_FD_ENV
 
 logger = logging.getLogger("asok_green")
 
@@ -45,17 +42,6 @@ def drain_schedule(count: int, seconds: float, rng: random.Random) -> list[tuple
     ]
 
 
-def tell_parent_ready() -> None:
-    """Tell the process that started this one (through ``ASOK_GREEN_READY_FD``) that it serves."""
-    fd = os.environ.pop(READY_FD_ENV, None)
-    if fd is not None:
-        try:
-            os.write(int(fd), b"1")
-            os.close(int(fd))
-        except (OSError, ValueError):
-            pass
-
-
 def drain(server: Any, seconds: float | None = None, rng: random.Random | None = None, *, stop: bool = True) -> bool:
     """Stop accepting, close every WebSocket with 1012 over ``seconds``, wait for HTTP requests.
 
@@ -64,7 +50,7 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
     still running then, are dropped. With ``stop`` the server is then marked
     stopped (its process exits). False if a shutdown (SIGTERM) took over meanwhile.
     """
-    if server.stopped.is_set() or server.draining or getattr(server, "_shutting_down", False):
+    if server.stopped.is_set() or server.draining or getattr(server, "shutting_down", False):
         return False
     server.draining = True
     rng = rng or random.Random()
@@ -97,7 +83,7 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
         if server.stopped.is_set():
             return False
         gevent.sleep(0.02)
-    if server.stopped.is_set() or getattr(server, "_shutting_down", False):
+    if server.stopped.is_set() or getattr(server, "shutting_down", False):
         return False
     if server.connection_count() or server.requests_in_flight:
         logger.warning(

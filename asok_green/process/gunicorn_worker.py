@@ -17,14 +17,14 @@ from typing import Any
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
+from ..api.serving import AppHandler
 from ..ops import metrics
-from ..server.handler import GreenHandler
 
 logger = logging.getLogger("asok_green")
 
 
-class WorkerHandler(GreenHandler, PyWSGIHandler):
-    """:class:`GreenHandler` with gunicorn's environ keys and access log."""
+class WorkerHandler(AppHandler, PyWSGIHandler):
+    """:class:`~asok_green.api.serving.AppHandler` with gunicorn's environ keys and access log."""
 
     def log_request(self) -> None:
         """Log finished HTTP requests in gunicorn's access log; upgrades are not requests that finish."""

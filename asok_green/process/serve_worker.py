@@ -20,7 +20,7 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
-from ..server.listeners import inherited_listener, listen  # noqa: E402
+from ..server.listeners import inherited_listener, listen, tell_parent_ready  # noqa: E402
 
 
 def reuse_port_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
@@ -43,8 +43,8 @@ def serve_worker(app: Any, host: str, port: int, fd: int | None = None) -> None:
     ``fd`` is the listening socket the parent passed down (else one is bound
     here). SIGHUP drains: a new worker already serves in this one's place.
     """
-    from ..server.handler import make_server
-    from .drain import drain, tell_parent_ready
+    from ..api.serving import make_server
+    from .drain import drain
 
     listener = inherited_listener(fd) if fd is not None else reuse_port_listener(host, port)
     server = make_server(app, host=host, port=port, listener=listener)

@@ -369,17 +369,8 @@ class MessageReader:
         return message
 
     @property
-    def partial(self) -> bool:
-        """True while the reader holds the start of a frame whose rest has not arrived."""
-        return bool(self._buf)
-
-    @property
     def at_rest(self) -> bool:
-        """True between two messages: no frame begun, no fragmented message under way, not done.
-
-        A reader at rest holds nothing a new reader would not: it may be
-        dropped and another made for the next bytes.
-        """
+        """True between two messages (no frame begun, no fragments held, not done): as good as a new reader."""
         return not self._buf and self._opcode is None and not self._done
 
     @property
@@ -433,12 +424,10 @@ def _parse_close(payload: bytes) -> Close:
 
 
 def control_frames_length(data: bytes, pings: bool = True) -> int:
-    """Bytes at the start of ``data`` that are whole ping and pong frames as a client sends them.
+    """Bytes at the start of ``data`` that are whole ping (with ``pings``) and pong frames from a client.
 
-    Counts only frames a :class:`MessageReader` at a frame boundary would take
-    as they are (final, no reserved bits, masked, at most 125 bytes of
-    payload); it stops at anything else, at an incomplete frame, and, unless
-    ``pings``, at a ping.
+    Only frames a :class:`MessageReader` at rest takes as they are count (final,
+    no reserved bits, masked, at most 125 bytes of payload).
     """
     first = (0x80 | OP_PING, 0x80 | OP_PONG) if pings else (0x80 | OP_PONG,)
     pos, end = 0, len(data)

@@ -11,17 +11,17 @@ reading ``request.user`` never looks the session up again.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .connection import Connection
-
+from typing import Any
 
 _BODY_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding"})
 
 
-def handshake_request(conn: Connection) -> Any:
-    """An ``asok.request.Request`` for ``conn``'s handshake: headers, cookies, path, address, user, session."""
+def handshake_request(conn: Any) -> Any:
+    """An ``asok.request.Request`` for ``conn``'s handshake: headers, cookies, path, address, user, session.
+
+    ``conn`` is a :class:`~asok_green.server.connection.Connection`, which
+    calls this through its ``request_factory``.
+    """
     from asok.ws.live import _build_pseudo_request
 
     # A handshake has no body for the Request to read: its body headers would make it try.

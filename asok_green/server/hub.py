@@ -31,7 +31,8 @@ from ..core.limits import Limits, open_files_limit
 from ..core.node import SINGLE_PROCESS, Node
 from ..core.routing import Route, RouteTable
 from ..protocol.frames import OP_TEXT
-from .connection import Connection, Outgoing
+from ..protocol.outgoing import Outgoing
+from .connection import Connection
 
 logger = logging.getLogger("asok_green")
 _native_thread_id = get_original("_thread", "get_ident")

@@ -17,17 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from ..core.log_fields import conn_fields
 from ..core.logs import flush_suppressed
-from ..ops.jsonlog import conn_fields
 from ..protocol.frames import CLOSE_INTERNAL_ERROR, OP_PING, encode_frame
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .hub import WebSocketServer
 
 logger = logging.getLogger("asok_green")
 
@@ -68,8 +67,8 @@ def sweep_period(interval: float, timeout: float) -> tuple[float, int]:
     return period, max(1, round(period / SLICE_SECONDS))
 
 
-def run(server: WebSocketServer) -> None:
-    """Sweep ``server``'s connections for as long as the greenlet lives; a sweep that raises is logged."""
+def run(server: Any) -> None:
+    """Sweep the hub ``server``'s connections for as long as the greenlet lives; a sweep that raises is logged."""
     limits = server.limits
     period, slices = sweep_period(limits.ping_interval, limits.ping_timeout)
     part = 0

@@ -8,6 +8,7 @@ several ``SO_REUSEPORT`` siblings) resets the connections queued in it.
 
 from __future__ import annotations
 
+import os
 import socket
 
 #: The environment variable through which a server process reports that it serves.
@@ -34,3 +35,14 @@ def listen(host: str, port: int, *, reuse_port: bool = False, backlog: int = 102
 def inherited_listener(fd: int) -> socket.socket:
     """The listening socket a parent passed down as file descriptor ``fd``."""
     return socket.socket(fileno=fd)
+
+
+def tell_parent_ready() -> None:
+    """Tell the process that started this one (through ``ASOK_GREEN_READY_FD``) that it serves."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is not None:
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except (OSError, ValueError):
+            pass

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from ..bridge.auth import SessionState
 from ..core.outage import Outage
+from ..core.sessions import SessionState
 from ..protocol.frames import CLOSE_POLICY
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .hub import WebSocketServer
 
 logger = logging.getLogger("asok_green")
 
@@ -72,8 +71,8 @@ def recheck(connections: Iterable[Connection], state_of: Callable[[str, Any], Se
     return closed, True
 
 
-def run(server: WebSocketServer) -> None:
-    """Re-check every logged-in connection's session each ``session_check_interval`` seconds, for good.
+def run(server: Any) -> None:
+    """Re-check the hub ``server``'s logged-in connections each ``session_check_interval`` seconds, for good.
 
     Counts each pass in ``server.stats``: ``session_rechecks``, and
     ``session_rechecks_unknown`` for those the store could not answer.

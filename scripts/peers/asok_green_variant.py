@@ -31,7 +31,7 @@ does, with these experiments switched on:
     alive; with ``--trim`` it then calls ``malloc_trim(0)`` and adds the RSS after.
 
 The asok_green package is not modified: the experiments wrap
-``asok_green.server.handler.serve_connection`` and ``GreenServer.handle``, and the
+``asok_green.server.upgrade.serve_connection`` and ``GreenServer.handle``, and the
 idle watcher drives a ``Connection`` through its own (private) parts.
 """
 
@@ -87,7 +87,7 @@ def trim_handler(handler, drops: set[str]) -> None:
 
 def install_drops(drops: set[str]) -> None:
     """Trim the handler just before the connection's read loop starts."""
-    from asok_green.server import handler as server
+    from asok_green.server import upgrade as server
 
     original = server.serve_connection
 
@@ -192,7 +192,7 @@ class Parked:
 
     def end(self) -> None:
         """What ``serve_connection`` does after the read loop, then close the socket."""
-        from asok_green.server.handler import _call_handler
+        from asok_green.server.lifecycle import call_handler
 
         conn = self.conn
         self.watcher.stop()
@@ -200,17 +200,19 @@ class Parked:
             conn.state, conn.close_code = CLOSED, CLOSE_ABNORMAL
         self.hub.unregister(conn)
         if self.route.on_disconnect is not None:
-            _call_handler(self.route.on_disconnect, conn, "disconnect")
+            call_handler(self.route.on_disconnect, conn, "disconnect")
         conn.finish(self.hub.limits.flush_timeout)
         self.sock.close()
 
 
 def install_idle_watcher(park_after: float = 0.0) -> None:
     """Serve connections through :class:`Parked` instead of a greenlet blocked in ``recv``."""
-    from asok_green.server import handler as server
+    from asok_green.server import upgrade
+    from asok_green.server.green_server import GreenServer
+    from asok_green.server.lifecycle import call_handler
 
     parked: set[int] = set()
-    do_close = server.GreenServer.do_close
+    do_close = GreenServer.do_close
 
     def keep_parked_open(self, sock, *args):
         if id(sock) in parked:
@@ -222,7 +224,7 @@ def install_idle_watcher(park_after: float = 0.0) -> None:
         handler = sys._getframe(1).f_locals.get("self")
         hub.register(conn)
         if route.on_connect is not None:
-            server._call_handler(route.on_connect, conn, "connect")
+            call_handler(route.on_connect, conn, "connect")
         # When this greenlet ends, pywsgi must neither read from the socket nor close it.
         parked.add(id(conn._sock))
         handler.socket = None
@@ -230,13 +232,13 @@ def install_idle_watcher(park_after: float = 0.0) -> None:
         leftover, conn._leftover = conn._leftover, b""
         Parked(hub, conn, route, conn._sock, park_after).start(leftover)
 
-    server.GreenServer.do_close = keep_parked_open
-    server.serve_connection = serve_connection
+    GreenServer.do_close = keep_parked_open
+    upgrade.serve_connection = serve_connection
 
 
 def install_nodelay() -> None:
     """TCP_NODELAY on every accepted connection."""
-    from asok_green.server.handler import GreenServer
+    from asok_green.server.green_server import GreenServer
 
     original = GreenServer.handle
 
@@ -352,9 +354,9 @@ def main() -> None:
     if args.malloc_stats:
         install_malloc_stats(args.malloc_stats, args.trim)
 
+    from asok_green.api.serving import serve
     from asok_green.bridge import bootstrap
     from asok_green.process.cli import configure_logging
-    from asok_green.server.handler import serve
 
     configure_logging("info")
     bootstrap.require_monkey_patched()
