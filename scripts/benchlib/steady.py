@@ -264,6 +264,12 @@ def package_of(env: dict[str, str], project: pathlib.Path) -> str:
     return done.stdout.strip()
 
 
+def commit_of(tree: str) -> str | None:
+    """The short commit a source tree is checked out at (None if it is not a git checkout)."""
+    done = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def compare(
     builds: dict[str, dict[str, str]],
     plan: SteadyPlan,
@@ -283,7 +289,8 @@ def compare(
     result: dict = {"plan": plan.__dict__, "rounds": rounds, "builds": {}}
     for name, env in builds.items():
         settings = {key: value for key, value in env.items() if key.startswith("WS_")}
-        result["builds"][name] = {"package": package_of(env, project), "settings": settings, "rounds": []}
+        package = package_of(env, project)
+        result["builds"][name] = {"package": package, "commit": commit_of(package), "settings": settings, "rounds": []}
     warm = Plan.quick()
     names = list(builds)
     for round_id in range(rounds):

@@ -122,7 +122,10 @@ def section(steady: dict | None, note: str = "") -> str:
     size = plan["connections"]
     builds = steady["builds"]
     others = [
-        f"`{name}` (the asok_green package of `{build['package']}`)" for name, build in builds.items() if name != GREEN
+        f"`{name}` (the asok_green package of `{build['package']}`"
+        + (f", commit {build['commit']})" if build.get("commit") else ")")
+        for name, build in builds.items()
+        if name != GREEN
     ]
     method = (
         f"{size:,} idle connections to `/room`, opened by two loadgen processes on their own 127.0.0.x addresses "
