@@ -83,8 +83,8 @@ class ReadQueue:
     def __init__(self) -> None:
         """No read waiting, no reader."""
         self.ready: deque[Callable[[], Any]] = deque()
-        #: A reader has been spawned and has not started yet.
-        self.starting = False
+        #: The reader spawned last, until it starts (one killed before it started is dead: another is spawned).
+        self.starting: gevent.Greenlet | None = None
 
     def add(self, read: Callable[[], Any]) -> None:
         """Queue ``read()`` for a reader; callable from the hub (it never waits)."""
@@ -97,13 +97,13 @@ class ReadQueue:
         return len(self.ready)
 
     def _start_reader(self) -> None:
-        if self.ready and not self.starting:
-            self.starting = True
-            gevent.spawn(self._serve)
+        starting = self.starting
+        if self.ready and (starting is None or starting.dead):
+            self.starting = gevent.spawn(self._serve)
 
     def _serve(self) -> None:
         """A reader: run queued reads until none is left."""
-        self.starting = False
+        self.starting = None
         ready = self.ready
         loop = gevent.get_hub().loop
         done = 0
