@@ -9,10 +9,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["WebSocketServer", "Connection", "serve", "make_server", "blocking", "__version__"]
+__all__ = [
+    "WebSocketServer",
+    "Connection",
+    "serve",
+    "make_server",
+    "blocking",
+    "publish",
+    "publish_json",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .api.serving import make_server, serve
+    from .publishing import publish, publish_json
     from .server.connection import Connection
     from .server.hub import WebSocketServer
     from .server.offload import blocking
@@ -23,6 +33,8 @@ _LAZY = {
     "serve": "api.serving",
     "make_server": "api.serving",
     "blocking": "server.offload",
+    "publish": "publishing",
+    "publish_json": "publishing",
 }
 
 

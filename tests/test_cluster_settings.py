@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from asok_green.cluster.redis_node import (
+from asok_green.cluster.settings import (
     DEFAULT_REDIS_URL,
     WORKERS_ENV,
     ClusterConfigError,

@@ -9,6 +9,8 @@ the test project and open the page and its socket as a token holder, an admin
 from __future__ import annotations
 
 import json
+import signal
+import struct
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -21,7 +23,8 @@ from asok_green.core import state as st
 from asok_green.core.node import SINGLE_PROCESS
 from asok_green.core.refusals import RefusalLog, refusal_cause
 from asok_green.core.routing import RouteTable
-from asok_green.ops.dashboard import Publisher, Watcher, presented_token, resolve_settings
+from asok_green.core.timing import HandlerTimes
+from asok_green.ops.dashboard import Publisher, presented_token, resolve_settings
 from asok_green.ops.overview import build_snapshot
 from tests.asok_project import cookie_header, fetch, login, project_env
 from tests.conftest import asok_serve, ws_connect
@@ -44,19 +47,20 @@ def greet(conn):
 
 
 def make_hub(node=SINGLE_PROCESS) -> SimpleNamespace:
-    """What the snapshot reads of a hub: counters, the state core, routes and node."""
+    """What the snapshot reads of a hub: counters, the state core, routes, node and handler times."""
     routes = RouteTable()
     routes.route("/echo").on_message = echo
     routes.route("/chat/[room]").on_message = chat
     routes.route("/chat/[room]").on_connect = greet
+    state = st.HubState()
     return SimpleNamespace(
         stats=Counter(),
-        state=st.HubState(),
+        state=state,
         routes=routes,
         node=node,
-        handler_seconds=Counter(),
-        handler_calls=Counter(),
+        handler_times=HandlerTimes(),
         match=routes.match,
+        connections=state.connections,
     )
 
 
@@ -111,10 +115,10 @@ def test_snapshot_limits_the_rooms_and_user_ids_it_carries():
 def test_rates_come_from_the_previous_snapshot():
     hub = make_hub()
     first = build_snapshot(hub, now=100.0, refusals=RefusalLog())
-    hub.handler_calls[echo] += 30
-    hub.handler_seconds[echo] += 0.060
-    hub.handler_calls[greet] += 10
-    hub.handler_seconds[greet] += 0.040
+    for _ in range(30):
+        hub.handler_times.handled(echo, 0.002)
+    for _ in range(10):
+        hub.handler_times.handled(greet, 0.004)
     hub.stats["messages_sent"] += 90
     hub.stats["slow_consumers_closed"] += 4
     second = build_snapshot(hub, now=102.0, previous=first, refusals=RefusalLog())
@@ -148,6 +152,7 @@ def test_cluster_nodes_show_users_per_node_and_the_redis_link():
     ("status", "reason", "cause"),
     [
         (403, "origin 'https://evil.example' is not allowed", "origin"),
+        (403, "forbidden: the dashboard is for admins", "auth"),
         (404, "no WebSocket route matches /x", "route"),
         (503, "too many WebSocket connections", "capacity"),
         (503, "session store unavailable, try again", "auth"),
@@ -200,23 +205,48 @@ def frame_payload(frame: bytes) -> bytes:
     return frame[2:] if size < 126 else frame[4:] if size == 126 else frame[10:]
 
 
+class Tab:
+    """A stand-in connection on the dashboard's path: the frames it was handed."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+def test_snapshot_counts_the_dashboards_own_sockets_as_watchers():
+    hub = make_hub()
+    hub.routes.route("/asok/green/live").on_connect = greet
+    open_conn(hub, "w", "/asok/green/live", user=1)
+    open_conn(hub, "c", "/echo")
+    snap = build_snapshot(hub, now=1.0, refusals=RefusalLog(), watchers="/asok/green/live")
+    assert snap["connections"] == 1 and snap["watchers"] == 1 and snap["path_count"] == 1
+    assert [row["pattern"] for row in snap["handlers"]] == ["/echo", "/chat/[room]"]
+    assert snap["nodes"][0]["connections"] == 1
+
+
 def test_publisher_runs_only_while_someone_watches():
     hub = make_hub()
-    publisher = Publisher(hub, interval=0.01)
-    first, second = Watcher(), Watcher()
-    publisher.subscribe(first)
-    assert first.latest is not None  # the current snapshot, at once
-    publisher.subscribe(second)
-    running = publisher._loop
+    hub.routes.route("/asok/green/live")
+    publisher = Publisher(hub, "/asok/green/live", interval=0.01)
+    first, second = Tab(), Tab()
+    for tab in (first, second):
+        open_conn(hub, tab, "/asok/green/live")
+        publisher.watch(tab)
+        assert len(tab.frames) == 1  # the current snapshot, at once
+    running = publisher.running
     assert running is not None
-    first.latest = second.latest = None
-    gevent.sleep(0.05)
-    assert json.loads(frame_payload(first.latest))["connections"] == 0
-    assert first.latest is second.latest  # encoded once for every watcher
-    publisher.unsubscribe(first)
-    publisher.unsubscribe(second)
+    with gevent.Timeout(10):
+        while len(first.frames) < 3:
+            gevent.sleep(0.01)
+    assert json.loads(frame_payload(first.frames[-1]))["watchers"] == 2
+    assert first.frames[2] is second.frames[2]  # encoded once for every watcher
+    hub.state.close(first, "/asok/green/live", None)
+    hub.state.close(second, "/asok/green/live", None)
     running.join(timeout=5)
-    assert running.dead and publisher._loop is None
+    assert running.dead and publisher.running is None
 
 
 # -- end to end ----------------------------------------------------------------------
@@ -224,8 +254,9 @@ def test_publisher_runs_only_while_someone_watches():
 
 @pytest.fixture(scope="module")
 def server(project, tmp_path_factory):
-    """The test project with the dashboard opened by ``TOKEN`` too."""
-    proc = asok_serve(project, tmp_path_factory.mktemp("dashboard"), env=project_env(WS_DASHBOARD_TOKEN=TOKEN))
+    """The test project with the dashboard opened by ``TOKEN`` too; sessions re-checked hourly only."""
+    env = project_env(WS_DASHBOARD_TOKEN=TOKEN, WS_SESSION_CHECK_INTERVAL="3600")
+    proc = asok_serve(project, tmp_path_factory.mktemp("dashboard"), env=env)
     yield proc
     proc.stop()
 
@@ -305,6 +336,44 @@ def test_live_socket_pushes_snapshots_of_connections_rooms_and_users(server):
     client.close()
     next_snapshot(watcher, lambda s: all(r["room"] != "dash-room" for r in s["rooms"]))
     watcher.close()
+
+
+def next_close_code(sock, timeout: float) -> int:
+    """Skip snapshots until the server's close frame; its code (AssertionError if none comes in time)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            opcode, frame = sock.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            break
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", frame.data[:2])[0]
+    raise AssertionError(f"no close frame within {timeout}s")
+
+
+def test_live_socket_closes_1008_when_its_admin_logs_out(server):
+    alice = login(server.url, "alice")
+    watcher = live(server, cookies=alice)
+    next_snapshot(watcher)
+    tab = ws_connect(server, "/echo", cookies=alice)
+    assert fetch(server.url + "/logout", cookies=alice).status in (200, 302)
+    # Sessions are re-checked hourly here: a close within the wait comes from the logout itself.
+    assert next_close_code(tab, timeout=20) == 1008
+    assert next_close_code(watcher, timeout=20) == 1008
+
+
+def test_live_socket_closes_1001_with_the_others_when_the_server_stops(project, tmp_path):
+    proc = asok_serve(project, tmp_path, env=project_env(WS_DASHBOARD_TOKEN=TOKEN))
+    try:
+        watcher = live(proc, token=TOKEN)
+        assert next_snapshot(watcher)["watchers"] == 1
+        client = ws_connect(proc, "/echo")
+        proc.proc.send_signal(signal.SIGTERM)
+        assert next_close_code(client, timeout=20) == 1001
+        assert next_close_code(watcher, timeout=20) == 1001
+    finally:
+        proc.stop()
 
 
 def test_live_socket_counts_messages_and_handler_time(server):

@@ -9,9 +9,10 @@ import zlib
 
 import pytest
 
-from asok_green.history import store as history_stores
+from asok_green.history import memory_store
+from asok_green.history.memory_store import MemoryStore
 from asok_green.history.sqlite_store import SqliteStore
-from asok_green.history.store import MemoryStore, make_store
+from asok_green.history.stores import make_store
 from asok_green.history.streams import Policy, Stream, TailBudget, check_policy
 from asok_green.protocol.deflate import PerMessageDeflate
 from asok_green.protocol.envelopes import (
@@ -198,7 +199,7 @@ def test_read_since_is_none_when_the_history_no_longer_reaches_back(store):
 
 def test_messages_older_than_the_ttl_are_out_of_reach(store, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr(history_stores, "time", lambda: clock[0])
+    monkeypatch.setattr(memory_store, "time", lambda: clock[0])
     monkeypatch.setattr("asok_green.history.sqlite_store.time", lambda: clock[0])
     store.configure("/a", 100, 60.0)
     epoch = publish(store, "/a", b"old")[0][0]

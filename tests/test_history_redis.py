@@ -13,7 +13,9 @@ import time
 import pytest
 import redis
 
-from asok_green.history.redis_store import PendingMessage, StreamLog, WriteQueue, parse_published
+from asok_green.history.redis_log import StreamLog
+from asok_green.history.redis_store import parse_published
+from asok_green.history.write_queue import PendingMessage, WriteQueue
 
 pytestmark = pytest.mark.quick
 

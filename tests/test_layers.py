@@ -33,6 +33,8 @@ RANKS = {
 }
 #: Top-level modules are the public entry points: they may import any layer.
 TOP = 10
+#: Packages that are public entry points too (the test kit, the Python client): ranked as top-level modules.
+RANKS.update({"testing": TOP, "client": TOP})
 PURE = {"protocol", "core"}
 ASOK_MODULE = "asok_green.bridge.asok_api"
 

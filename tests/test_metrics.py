@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.error
@@ -36,6 +37,7 @@ def test_timing_counts_into_cumulative_buckets():
     "status, reason, cause",
     [
         (403, "origin 'x' is not allowed", "origin"),
+        (403, "forbidden: the dashboard is for admins", "auth"),
         (503, "too many WebSocket connections", "limit"),
         (503, "session store unavailable, try again", "auth"),
         (404, "no WebSocket route matches /x", "route"),
@@ -106,8 +108,9 @@ def wait_for_sample(server, name: str, labels: dict, expected: float, timeout: f
 
 @pytest.fixture(scope="module")
 def metrics_server(project, tmp_path_factory):
-    """The test project, its metrics path guarded by a token."""
-    server = asok_serve(project, tmp_path_factory.mktemp("metrics"), env=project_env(METRICS_TOKEN=TOKEN))
+    """The test project, its metrics path (and its dashboard) guarded by a token."""
+    env = project_env(METRICS_TOKEN=TOKEN, WS_DASHBOARD_TOKEN=TOKEN)
+    server = asok_serve(project, tmp_path_factory.mktemp("metrics"), env=env)
     yield server
     server.stop()
 
@@ -158,6 +161,33 @@ def test_messages_bytes_handler_time_and_fanout_are_counted(metrics_server):
     finally:
         a.close()
         b.close()
+
+
+def test_the_dashboard_and_the_metrics_read_one_count_of_handler_time(metrics_server):
+    client = ws_connect(metrics_server, "/echo")
+    dashboard = websocket.create_connection(
+        f"{metrics_server.ws_url}/asok/green/live", header=[f"Authorization: Bearer {TOKEN}"], timeout=5
+    )
+    try:
+        for i in range(10):
+            client.send(f"m{i}")
+            assert client.recv() == f"m{i}"
+        route = (("route", "/echo"),)
+        samples = scrape(metrics_server)
+        calls = samples["asok_green_handler_seconds_count"][route]
+        seconds = samples["asok_green_handler_seconds_sum"][route]
+        assert calls >= 10
+        deadline = time.monotonic() + 10
+        row = None
+        while time.monotonic() < deadline:
+            snapshot = json.loads(dashboard.recv())
+            row = next(h for h in snapshot["handlers"] if h["pattern"] == "/echo")
+            if row["calls"] == calls:
+                break
+        assert row["calls"] == calls and row["seconds"] == pytest.approx(seconds, rel=1e-9)
+    finally:
+        client.close()
+        dashboard.close()
 
 
 def test_refused_handshakes_are_counted_by_cause(metrics_server):

@@ -28,7 +28,7 @@ import json as _json
 
 import gevent as _gevent
 from asok_green.history.sqlite_store import SqliteStore as _SqliteStore
-from asok_green.history.store import register_store as _register_store
+from asok_green.history.stores import register_store as _register_store
 
 
 class _YieldingStore(_SqliteStore):

@@ -432,3 +432,42 @@ def test_connections_on_every_path(state):
     a, b = opened(state, path="/a"), opened(state, path="/b")
     assert state.connections() == [a, b]
     assert state.connections("/a") == [a] and state.connections("/none") == []
+
+
+# -- the operator's views ------------------------------------------------------------------
+
+
+def test_node_holding_is_a_copy_of_what_a_live_node_holds(state):
+    state.node_synced("B", [1, 2], [("r", 1)])
+    users, pairs = state.node_holding("B")
+    assert users == {1, 2} and pairs == {("r", 1)}
+    state.node_removed("B", users=[2])
+    assert users == {1, 2}  # a copy: the view does not change under the reader
+    assert state.node_holding("B")[0] == {1}
+
+
+def test_node_holding_of_a_node_that_is_not_live_is_none(state):
+    assert state.node_holding("B") is None
+    state.node_synced("B", [1], [])
+    state.node_down("B")
+    assert state.node_holding("B") is None
+
+
+def test_online_count_counts_a_user_held_here_and_elsewhere_once(state):
+    opened(state, user=1)
+    opened(state, user=1)
+    state.node_synced("B", [1, 2], [])
+    assert state.online_count() == 2 == len(state.online_users())
+    state.node_down("B")
+    assert state.online_count() == 1
+
+
+def test_known_rooms_are_this_nodes_then_the_others(state):
+    conn = opened(state, user=1)
+    state.join(conn, "/chat", "here", 1)
+    state.node_synced("B", [2], [("there", 2), ("here", 2)])
+    assert state.known_rooms() == ["here", "there"]
+    state.leave(conn, "here", 1)
+    assert sorted(state.known_rooms()) == ["here", "there"]  # B still has a user in it
+    state.node_down("B")
+    assert state.known_rooms() == []

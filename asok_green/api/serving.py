@@ -80,6 +80,7 @@ def serve(
     port: int = 8000,
     *,
     on_hangup: Callable[[GreenServer], None] | None = None,
+    on_serving: Callable[[GreenServer], None] | None = None,
     **kwargs: Any,
 ) -> None:
     """Serve ``app`` and its WebSockets on ``host:port`` until SIGINT or SIGTERM.
@@ -88,7 +89,8 @@ def serve(
     (``python -m asok_green serve`` and ``asok serve --gevent`` do it for you).
     With ``ssl_context=`` (or gevent's ``certfile=``/``keyfile=``) the port
     serves https and wss. ``on_hangup(server)`` runs in a greenlet of its own
-    on each SIGHUP (``asok serve --gevent`` restarts there).
+    on each SIGHUP (``asok serve --gevent`` restarts there); ``on_serving(server)``
+    once the server listens, before the process that started this one hears that it serves.
     """
     server = make_server(app, ws, host, port, **kwargs)
     url = f"{'https' if server.ssl_enabled else 'http'}://{host}:{server.server_port}"
@@ -100,6 +102,8 @@ def serve(
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
     if on_hangup is not None:
         gevent.signal_handler(signal.SIGHUP, gevent.spawn, on_hangup, server)
+    if on_serving is not None:
+        on_serving(server)
     tell_parent_ready()  # only now: the parent may send SIGHUP as soon as it hears this
     server.stopped.wait()
     logger.info("stopped", extra={"event": "stopped"})

@@ -41,6 +41,7 @@ import gevent
 
 from ..core.outage import Outage
 from ..core.sessions import Credentials, SessionState, StoreUnavailable
+from . import asok_api, asok_framework
 
 __all__ = [
     "Credentials",
@@ -119,10 +120,11 @@ def _offload(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 class SessionAuth:
     """Resolves the Asok session cookies of a handshake to ``(user, session)``.
 
-    ``app`` is the Asok app (its ``_unsign``, ``_session_store`` and
-    ``config`` are used); ``auth_model`` names the user model in Asok's
-    ``MODELS_REGISTRY``; ``secret_key`` is only used when the app has no
-    ``_unsign`` of its own (defaults to ``app.config["SECRET_KEY"]``).
+    ``app`` is the Asok app (its cookie check, session store and ``config``
+    are used, through asok_green.bridge.asok_api); ``auth_model`` names the
+    user model in Asok's model registry; ``secret_key`` is only used when the
+    app has no cookie check of its own (defaults to
+    ``app.config["SECRET_KEY"]``).
     ``offload(fn, *args)`` runs a blocking lookup off the event loop
     (default: :func:`asok_green.blocking`).
 
@@ -143,6 +145,8 @@ class SessionAuth:
         self.auth_model = auth_model
         self.secret_key = secret_key
         self.offload = offload or _offload
+        # Asok is in use: offloaded lookups release the ORM's per-thread connections (core.framework).
+        asok_framework.install()
         self.outage = Outage(
             "session lookups (session store or user database)",
             logger,
@@ -241,14 +245,11 @@ class SessionAuth:
     def _find_user(self, login: _Login | None) -> Any | None:
         if login is None:
             return None
-        # Imported late: asok must be imported after gevent patches the world.
-        from asok.orm import MODELS_REGISTRY
-
-        model = MODELS_REGISTRY.get(self.auth_model)
+        model = asok_api.user_model(self.auth_model)
         if model is None:
             return None
         try:
-            user = self.offload(model.find, id=login.user_id)
+            user = self.offload(asok_api.find_user, model, login.user_id)
         except Exception as error:
             failure = StoreUnavailable(f"user lookup: {type(error).__name__}: {error}")
             self.outage.failed(failure)
@@ -272,7 +273,7 @@ class SessionAuth:
                 data = None
         if data is None and login is not None and login.sid:
             sid, data = login.sid, login.data
-        return _as_session(sid, data) if data is not None else None
+        return asok_api.new_session(sid, data) if data is not None else None
 
     # --- access to the app ---
 
@@ -282,7 +283,7 @@ class SessionAuth:
 
     def _load(self, sid: str | None) -> Mapping[str, Any] | None:
         """The session's data, None if there is none; StoreUnavailable if the store failed."""
-        store = getattr(self.app, "_session_store", None)
+        store = asok_api.session_store(self.app)
         if store is None or not sid:
             return None
         try:
@@ -299,10 +300,10 @@ class SessionAuth:
     def _unsign(self, signed: str | None) -> str | None:
         if not signed or "." not in signed:
             return None
-        app_unsign = getattr(self.app, "_unsign", None)
-        if app_unsign is not None:
+        verify = asok_api.cookie_verifier(self.app)
+        if verify is not None:
             try:
-                return app_unsign(signed)
+                return verify(signed)
             except Exception:
                 logger.debug("could not verify a signed cookie", exc_info=True)
                 return None
@@ -324,14 +325,14 @@ def load_session(store: Any, sid: str) -> Mapping[str, Any] | None:
     ID"): no such session.
     """
     try:
-        data = store.load(sid)
+        data = asok_api.read_session(store, sid)
     except ValueError:
         return None
     except Exception as error:
         raise StoreUnavailable(f"session store: {type(error).__name__}: {error}") from error
     if data is not None:
         return data
-    backend = getattr(store, "backend", None)
+    backend = asok_api.session_backend(store)
     if backend == "file":
         _confirm_no_session_file(store, sid)
     elif backend == "redis":
@@ -341,12 +342,12 @@ def load_session(store: Any, sid: str) -> Mapping[str, Any] | None:
 
 def _store_blocks(store: Any) -> bool:
     """True for stores whose reads block the thread (Asok's file store)."""
-    return getattr(store, "backend", None) == "file"
+    return asok_api.session_backend(store) == "file"
 
 
 def _confirm_no_session_file(store: Any, sid: str) -> None:
     try:
-        path = store._session_file(sid)
+        path = asok_api.session_file(store, sid)
     except ValueError:
         return
     try:
@@ -360,13 +361,12 @@ def _confirm_no_session_file(store: Any, sid: str) -> None:
 
 
 def _confirm_no_redis_session(store: Any, sid: str) -> Mapping[str, Any] | None:
-    key = store._redis_key(sid) if hasattr(store, "_redis_key") else f"session:{sid}"
     try:
-        present = store._redis.exists(key)
+        present = asok_api.redis_session_exists(store, sid)
     except Exception as error:
         raise StoreUnavailable(f"session store: {type(error).__name__}: {error}") from error
     # Present after a None: the first read failed and Redis is back; read it again.
-    return store.load(sid) if present else None
+    return asok_api.read_session(store, sid) if present else None
 
 
 def _verify_signed(signed: str, secret_key: str) -> str | None:
@@ -395,12 +395,3 @@ def _is_live_for(data: Mapping[str, Any] | None, user_id: Any) -> bool:
         return False
     stored = data.get("user_id")
     return stored is not None and str(stored) == str(user_id)
-
-
-def _as_session(sid: str | None, data: Mapping[str, Any]) -> Any:
-    from asok.session import Session
-
-    session = Session(data)
-    session.sid = sid
-    session.modified = False
-    return session

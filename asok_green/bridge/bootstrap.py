@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
+
+from . import asok_api, asok_framework
 
 
 class BootstrapError(RuntimeError):
@@ -27,46 +29,27 @@ def require_monkey_patched() -> None:
 
 def install_dropin() -> None:
     """Make ``from asok import WebSocketServer`` (and ``asok.ws``'s) give asok_green's classes."""
-    import asok
-    import asok.ws
-    import asok.ws.server
-
     from ..server.connection import Connection
     from ..server.hub import WebSocketServer
 
-    for module in (asok, asok.ws, asok.ws.server):
-        module.WebSocketServer = WebSocketServer
-    asok.ws.Connection = Connection
-    _close_sockets_on_logout()
+    asok_api.install_websocket_classes(WebSocketServer, Connection)
+    asok_framework.install()
+    asok_api.call_after_logout(_close_sockets_of_session)
     _advertise_websocket_endpoint()
     _offer_asokws_where_used()
     _offer_resume_client()
 
 
-def _close_sockets_on_logout() -> None:
-    """Make ``request.logout()`` close that session's WebSockets at once (1008).
+def _close_sockets_of_session(sid: str) -> None:
+    """Close (1008) the WebSockets of a session that ``request.logout()`` just ended.
 
     The periodic session re-check would close them anyway; this makes a logout
     in the same process take effect immediately.
     """
-    from asok.request.auth import AuthMixin
-
     from ..server.hub import WebSocketServer
 
-    original = AuthMixin.logout
-    if getattr(original, "closes_websockets", False):
-        return
-
-    @functools.wraps(original)
-    def logout(request: Any) -> None:
-        sid = getattr(request.session, "sid", None)
-        original(request)
-        if sid:
-            for server in WebSocketServer.instances():
-                server.revoke_session(sid)
-
-    logout.closes_websockets = True
-    AuthMixin.logout = logout
+    for server in WebSocketServer.instances():
+        server.revoke_session(sid)
 
 
 def _advertise_websocket_endpoint() -> None:
@@ -76,30 +59,20 @@ def _advertise_websocket_endpoint() -> None:
     the proxy's port: one port serves both), and with ``WS_PATH`` set
     ``window.ASOK_WS_PATH`` is written before Asok's script, as Asok writes its port.
     """
-    from asok.core._asset_injector import AssetInjector
-
     from ..core.proxies import page_port, ws_path, ws_path_script
 
-    resolve_port = getattr(AssetInjector, "_resolve_ws_port", None)
-    inject_alive = getattr(AssetInjector, "_inject_alive", None)
-    if resolve_port is None or inject_alive is None or getattr(inject_alive, "advertises_ws_path", False):
-        return  # already done, or an Asok whose pages are built differently
+    def port(page: asok_api.Page, asok_port: Callable[[], int | None]) -> int | None:
+        return page_port(page.environ) or asok_port()
 
-    @functools.wraps(resolve_port)
-    def _resolve_ws_port(injector: Any) -> int | None:
-        return page_port(injector.request.environ) or resolve_port(injector)
-
-    @functools.wraps(inject_alive)
-    def _inject_alive(injector: Any) -> None:
-        if injector._needs_alive():
-            prefix = ws_path(getattr(injector.app, "config", None))
+    def path_then_client(page: asok_api.Page, add_client: Callable[[], None]) -> None:
+        if page.gets_ws_client():
+            prefix = ws_path(getattr(page.app, "config", None))
             if prefix:
-                injector.request._asok_pending_scripts += ws_path_script(prefix, injector.nonce)
-        inject_alive(injector)
+                page.add_script(ws_path_script(prefix, page.nonce))
+        add_client()
 
-    _inject_alive.advertises_ws_path = True
-    AssetInjector._resolve_ws_port = _resolve_ws_port
-    AssetInjector._inject_alive = _inject_alive
+    asok_api.extend_page_step("ws_port", "page_port", port)
+    asok_api.extend_page_step("ws_client", "ws_path", path_then_client)
 
 
 def _offer_asokws_where_used() -> None:
@@ -110,18 +83,11 @@ def _offer_asokws_where_used() -> None:
     plain page finds no helper. The script connects to ``/asok/live`` on load,
     so it is added where it is used rather than to every page.
     """
-    from asok.core._asset_injector import AssetInjector
 
-    uses_components = getattr(AssetInjector, "_content_uses_components", None)
-    if uses_components is None or getattr(uses_components, "offers_asokws", False):
-        return
+    def uses_client(page: asok_api.Page, asok_uses: Callable[[], bool]) -> bool:
+        return asok_uses() or "asokWS" in page.content
 
-    @functools.wraps(uses_components)
-    def _content_uses_components(injector: Any) -> bool:
-        return uses_components(injector) or "asokWS" in injector.content
-
-    _content_uses_components.offers_asokws = True
-    AssetInjector._content_uses_components = _content_uses_components
+    asok_api.extend_page_step("uses_ws_client", "asokws", uses_client)
 
 
 def _offer_resume_client() -> None:
@@ -130,23 +96,15 @@ def _offer_resume_client() -> None:
     It comes right after Asok's WebSocket script, from ``asok_green.bridge.browser_client``'s URL.
     Pages that only use Asok's live components do not get it.
     """
-    from asok.core._asset_injector import AssetInjector
-
     from .browser_client import script_tag
 
-    inject_alive = getattr(AssetInjector, "_inject_alive", None)
-    if inject_alive is None or getattr(inject_alive, "offers_resume_client", False):
-        return
+    def client_then_resume(page: asok_api.Page, add_client: Callable[[], None]) -> None:
+        adding = page.gets_ws_client()
+        add_client()
+        if adding and "asokWS" in page.content:
+            page.add_script(script_tag(page.nonce))
 
-    @functools.wraps(inject_alive)
-    def _inject_alive(injector: Any) -> None:
-        adding = injector._needs_alive()
-        inject_alive(injector)
-        if adding and "asokWS" in injector.content:
-            injector.request._asok_pending_scripts += script_tag(injector.nonce)
-
-    _inject_alive.offers_resume_client = True
-    AssetInjector._inject_alive = _inject_alive
+    asok_api.extend_page_step("ws_client", "resume_client", client_then_resume)
 
 
 def load_app(spec: str, directory: str | None = None) -> Any:

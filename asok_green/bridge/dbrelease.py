@@ -1,45 +1,44 @@
 """Releasing the database connections Asok opened in the current greenlet, cheaply when there are none.
 
 Asok keeps one database connection per thread (a greenlet under gevent) in each
-engine's ``_local`` and closes them all at the end of an HTTP request
-(``asok.orm.close_all_db_connections``). A WebSocket handler runs many times in
-a long-lived greenlet, so the server releases them after every handler call;
-most handlers touch no database, and for them this is one look per engine.
+engine and closes them all at the end of an HTTP request. A WebSocket handler
+runs many times in a long-lived greenlet, so the server releases them after
+every handler call; most handlers touch no database, and for them this is one
+look per engine (:func:`asok_green.bridge.asok_api.holds_connection`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["holds_connection", "release_db_connections"]
+from . import asok_api
+from .asok_api import holds_connection
+
+__all__ = ["db_releaser", "holds_connection", "release_db_connections"]
 
 
-def holds_connection(engine: Any) -> bool:
-    """True if ``engine`` may hold a connection opened in the current greenlet.
-
-    An engine without Asok's ``_local`` is always released, as Asok would.
-    """
-    local = getattr(engine, "_local", None)
-    try:
-        held = local.__dict__  # this greenlet's (or thread's) attributes: no exception when one is missing
-    except AttributeError:
-        return True
-    return held.get("conn") is not None or bool(held.get("_all_conns"))
-
-
-def release_db_connections(engines: dict | None = None) -> None:
+def release_db_connections(engines: Mapping[str, Any] | None = None) -> None:
     """Close the current greenlet's connections of every engine that holds one; never raises.
 
-    ``engines`` defaults to Asok's engine cache (every engine the app opened).
+    ``engines`` defaults to every engine the app opened.
     """
     if engines is None:
-        try:
-            from asok.orm.engines import _ENGINES_CACHE as engines
-        except Exception:
+        engines = asok_api.engine_cache()
+        if engines is None:
             return
     for engine in tuple(engines.values()):
         if holds_connection(engine):
             try:
-                engine.close_connections()
+                asok_api.close_connections(engine)
             except Exception:
                 pass
+
+
+def db_releaser() -> Callable[[], None]:
+    """What releases Asok's database connections after a handler: a look per engine, a close only if one is open."""
+    engines = asok_api.engine_cache()
+    if engines is None:  # an Asok that keeps its engines elsewhere: its own function, as it does per request
+        return asok_api.close_all_db_connections
+    return functools.partial(release_db_connections, engines)

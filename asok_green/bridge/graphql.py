@@ -5,9 +5,9 @@ clients speak the graphql-transport-ws protocol (``connection_init`` /
 ``connection_ack``, ``subscribe``, ``next``, ``complete``, ``ping`` / ``pong``),
 subscribe to ``<model>Created``, ``<model>Updated`` or ``<model>Deleted``
 (``userCreated`` for the model ``User``), and each ORM save pushes a ``next``
-message with the fields they asked for. Here the same Asok functions
-(``asok.api.graphql.on_graphql_ws_message`` and
-``setup_graphql_subscriptions``) do that work on asok_green's connections; this
+message with the fields they asked for. Here the same Asok functions (its
+GraphQL message handler and its subscriptions' setup, reached through
+asok_green.bridge.asok_api) do that work on asok_green's connections; this
 module adapts the rest:
 
 * the route accepts the ``graphql-transport-ws`` subprotocol, so the handshake
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..server.offload import call_on_loop
+from . import asok_api
 
 if TYPE_CHECKING:
     from ..server.connection import Connection
@@ -47,8 +48,6 @@ def on_graphql_message(conn: Connection, message: Any) -> None:
     """Handle one graphql-transport-ws message: ``ping`` here, everything else by Asok's handler."""
     if not isinstance(message, str):
         return  # the protocol is JSON text; Asok ignores what it cannot parse too
-    from asok.api.graphql import on_graphql_ws_message
-
     if '"ping"' in message:
         try:
             data = json.loads(message)
@@ -60,7 +59,7 @@ def on_graphql_message(conn: Connection, message: Any) -> None:
                 pong["payload"] = data["payload"]
             conn.send_json(pong)
             return
-    on_graphql_ws_message(conn, message)
+    asok_api.handle_graphql_message(conn, message)
 
 
 def install(hub: WebSocketServer) -> bool:
@@ -71,45 +70,24 @@ def install(hub: WebSocketServer) -> bool:
     """
     if GRAPHQL_PATH in hub.routes:
         return False
-    try:
-        from asok.api.graphql import setup_graphql_subscriptions
-    except ImportError:
+    setup = asok_api.graphql_subscriptions_setup()
+    if setup is None:
         return False
     hub.on(GRAPHQL_PATH, subprotocols=(SUBPROTOCOL,))(on_graphql_message)
-    listeners = _listeners_of(setup_graphql_subscriptions, hub)
-    _relay_to_loop(listeners)
+    # Asok's listeners go on an emitter of their own, which only the loop's thread calls.
+    emit = asok_api.listeners_registered_by(lambda: setup(hub))
+    _relay_to_loop(emit)
     return True
 
 
-def _listeners_of(setup: Callable[[Any], None], hub: WebSocketServer) -> Any:
-    """Run Asok's ``setup(hub)`` against an event emitter of our own, and return that emitter.
-
-    ``setup`` registers its listeners on ``asok.events.events``, which it reads
-    when it runs: for that call the name points at a fresh emitter, so the
-    listeners can be called from the loop's thread only. Nothing yields in
-    between, and Asok's own code keeps the global emitter it imported.
-    """
-    import asok.events
-
-    private = asok.events.EventEmitter()
-    shared = asok.events.events
-    asok.events.events = private
-    try:
-        setup(hub)
-    finally:
-        asok.events.events = shared
-    return private
-
-
-def _relay_to_loop(private: Any) -> None:
-    """Pass each model event of Asok's global emitter on to ``private`` in the loop's thread."""
-    from asok.events import events
+def _relay_to_loop(emit: Callable[..., None]) -> None:
+    """Pass each model event Asok fires on to ``emit``, in the loop's thread."""
 
     def relay(event: str) -> Callable[[Any], None]:
         def pass_on(obj: Any) -> None:
-            call_on_loop(private.emit, event, obj)
+            call_on_loop(emit, event, obj)
 
         return pass_on
 
     for event in MODEL_EVENTS:
-        events.on(event, relay(event))
+        asok_api.on_model_event(event, relay(event))

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import asok_api
+
 if TYPE_CHECKING:
     from ..server.connection import Connection
     from ..server.hub import WebSocketServer
@@ -40,7 +42,10 @@ def on_live_message(conn: Connection, text: Any) -> None:
     if not isinstance(op, str) or len(op) > _MAX_OP_LENGTH:
         conn.send_json({"op": "error", "message": 'a message needs an "op" string'})
         return
-    handler = _OPERATORS.get(op) or _asok_live_operator(op)
+    if op in _ASOK_LIVE_OPS:
+        _live_component(conn, data, text)
+        return
+    handler = _OPERATORS.get(op)
     if handler is None:
         conn.send_json({"op": "error", "message": f"unknown op: {op}"})
         return
@@ -72,9 +77,7 @@ def _model_room_allowed(conn: Connection, room: str) -> bool:
     """``model:`` rooms are checked against the user's own rows, as Asok does."""
     if not room.startswith("model:"):
         return True
-    from asok.ws import live
-
-    return live._validate_model_room(conn, room)
+    return asok_api.model_room_allowed(conn, room)
 
 
 def _leave_room(server: WebSocketServer, conn: Connection, data: dict) -> None:
@@ -130,26 +133,13 @@ _OPERATORS: dict[str, Callable] = {
 _ASOK_LIVE_OPS = ("join", "call", "sync", "leave")
 
 
-def _asok_live_operator(op: str) -> Callable | None:
-    if op not in _ASOK_LIVE_OPS:
-        return None
-    from asok.ws import live
-
-    asok_handler = live._OP_HANDLERS.get(op)
-    if asok_handler is None:
-        return None
-
-    def run(server: WebSocketServer, conn: Connection, data: dict) -> None:
-        cid = data.get("cid")
-        if cid is not None and not (isinstance(cid, str) and len(cid) <= 100):
-            conn.send_json({"op": "error", "message": "invalid component id"})
-            return
-        try:
-            asok_handler(server, conn, data, cid)
-        except Exception as exc:
-            live._notify_live_error(conn, cid, exc)
-
-    return run
+def _live_component(conn: Connection, data: dict, text: str) -> None:
+    """Hand a live-component message to Asok, which answers its own errors with ``{"op": "error"}``."""
+    cid = data.get("cid")
+    if cid is not None and not (isinstance(cid, str) and len(cid) <= 100):
+        conn.send_json({"op": "error", "message": "invalid component id"})
+        return
+    asok_api.run_live_component_message(conn.server, conn, text)
 
 
 _RELAYED: set[int] = set()
@@ -160,8 +150,6 @@ def install_model_relay(server: WebSocketServer) -> None:
     if id(server) in _RELAYED:
         return
     _RELAYED.add(id(server))
-    from asok.events import events
-
     from ..server.offload import call_on_loop
 
     def announce(name: str, obj_id: Any, message: dict) -> None:
@@ -180,4 +168,4 @@ def install_model_relay(server: WebSocketServer) -> None:
         return send
 
     for event in ("created", "updated", "deleted"):
-        events.on(f"model:{event}", relay(event))
+        asok_api.on_model_event(f"model:{event}", relay(event))

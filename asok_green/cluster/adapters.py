@@ -35,6 +35,7 @@ import gevent
 from gevent.event import Event
 from gevent.monkey import get_original
 
+from ..core import framework
 from ..core.outage import Outage
 from ..protocol.frames import OP_TEXT
 
@@ -60,37 +61,22 @@ class AdapterRefused(ValueError):
 def is_custom_adapter(adapter: Any) -> bool:
     """True for an adapter object this module drives: neither a name nor one of Asok's own two.
 
-    Raises :class:`AdapterRefused` for an object that has no ``publish`` method.
+    Raises :class:`AdapterRefused` for an object that has no ``publish`` method,
+    or keeps ``BaseWebSocketAdapter``'s, which only raises NotImplementedError.
+    Which adapters are Asok's is the framework's answer (asok_green.core.framework).
     """
     if adapter is None or isinstance(adapter, str):
         return False
     if getattr(adapter, "redis_url", None):
         return False  # Asok's Redis adapter (or one like it): asok_green's Redis cluster serves it
-    if not callable(getattr(adapter, "publish", None)) or _publish_not_implemented(adapter):
+    answers = framework.current()
+    if not callable(getattr(adapter, "publish", None)) or answers.adapter_cannot_publish(adapter):
         raise AdapterRefused(
             f"WebSocketServer(adapter=...) got a {type(adapter).__module__}.{type(adapter).__qualname__}, "
             "which is not a WebSocket adapter: pass an asok.ws.adapter.BaseWebSocketAdapter "
             "that implements publish(channel, message), 'redis', a redis:// URL, or nothing"
         )
-    return not _is_plain_in_memory(adapter)
-
-
-def _publish_not_implemented(adapter: Any) -> bool:
-    """True when ``publish`` is still ``BaseWebSocketAdapter``'s, which only raises NotImplementedError."""
-    try:
-        from asok.ws.adapter import BaseWebSocketAdapter
-    except ImportError:
-        return False
-    return getattr(type(adapter), "publish", None) is BaseWebSocketAdapter.publish
-
-
-def _is_plain_in_memory(adapter: Any) -> bool:
-    """True for Asok's ``InMemoryWebSocketAdapter`` itself: it has nothing to do."""
-    try:
-        from asok.ws.adapter import InMemoryWebSocketAdapter
-    except ImportError:
-        return False
-    return getattr(type(adapter), "publish", None) is InMemoryWebSocketAdapter.publish
+    return not answers.adapter_publishes_nothing(adapter)
 
 
 def channel_message(message: Outgoing) -> str | bytes:
@@ -155,6 +141,11 @@ class AdapterNode:
         self.adapter.bind(AdapterPort(self.hub))
         self._publisher = gevent.spawn(self._run_publisher)
         logger.info("broadcasts go through the WebSocket adapter %s", type(self.adapter).__qualname__)
+
+    @property
+    def backlog(self) -> int:
+        """Broadcasts queued for ``adapter.publish`` and not handed to it yet."""
+        return len(self._outbox)
 
     # -- what the hub calls (never yields) -----------------------------------------
 

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from ..protocol.outgoing import Outgoing
 
 
+class ClusterConfigError(ValueError):
+    """The cluster settings cannot work: a message for the person who started the server.
+
+    Raised by the nodes and the stores that need a cluster (asok_green.cluster,
+    asok_green.history) and shown by the serving process as it is.
+    """
+
+
 class Node(Protocol):
     """This process as one node of a server: where broadcasts and presence changes go beyond it."""
 
@@ -24,6 +32,8 @@ class Node(Protocol):
     distributed: bool
     #: This node's id in its cluster (None on its own).
     node_id: str | None
+    #: Broadcasts queued here and not yet passed on (0 when there is nothing to pass on).
+    backlog: int
 
     def publish(self, target: str, name: str, message: Outgoing) -> None:
         """Pass on a broadcast already delivered here (``target``: ``"path"`` or ``"room"``); never yields."""
@@ -40,6 +50,7 @@ class SingleProcess:
 
     distributed = False
     node_id = None
+    backlog = 0
 
     def publish(self, target: str, name: str, message: Outgoing) -> None:
         """Nothing to do: the hub has delivered it to every client there is."""

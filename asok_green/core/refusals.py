@@ -23,9 +23,12 @@ MAX_REFUSALS = 50
 
 
 def refusal_label(status: int, reason: str) -> str:
-    """A refused request's cause in logs and metrics: origin, limit, auth, route, path, headers or protocol."""
+    """A refused request's cause in logs and metrics: origin, limit, auth, route, path, headers or protocol.
+
+    A 403 is ``origin`` unless its reason says otherwise (the dashboard's "for admins" is ``auth``).
+    """
     if status == 403:
-        return "origin"
+        return "origin" if "origin" in reason else "auth"
     if status == 503:
         return "limit" if "too many" in reason else "auth"
     if status == 404:
@@ -42,7 +45,7 @@ handshake_refusals: Counter = Counter()
 def refusal_cause(status: int, reason: str) -> str:
     """The cause of a refused handshake as the dashboard shows it: a small, fixed set of words."""
     if status == 403:
-        return "origin"
+        return "origin" if "origin" in reason else "auth"
     if status == 404:
         return "route"
     if status == 503:

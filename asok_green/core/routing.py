@@ -80,7 +80,7 @@ class Route:
     ``conn.params["name"]``; every other segment must match exactly.
     """
 
-    __slots__ = ("pattern", "segments", "params", "on_message", "on_connect", "on_disconnect", "subprotocols")
+    __slots__ = ("pattern", "segments", "params", "on_message", "on_connect", "on_disconnect", "subprotocols", "guard")
 
     def __init__(self, pattern: str):
         """Parse ``pattern``; handlers start unset, and no subprotocol is accepted."""
@@ -92,6 +92,11 @@ class Route:
         self.on_disconnect: Handler | None = None
         #: The WebSocket subprotocols (``Sec-WebSocket-Protocol``) this route speaks.
         self.subprotocols: tuple[str, ...] = ()
+        #: Who may open a socket here, when the route decides it itself (the live dashboard):
+        #: ``guard(variables, who, origin_allowed)``, called once the session is resolved,
+        #: returns None to accept the handshake or the refusal to answer. The Origin check
+        #: is then the guard's to make (``origin_allowed`` is the server's verdict).
+        self.guard: Handler | None = None
 
     @property
     def is_dynamic(self) -> bool:

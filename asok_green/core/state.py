@@ -396,6 +396,23 @@ class HubState:
         """The remote nodes this state takes as live."""
         return list(self.nodes)
 
+    # -- what an operator reads (the dashboard): copies and counts, never the tables themselves --
+
+    def node_holding(self, node: str) -> tuple[frozenset, frozenset] | None:
+        """What live remote ``node`` holds: ``(users, (room, user) pairs)``; None if it is not live."""
+        holding = self.nodes.get(node)
+        if holding is None:
+            return None
+        return frozenset(holding.users), frozenset(holding.room_users)
+
+    def online_count(self) -> int:
+        """How many users have a connection on any live node."""
+        return len(self.local_users) + sum(1 for user in self.remote_users if user not in self.local_users)
+
+    def known_rooms(self) -> list[str]:
+        """Rooms with a connection of this node or a user on a live remote node in them."""
+        return list(self.rooms) + [room for room in self.remote_room_users if room not in self.rooms]
+
     def is_empty(self) -> bool:
         """True when no connection, room, reservation or local count is left."""
         return not (

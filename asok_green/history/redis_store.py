@@ -10,10 +10,11 @@ Offsets are global: Redis gives them, so a client resumes on any node. Per strea
   whose hash is missing (new, or a Redis that lost its data) gets a new epoch.
 
 Writing. :meth:`RedisHistoryStore.publish` only queues (the hub has already handed the message
-to its plain clients). One writer greenlet sends the queue in order, in batches; each batch is
-one Lua script that, per message, increments the stream's offset, appends the entry (``XADD``)
-and publishes it (``PUBLISH``) with its stream, epoch and offset on ``<prefix>:history``. Every
-node's cluster subscriber hands what it reads there to its store: another node's message goes to
+to its plain clients; the queue is asok_green.history.write_queue). One writer greenlet sends
+the queue in order, in batches; each batch is one Lua script (asok_green.history.redis_log)
+that, per message, increments the stream's offset, appends the entry (``XADD``) and publishes
+it (``PUBLISH``) with its stream, epoch and offset on ``<prefix>:history``. Every node's
+cluster subscriber hands what it reads there to its store: another node's message goes to
 ``hub.deliver_stream`` (plain and v1 clients), this node's own to the ``deliver`` callback it
 was published with (v1 clients). One channel read by one subscriber: every node delivers in the
 order Redis gave the offsets. A batch whose reply was lost is sent again as it was; the script
@@ -38,171 +39,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import gevent
 from gevent.event import Event
 
-from ..cluster.redis_node import ClusterConfigError
+from ..core.node import ClusterConfigError
 from ..core.outage import Outage
+from .redis_log import StreamLog
 from .store import HistoryUnavailable
+from .write_queue import DEFAULT_QUEUE, DeliverCallback, PendingMessage, WriteQueue
 
 logger = logging.getLogger("asok_green.history")
 
-#: Messages a node keeps waiting for Redis before it drops the oldest (``WS_HISTORY_QUEUE``).
-DEFAULT_QUEUE = 10_000
 #: Entries kept per stream when the app did not say (``configure``).
 DEFAULT_SIZE = 200
-#: How many messages, and about how many bytes, one script call writes at most.
-BATCH_MESSAGES = 200
-BATCH_BYTES = 1 << 20
 #: A batch Redis refuses (an error reply, not an outage) this many times in a row is dropped.
 REFUSALS_BEFORE_DROP = 3
-ACK_SECONDS = 3600
-
-DeliverCallback = Callable[[str, int], None]
-
-
-# -- the Redis side ---------------------------------------------------------------------------
-
-_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-
-#: KEYS: this node's ack key, then (stream key, meta key) per message.
-#: ARGV: batch id, channel, node id, candidate epoch, then per message:
-#:       stream, seq, opcode, payload, size, ttl ms (0: none), renew (1: start a new epoch first).
-#: Returns {epoch, offset, ...} per message.
-_APPEND = (
-    _NOW
-    + """
-local batch = ARGV[1]
-local ack = redis.call('GET', KEYS[1])
-if ack then
-  local id, body = string.match(ack, '^(%d+) (.*)$')
-  if id == batch then return cjson.decode(body) end
-end
-local channel, node, candidate = ARGV[2], ARGV[3], ARGV[4]
-local made = 0
--- A new epoch for a stream: its old entries go, and so do keys of a wrong type in its place.
-local function fresh(skey, mkey)
-  made = made + 1
-  local epoch = candidate
-  if made > 1 then epoch = candidate .. '-' .. made end
-  redis.call('DEL', skey, mkey)
-  redis.call('HSET', mkey, 'epoch', epoch, 'last', 0)
-  return epoch
-end
-local out = {}
-local k = 2
-for i = 5, #ARGV, 7 do
-  local stream, seq, opcode, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local size, ttl, renew = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
-  local skey, mkey = KEYS[k], KEYS[k + 1]
-  k = k + 2
-  local epoch = false
-  if renew ~= '1' then
-    local known = redis.pcall('HGET', mkey, 'epoch')
-    if type(known) == 'string' then epoch = known end
-  end
-  if not epoch then epoch = fresh(skey, mkey) end
-  local offset = redis.call('HINCRBY', mkey, 'last', 1)
-  local digits = string.format('%d', offset)
-  local added = redis.pcall('XADD', skey, 'MAXLEN', size, '0-' .. digits, 'p', opcode, 'd', data, 't', now)
-  if type(added) == 'table' and added.err then
-    -- Not a stream, or ids ahead of the offsets: this stream starts over rather than fail the batch.
-    epoch = fresh(skey, mkey)
-    offset = redis.call('HINCRBY', mkey, 'last', 1)
-    digits = string.format('%d', offset)
-    redis.call('XADD', skey, 'MAXLEN', size, '0-' .. digits, 'p', opcode, 'd', data, 't', now)
-  end
-  if ttl > 0 then
-    local cutoff = now - ttl
-    local oldest = redis.call('XRANGE', skey, '-', '+', 'COUNT', 1)
-    if #oldest > 0 and tonumber(oldest[1][2][6]) < cutoff then
-      -- At most 64 looked at per append: the rest go at the next ones.
-      local first = redis.call('XRANGE', skey, '-', '+', 'COUNT', 64)
-      local keep = false
-      for _, entry in ipairs(first) do
-        if tonumber(entry[2][6]) >= cutoff then keep = entry[1] break end
-      end
-      if not keep then
-        local seen = tonumber(string.match(first[#first][1], '%-(%d+)$'))
-        keep = '0-' .. string.format('%d', seen + 1)
-      end
-      redis.call('XTRIM', skey, 'MINID', keep)
-    end
-    redis.call('PEXPIRE', skey, ttl)
-  end
-  local header = '[' .. cjson.encode(stream) .. ',' .. cjson.encode(epoch) .. ',' .. digits .. ','
-    .. opcode .. ',' .. cjson.encode(node) .. ',' .. seq .. ']'
-  redis.call('PUBLISH', channel, header .. '\\n' .. data)
-  out[#out + 1] = epoch
-  out[#out + 1] = offset
-end
-redis.call('SET', KEYS[1], batch .. ' ' .. cjson.encode(out), 'EX', ACK_SECONDS)
-return out
-""".replace("ACK_SECONDS", str(ACK_SECONDS))
-)
-
-#: KEYS: meta key, stream key. ARGV: epoch, offset, ttl ms (0: none).
-#: Returns {} (no such stream), {epoch, last, 0} (cannot replay whole) or {epoch, last, 1, entries}.
-_READ = (
-    _NOW
-    + """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then return {} end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last'))
-local since = tonumber(ARGV[2])
-if epoch ~= ARGV[1] or since > last then return {epoch, last, 0} end
-if since == last then return {epoch, last, 1, {}} end
-local first = '0-' .. string.format('%d', since + 1)
-local entries = redis.call('XRANGE', KEYS[2], first, '+')
-if #entries == 0 or entries[1][1] ~= first then return {epoch, last, 0} end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 and tonumber(entries[1][2][6]) < now - ttl then return {epoch, last, 0} end
-return {epoch, last, 1, entries}
-"""
-)
-
-#: KEYS: meta key, stream key. ARGV: candidate epoch. Returns {epoch, last}, making the epoch if missing.
-_POSITION = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'last', 0)
-  return {ARGV[1], 0}
-end
-return {epoch, tonumber(redis.call('HGET', KEYS[1], 'last'))}
-"""
-
-
-def new_epoch() -> str:
-    """A fresh epoch: 8 random url-safe characters."""
-    return secrets.token_urlsafe(6)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass(eq=False)
-class PendingMessage:
-    """A message of this node on its way to Redis, then to this node's v1 clients."""
-
-    seq: int
-    stream: str
-    opcode: int
-    data: bytes
-    deliver: DeliverCallback
-    #: Start a new epoch before this message (an older one of its stream was dropped).
-    renew: bool = False
-    epoch: str | None = None
-    offset: int = 0
-    #: The subscription generation when it was sent (its echo comes on that subscription).
-    generation: int = 0
 
 
 class Published(NamedTuple):
@@ -229,172 +82,6 @@ def parse_published(raw: bytes) -> Published | None:
     if not (isinstance(stream, str) and isinstance(epoch, str) and isinstance(offset, int)):
         return None
     return Published(stream, epoch, offset, int(opcode), str(node), int(seq), data)
-
-
-class StreamLog:
-    """The streams in Redis: append a batch, read since an offset, the position. One round trip each (may yield)."""
-
-    def __init__(self, redis: Any, prefix: str, node_id: str, channel: str):
-        """Use the client ``redis`` (redis-py), keys under ``prefix``, publishing on ``channel`` as ``node_id``."""
-        self.redis = redis
-        self.prefix = prefix
-        self.node_id = node_id
-        self.channel = channel
-        self._ack_key = f"{prefix}:history-ack:{node_id}"
-        self._append = redis.register_script(_APPEND)
-        self._read = redis.register_script(_READ)
-        self._position = redis.register_script(_POSITION)
-
-    def stream_key(self, stream: str) -> str:
-        """The Redis stream holding ``stream``'s entries."""
-        return f"{self.prefix}:history:{stream}"
-
-    def meta_key(self, stream: str) -> str:
-        """The hash holding ``stream``'s epoch and last offset."""
-        return f"{self.prefix}:history-meta:{stream}"
-
-    def append(
-        self, batch_id: int, batch: Sequence[PendingMessage], limits: Callable[[str], tuple[int, float | None]]
-    ) -> list[tuple[str, int]]:
-        """Write ``batch`` in order; the (epoch, offset) each message got.
-
-        Sending the same ``batch_id`` again (its reply was lost) writes nothing and
-        answers the same offsets.
-        """
-        keys = [self._ack_key]
-        args: list[Any] = [batch_id, self.channel, self.node_id, new_epoch()]
-        for message in batch:
-            size, ttl = limits(message.stream)
-            keys += (self.stream_key(message.stream), self.meta_key(message.stream))
-            args += (
-                message.stream,
-                message.seq,
-                message.opcode,
-                message.data,
-                max(1, int(size)),
-                int(ttl * 1000) if ttl else 0,
-                1 if message.renew else 0,
-            )
-        raw = self._append(keys=keys, args=args)
-        return [(_text(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
-
-    def read_since(
-        self, stream: str, epoch: str, offset: int, ttl: float | None = None
-    ) -> tuple[str, int, list[tuple[int, int, bytes]]] | None:
-        """(epoch, last offset, [(offset, opcode, data), ...] after ``offset``), or None if that cannot be whole."""
-        ttl_ms = int(ttl * 1000) if ttl else 0
-        raw = self._read(keys=[self.meta_key(stream), self.stream_key(stream)], args=[epoch, offset, ttl_ms])
-        if not raw or raw[2] != 1:
-            return None
-        entries = []
-        for entry_id, fields in raw[3]:
-            values = dict(zip(fields[::2], fields[1::2]))
-            entries.append((int(_text(entry_id).partition("-")[2]), int(values[b"p"]), bytes(values[b"d"])))
-        return _text(raw[0]), int(raw[1]), entries
-
-    def position(self, stream: str) -> tuple[str, int]:
-        """``stream``'s epoch and last offset (0 when empty); a missing stream gets its epoch now."""
-        raw = self._position(keys=[self.meta_key(stream), self.stream_key(stream)], args=[new_epoch()])
-        return _text(raw[0]), int(raw[1])
-
-
-# -- what waits, in pure code ---------------------------------------------------------------
-
-
-class WriteQueue:
-    """What this node has still to write to Redis, and what it wrote but has not delivered yet.
-
-    Pure bookkeeping (no I/O, never yields): the store's writer takes batches from
-    it, the subscriber reports echoes, and it says which messages to deliver when.
-    """
-
-    def __init__(self, limit: int = DEFAULT_QUEUE):
-        """Hold at most ``limit`` messages waiting for Redis."""
-        self.limit = max(1, limit)
-        self.waiting: deque[PendingMessage] = deque()
-        #: The batch on the wire: sent again, as it is, until Redis answers.
-        self.sending: list[PendingMessage] = []
-        #: Sent (or being sent) and not delivered yet, by seq, oldest first.
-        self.unechoed: dict[int, PendingMessage] = {}
-        #: Streams that lost a message: their next write starts a new epoch.
-        self.renew: set[str] = set()
-        #: Messages dropped so far (queue full, or refused by Redis).
-        self.dropped = 0
-        #: Bumped each time the subscription is made again (echoes on the old one are lost).
-        self.generation = 0
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self.waiting) + len(self.sending)
-
-    def add(self, stream: str, opcode: int, data: bytes, deliver: DeliverCallback) -> PendingMessage | None:
-        """Queue a message; returns the oldest waiting one if it was dropped to make room."""
-        self._seq += 1
-        dropped = None
-        if len(self.waiting) >= self.limit:
-            dropped = self.waiting.popleft()
-            self.renew.add(dropped.stream)
-            self.dropped += 1
-        self.waiting.append(PendingMessage(self._seq, stream, opcode, data, deliver))
-        return dropped
-
-    def next_batch(self, most: int = BATCH_MESSAGES, max_bytes: int = BATCH_BYTES) -> list[PendingMessage]:
-        """The batch to send now: the one on the wire again, or the oldest waiting ones."""
-        if self.sending:
-            return self.sending
-        batch: list[PendingMessage] = []
-        size = 0
-        waiting = self.waiting
-        while waiting and len(batch) < most and size < max_bytes:
-            message = waiting.popleft()
-            if message.stream in self.renew:
-                message.renew = True
-                self.renew.discard(message.stream)
-            message.generation = self.generation
-            self.unechoed[message.seq] = message
-            batch.append(message)
-            size += len(message.data)
-        self.sending = batch
-        return batch
-
-    def written(self, results: Sequence[tuple[str, int]]) -> list[PendingMessage]:
-        """Redis wrote the batch on the wire with these (epoch, offset): those to deliver now.
-
-        A message sent on a subscription since replaced will get no echo: it is
-        delivered now (unless its echo made it first). The others wait for theirs,
-        which keeps every node's delivery in Redis' order.
-        """
-        batch, self.sending = self.sending, []
-        due = []
-        for message, (epoch, offset) in zip(batch, results):
-            message.epoch, message.offset = epoch, offset
-            if message.generation != self.generation and self.unechoed.pop(message.seq, None) is not None:
-                due.append(message)
-        return due
-
-    def refused(self) -> list[PendingMessage]:
-        """Redis refuses the batch on the wire for good: it is dropped and its streams start a new epoch."""
-        batch, self.sending = self.sending, []
-        for message in batch:
-            self.unechoed.pop(message.seq, None)
-            self.renew.add(message.stream)
-        self.dropped += len(batch)
-        return batch
-
-    def echoed(self, seq: int, epoch: str, offset: int) -> PendingMessage | None:
-        """Redis published this node's message ``seq``: it, to deliver now (None if it already was)."""
-        message = self.unechoed.pop(seq, None)
-        if message is not None:
-            message.epoch, message.offset = epoch, offset
-        return message
-
-    def resubscribed(self) -> list[PendingMessage]:
-        """The subscription was made again: the written messages whose echo is lost, to deliver now, in order."""
-        self.generation += 1
-        due = [m for m in self.unechoed.values() if m.epoch is not None]
-        for message in due:
-            del self.unechoed[message.seq]
-        return due
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -446,7 +133,7 @@ class RedisHistoryStore:
     def start(self, hub: Any) -> None:
         """Use ``hub``'s Redis cluster: listen on its history channel, start the writer greenlet.
 
-        Raises :class:`asok_green.cluster.redis_node.ClusterConfigError` when ``hub`` is not in a Redis cluster.
+        Raises :class:`asok_green.core.node.ClusterConfigError` when ``hub`` is not in a Redis cluster.
         """
         cluster = hub.cluster
         if cluster is None or not hasattr(cluster, "attach_history"):

@@ -36,7 +36,8 @@ from ..core.logs import log_limited
 from ..protocol import envelopes
 from ..protocol.frames import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN
 from ..protocol.outgoing import Outgoing
-from .store import HistoryStore, HistoryUnavailable, make_store
+from .store import HistoryStore, HistoryUnavailable
+from .stores import make_store, store_names
 
 if TYPE_CHECKING:
     from ..server.connection import Connection
@@ -226,8 +227,6 @@ class History:
         self._store = store
 
     def _default_store_name(self) -> str:
-        from .store import store_names
-
         if self.hub.node.distributed and "redis" in store_names():
             return "redis"
         return "sqlite"

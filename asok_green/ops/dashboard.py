@@ -6,7 +6,10 @@ answers, before the app sees the request:
 - ``/asok/green/``: the page; ``dashboard.js`` and ``dashboard.css``: its assets
   (shipped in the package, no CDN, served to anyone: they hold no data);
 - ``/asok/green/live``: a WebSocket that receives a JSON snapshot
-  (asok_green.ops.overview) every second.
+  (asok_green.ops.overview) every second. It is a route of the hub
+  (:func:`install`), so its sockets live as every other connection does:
+  admitted and counted, closed 1008 when their admin logs out, closed with the
+  rest when the server stops or restarts.
 
 Only an Asok admin (the logged-in user's ``is_admin``, from the session cookie)
 or a holder of ``WS_DASHBOARD_TOKEN`` (``Authorization: Bearer ...`` or
@@ -15,41 +18,32 @@ off: the app then answers that path as any other. Each setting is read from
 the app's config, then the environment.
 
 Snapshots are built by one publisher greenlet that runs only while at least one
-dashboard is open: one snapshot per second, encoded once, offered to every
-watcher. A watcher that cannot keep up skips snapshots; it never holds the
-others back.
+dashboard is open: one snapshot per second, encoded once, handed to every
+watcher. A watcher that does not read is closed by its queue's limit, as any
+slow client is; it never holds the others back.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
 import os
 import pathlib
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
-from gevent.event import Event
 
-from ..protocol.frames import (
-    CLOSE_NORMAL,
-    OP_CLOSE,
-    OP_PONG,
-    OP_TEXT,
-    Close,
-    MessageReader,
-    Ping,
-    ProtocolError,
-    encode_close,
-    encode_frame,
-)
-from ..protocol.handshake import check_upgrade, is_upgrade_request, response_headers
-from .overview import REFUSALS, build_snapshot
+from ..core.refusals import REFUSALS
+from ..protocol.frames import OP_TEXT, encode_frame
+from ..protocol.handshake import Refusal, is_upgrade_request
+from .overview import build_snapshot
 
 logger = logging.getLogger("asok_green.dashboard")
 
@@ -57,8 +51,8 @@ ASSETS = pathlib.Path(__file__).resolve().parent / "dashboard_assets"
 DEFAULT_PATH = "/asok/green/"
 #: Seconds between two snapshots.
 INTERVAL = 1.0
-#: Seconds a watcher's socket may take to accept one snapshot before it is dropped.
-SEND_TIMEOUT = 10.0
+#: The subprotocol the dashboard's socket speaks: JSON snapshots from the server, nothing from the client.
+SUBPROTOCOL = "asok-green.dashboard"
 
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
 _FILES = {"": "index.html", "dashboard.js": "dashboard.js", "dashboard.css": "dashboard.css"}
@@ -148,8 +142,8 @@ def serve(handler: Any, hubs: Iterable[Any]) -> bool:
         return True
     rest = path[len(settings.path) :]
     if rest == "live" and is_upgrade_request(env):
-        _serve_live(handler, hub, settings)
-        return True
+        install(hub, settings)
+        return False  # the hub's route: served by the ordinary upgrade path
     name = _FILES.get(rest)
     if name is None or env.get("REQUEST_METHOD") not in ("GET", "HEAD"):
         _respond(handler, 404, "text/plain; charset=utf-8", b"not found\n")
@@ -221,164 +215,89 @@ def _hide_token(handler: Any) -> None:
         handler.requestline = head + "token=***" + rest[len(value) :]
 
 
-# -- the live socket ------------------------------------------------------------------
+# -- the live socket: a route of the hub, served as any other connection ---------------
 
 
-class Watcher:
-    """One open dashboard socket: the latest snapshot waiting for it, if any."""
+def install(hub: Any, settings: Settings) -> str:
+    """Make ``<path>live`` a route of ``hub`` (once per path); returns the route's path.
 
-    def __init__(self) -> None:
-        """A watcher with nothing to send yet."""
-        self.latest: bytes | None = None
-        self.pong: bytes | None = None
-        self.ready = Event()
-        self.open = True
+    Its sockets are ordinary connections: admitted, counted, re-checked and
+    closed (1008 on their admin's logout, 1001 or 1012 when the server stops
+    or restarts) as every other. The route speaks :data:`SUBPROTOCOL`, so its
+    connections get no presence frames; what a watcher sends is read and dropped.
+    """
+    path = settings.path + "live"
+    publishers = _PUBLISHERS.setdefault(hub, {})
+    if path not in publishers:
+        publisher = publishers[path] = Publisher(hub, path)
+        hub.on(path, subprotocols=(SUBPROTOCOL,))  # no message handler
+        hub.on_connect(path)(publisher.watch)
+        hub.routes.route(path).guard = functools.partial(_admit_watcher, hub, path)
+    return path
 
-    def offer(self, frame: bytes) -> None:
-        """Make ``frame`` the next thing to send, replacing one not sent yet."""
-        self.latest = frame
-        self.ready.set()
 
-    def answer_ping(self, payload: bytes) -> None:
-        """Queue the pong for a ping: the one greenlet that writes sends it, so frames never interleave."""
-        self.pong = encode_frame(OP_PONG, payload)
-        self.ready.set()
-
-    def end(self) -> None:
-        """Stop serving this watcher."""
-        self.open = False
-        self.ready.set()
+def _admit_watcher(hub: Any, path: str, variables: Mapping[str, Any], who: Any, origin_allowed: bool) -> Any:
+    """The route's guard: a token holder, or an Asok admin from an allowed origin; anyone else gets 403."""
+    settings = _settings(hub)
+    if not settings.enabled or settings.path + "live" != path:
+        return Refusal(404, f"no WebSocket route matches {path}")  # the settings moved the dashboard
+    if _holds_token(variables, settings):
+        return None
+    # A cookie goes with any page's request: another site's page must not read the snapshots.
+    if not origin_allowed:
+        return Refusal(403, f"origin {variables.get('HTTP_ORIGIN')!r} is not allowed")
+    if not getattr(who.user, "is_admin", False):
+        return Refusal(403, "forbidden: the dashboard is for admins")
+    return None
 
 
 class Publisher:
-    """Builds one snapshot a second while at least one watcher is subscribed, and offers it to each."""
+    """Pushes one snapshot a second to the connections on the dashboard's path, while there are any.
 
-    def __init__(self, hub: Any, interval: float = INTERVAL) -> None:
-        """A publisher of ``hub``'s snapshots; idle until someone subscribes."""
+    Each snapshot is built and encoded once and handed to every watcher with
+    ``send_frame``: a watcher that does not read is closed by its own queue's
+    limit (1008, as any slow client), never waited for.
+    """
+
+    def __init__(self, hub: Any, path: str, interval: float = INTERVAL) -> None:
+        """A publisher of ``hub``'s snapshots to the connections on ``path``; idle until one connects."""
         self.hub = hub
+        self.path = path
         self.interval = interval
-        self.watchers: dict[Watcher, None] = {}
-        self._loop: gevent.Greenlet | None = None
+        self.running: gevent.Greenlet | None = None
         self._previous: dict | None = None
 
-    def subscribe(self, watcher: Watcher) -> None:
-        """Add ``watcher``; it gets the current snapshot at once, then one each interval."""
-        self.watchers[watcher] = None
-        watcher.offer(self._frame())
-        if self._loop is None:
-            self._loop = gevent.spawn(self._run)
-
-    def unsubscribe(self, watcher: Watcher) -> None:
-        """Remove ``watcher``; the publisher stops when none is left."""
-        self.watchers.pop(watcher, None)
+    def watch(self, conn: Any) -> None:
+        """The route's on_connect: the current snapshot at once, then one each interval."""
+        conn.send_frame(self._frame())
+        if self.running is None:
+            self.running = gevent.spawn(self._run)
 
     def _frame(self) -> bytes:
-        snapshot = build_snapshot(self.hub, now=time.monotonic(), previous=self._previous, refusals=REFUSALS)
+        snapshot = build_snapshot(
+            self.hub, now=time.monotonic(), previous=self._previous, refusals=REFUSALS, watchers=self.path
+        )
         self._previous = snapshot
         return encode_frame(OP_TEXT, json.dumps(snapshot, default=str).encode("utf-8"))
 
     def _run(self) -> None:
         try:
-            while self.watchers:
+            while self.hub.connections(self.path):
                 gevent.sleep(self.interval)
-                if not self.watchers:
+                watchers = self.hub.connections(self.path)
+                if not watchers:
                     break
                 try:
                     frame = self._frame()
                 except Exception:
                     logger.exception("dashboard: building a snapshot failed")
                     continue
-                for watcher in tuple(self.watchers):
-                    watcher.offer(frame)
+                for conn in watchers:
+                    conn.send_frame(frame)
         finally:
-            self._loop = None
+            self.running = None
             self._previous = None
 
 
-_PUBLISHERS: dict[int, Publisher] = {}
-
-
-def publisher_for(hub: Any) -> Publisher:
-    """The publisher of ``hub``'s snapshots (one per hub)."""
-    found = _PUBLISHERS.get(id(hub))
-    if found is None or found.hub is not hub:
-        found = _PUBLISHERS[id(hub)] = Publisher(hub)
-    return found
-
-
-def _refuse_live(handler: Any, status: int, reason: str) -> None:
-    body = (reason + "\n").encode()
-    handler.close_connection = True
-    phrase = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 426: "Upgrade Required"}.get(
-        status, "Bad Request"
-    )
-    handler.start_response(
-        f"{status} {phrase}",
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), ("Connection", "close")],
-    )
-    handler.write(body)
-
-
-def _serve_live(handler: Any, hub: Any, settings: Settings) -> None:
-    """Upgrade the request, then push snapshots until the client closes or stops reading."""
-    env = _variables(handler)
-    refusal = check_upgrade(env)
-    if refusal is not None:
-        _refuse_live(handler, refusal.status, refusal.reason)
-        return
-    if not _holds_token(env, settings):
-        # A cookie goes with any page's request: another site's page must not read the snapshots.
-        if not hub.origins.allows(env.get("HTTP_ORIGIN"), env.get("HTTP_HOST")):
-            _refuse_live(handler, 403, "origin not allowed")
-            return
-        if not _is_admin(env, hub):
-            _refuse_live(handler, 403, "forbidden: the dashboard is for admins")
-            return
-    handler.environ["wsgi.websocket"] = True  # gevent-websocket's start_response then sends a bare 101
-    handler.start_response("101 Switching Protocols", response_headers(env, None))
-    handler.write(b"")
-    handler.close_connection = True
-    sock = handler.socket
-    sock.settimeout(SEND_TIMEOUT)
-    watcher = Watcher()
-    reader = gevent.spawn(_read_until_close, sock, watcher)
-    publisher = publisher_for(hub)
-    publisher.subscribe(watcher)
-    try:
-        while watcher.open:
-            watcher.ready.wait()
-            watcher.ready.clear()
-            pong, watcher.pong = watcher.pong, None
-            if pong is not None:
-                sock.sendall(pong)
-            frame, watcher.latest = watcher.latest, None
-            if frame is not None and watcher.open:
-                sock.sendall(frame)
-        sock.sendall(encode_frame(OP_CLOSE, encode_close(CLOSE_NORMAL)))
-    except OSError:  # a timeout too: a watcher that does not read is dropped
-        pass
-    finally:
-        publisher.unsubscribe(watcher)
-        reader.kill(block=False)
-
-
-def _read_until_close(sock: Any, watcher: Watcher) -> None:
-    """Read the client's frames: answer pings, end the watcher at its close frame or when it goes."""
-    reader = MessageReader(max_message_size=4096)
-    try:
-        while watcher.open:
-            try:
-                data = sock.recv(4096)
-            except TimeoutError:
-                continue
-            if not data:
-                break
-            for event in reader.feed(data):
-                if type(event) is Ping:
-                    watcher.answer_ping(event.payload)
-                elif type(event) is Close:
-                    return
-    except (OSError, ProtocolError):
-        pass
-    finally:
-        watcher.end()
+#: hub -> dashboard path -> its publisher.
+_PUBLISHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -1,7 +1,8 @@
 """Structured logs: with Asok's ``LOG_FORMAT=json``, every line is one JSON object.
 
-Asok's own :class:`asok.logger.JSONFormatter` formats them (``timestamp``,
-``level``, ``logger``, ``message``, then the record's extra fields), so
+The caller hands :func:`configure` and :func:`announce` the JSON formatter:
+the processes give Asok's own (``timestamp``, ``level``, ``logger``,
+``message``, then the record's extra fields; asok_green.process.logs), so
 asok_green's lines sit beside Asok's in the same shape. The main log calls pass
 their fields with ``extra=``: an ``event`` name, and where the line has them the
 connection (``conn``, its ``ip:port``), the ``route`` pattern, the ``path``,
@@ -13,14 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..core.log_fields import conn_fields, request_fields
 
-__all__ = ["conn_fields", "configure", "json_requested", "request_fields"]
+__all__ = ["JsonFormatter", "announce", "conn_fields", "configure", "json_requested", "request_fields"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: Makes the formatter of JSON lines (a new one at each call).
+JsonFormatter = Callable[[], logging.Formatter]
 
 
 def json_requested(config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> bool:
@@ -30,12 +34,8 @@ def json_requested(config: Mapping[str, Any] | None = None, environ: Mapping[str
     return str(fmt).lower() == "json"
 
 
-def _formatter(json_lines: bool) -> logging.Formatter:
-    if json_lines:
-        from asok.logger import JSONFormatter
-
-        return JSONFormatter()
-    return logging.Formatter(_TEXT_FORMAT)
+def _formatter(json_lines: bool, json_formatter: JsonFormatter) -> logging.Formatter:
+    return json_formatter() if json_lines else logging.Formatter(_TEXT_FORMAT)
 
 
 class DefaultEvent(logging.Filter):
@@ -51,8 +51,8 @@ class DefaultEvent(logging.Filter):
 _DEFAULT_EVENT = DefaultEvent()
 
 
-def configure(level: str, config: Mapping[str, Any] | None = None) -> None:
-    """One line per event on stderr: JSON objects when Asok's settings ask for them, else text.
+def configure(level: str, json_formatter: JsonFormatter, config: Mapping[str, Any] | None = None) -> None:
+    """One line per event on stderr: JSON objects (``json_formatter()``'s) when Asok's settings ask for them, else text.
 
     Called again once the app is loaded (its config may say ``LOG_FORMAT``):
     the root handler's formatter is replaced then.
@@ -64,28 +64,37 @@ def configure(level: str, config: Mapping[str, Any] | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     for handler in root.handlers:
-        handler.setFormatter(_formatter(json_lines))
+        handler.setFormatter(_formatter(json_lines, json_formatter))
         if json_lines and _DEFAULT_EVENT not in handler.filters:
             handler.addFilter(_DEFAULT_EVENT)
     if json_lines:
         # Asok's loggers keep their own handlers; gevent's pywsgi prints tracebacks to stderr itself.
+        json_type = type(json_formatter())
         for name in ("asok", "asok.security"):
             for handler in logging.getLogger(name).handlers:
-                if not isinstance(handler.formatter, type(_formatter(True))):
-                    handler.setFormatter(_formatter(True))
+                if not isinstance(handler.formatter, json_type):
+                    handler.setFormatter(json_formatter())
 
 
-def announce(message: str, event: str, level: str = "INFO", stream: Any = None, **fields: Any) -> None:
+def announce(
+    message: str,
+    event: str,
+    level: str = "INFO",
+    stream: Any = None,
+    *,
+    json_formatter: JsonFormatter,
+    **fields: Any,
+) -> None:
     """Print one line from a process without logging set up (the ``--workers`` parent).
 
     ``asok_green: message`` as text, or with ``LOG_FORMAT=json`` one JSON object
-    in the shape of Asok's lines, with ``event`` and ``fields``.
+    (``json_formatter()``'s) with ``event`` and ``fields``.
     """
     stream = stream or sys.stdout
     if json_requested():
         record = logging.LogRecord("asok_green", getattr(logging, level), __file__, 0, message, None, None)
         record.__dict__.update(fields, event=event)
-        line = _formatter(True).format(record)
+        line = json_formatter().format(record)
     else:
         line = f"asok_green: {message}"
     print(line, file=stream, flush=True)

@@ -11,7 +11,6 @@ totals of the previous snapshot, which the caller passes back in.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
 from typing import Any
@@ -32,12 +31,16 @@ CLOSES = {
 }
 
 
-def _handler_totals(hub: Any) -> dict[str, dict[str, float]]:
-    """Handler calls and seconds by route pattern, from the hub's per-handler counters."""
-    seconds = getattr(hub, "handler_seconds", None) or {}
-    calls = getattr(hub, "handler_calls", None) or {}
+def _handler_totals(hub: Any, hidden: str | None) -> dict[str, dict[str, float]]:
+    """Handler calls and seconds by route pattern (but ``hidden``), from ``hub.handler_times``.
+
+    The same counters the Prometheus metrics read (asok_green.core.timing).
+    """
+    times = hub.handler_times
     totals: dict[str, dict[str, float]] = {}
     for route in hub.routes:
+        if route.pattern == hidden:
+            continue
         entry = {"calls": 0, "seconds": 0.0, "messages": 0}
         seen = set()
         for slot in ("on_message", "on_connect", "on_disconnect"):
@@ -45,10 +48,11 @@ def _handler_totals(hub: Any) -> dict[str, dict[str, float]]:
             if handler is None or id(handler) in seen:
                 continue
             seen.add(id(handler))
-            entry["calls"] += calls.get(handler, 0)
-            entry["seconds"] += seconds.get(handler, 0.0)
+            calls = times.calls(handler)
+            entry["calls"] += calls
+            entry["seconds"] += times.seconds(handler)
             if slot == "on_message":
-                entry["messages"] += calls.get(handler, 0)
+                entry["messages"] += calls
         totals[route.pattern] = entry
     return totals
 
@@ -63,9 +67,8 @@ def _connections_by_pattern(hub: Any) -> Counter:
 
 
 def _rooms(state: Any, limit: int) -> tuple[int, list[dict]]:
-    names = set(state.rooms) | set(state.remote_room_users)
     rows = []
-    for name in names:
+    for name in state.known_rooms():
         local = len(state.rooms.get(name, ()))
         rows.append({"room": name, "connections": local, "users": len(state.room_users(name))})
     rows.sort(key=lambda row: (-row["users"], -row["connections"], row["room"]))
@@ -73,17 +76,15 @@ def _rooms(state: Any, limit: int) -> tuple[int, list[dict]]:
 
 
 def _online(state: Any, limit: int) -> dict:
-    local = state.local_users
-    remote_only = [user for user in state.remote_users if user not in local]
-    first = itertools.islice(itertools.chain(local, remote_only), limit)
-    return {"count": len(local) + len(remote_only), "here": len(local), "first": [_json_id(u) for u in first]}
+    users = state.online_users()
+    return {"count": len(users), "here": len(state.local_users), "first": [_json_id(u) for u in users[:limit]]}
 
 
 def _json_id(user_id: Any) -> Any:
     return user_id if isinstance(user_id, (int, str)) and not isinstance(user_id, bool) else str(user_id)
 
 
-def _nodes(hub: Any) -> list[dict]:
+def _nodes(hub: Any, connections: int) -> list[dict]:
     state = hub.state
     node = hub.node
     distributed = bool(getattr(node, "distributed", False))
@@ -91,21 +92,23 @@ def _nodes(hub: Any) -> list[dict]:
         "id": getattr(node, "node_id", None) or "this process",
         "self": True,
         "users": len(state.local_users),
-        "connections": state.count,
+        "connections": connections,
         "rooms": len(state.rooms),
         "redis": ("up" if getattr(node, "connected", False) else "down") if distributed else None,
     }
-    others = [
-        {
-            "id": node_id,
-            "self": False,
-            "users": len(holding.users),
-            "connections": None,
-            "rooms": len({room for room, _ in holding.room_users}),
-            "redis": "up",
-        }
-        for node_id, holding in sorted(state.nodes.items())
-    ]
+    others = []
+    for node_id in sorted(state.live_nodes()):
+        users, room_users = state.node_holding(node_id)
+        others.append(
+            {
+                "id": node_id,
+                "self": False,
+                "users": len(users),
+                "connections": None,
+                "rooms": len({room for room, _ in room_users}),
+                "redis": "up",
+            }
+        )
     return [this, *others]
 
 
@@ -121,18 +124,21 @@ def build_snapshot(
     refusals: RefusalLog | None = None,
     max_rooms: int = MAX_ROOMS,
     max_users: int = MAX_USERS,
+    watchers: str | None = None,
 ) -> dict:
     """A JSON-able picture of ``hub`` at monotonic time ``now``.
 
     ``previous`` is the snapshot before this one (rates are 0 without it).
     ``hub`` needs ``stats`` (a Counter), ``state`` (an
-    :class:`asok_green.core.state.HubState`), ``routes`` and ``node``; it may have,
-    for handler time, ``handler_seconds`` and ``handler_calls`` (mappings by
-    handler function). Messages out are ``stats["messages_sent"]``.
+    :class:`asok_green.core.state.HubState`), ``routes``, ``node`` and
+    ``handler_times`` (an :class:`asok_green.core.timing.HandlerTimes`).
+    Messages out are ``stats["messages_sent"]``. ``watchers`` is the dashboard's
+    own route pattern: its sockets are counted as ``watchers``, not among the
+    app's connections and handlers.
     """
     state = hub.state
     stats = hub.stats
-    handlers = _handler_totals(hub)
+    handlers = _handler_totals(hub, watchers)
     totals = {
         "messages_in": sum(entry["messages"] for entry in handlers.values()),
         "messages_out": stats.get("messages_sent", 0),
@@ -152,6 +158,7 @@ def build_snapshot(
         "handler_ms": (totals["handler_seconds"] - before["handler_seconds"]) * 1000 / calls_now if calls_now else 0.0,
     }
     by_pattern = _connections_by_pattern(hub)
+    watching = by_pattern.pop(watchers, 0) if watchers is not None else 0
     handler_rows = []
     for pattern, entry in handlers.items():
         last = before_handlers.get(pattern)
@@ -171,15 +178,16 @@ def build_snapshot(
     return {
         "now": now,
         "time": time.time(),
-        "connections": state.count,
+        "connections": state.count - watching,
+        "watchers": watching,
         "handshakes": len(state.reservations),
-        "path_count": len(state.by_path),
+        "path_count": len(state.by_path) - (1 if watching else 0),
         "totals": totals,
         "rates": rates,
         "handlers": handler_rows,
         "room_count": room_count,
         "rooms": rooms,
         "online": _online(state, max_users),
-        "nodes": _nodes(hub),
+        "nodes": _nodes(hub, state.count - watching),
         "refusals": (refusals or REFUSALS).view(),
     }

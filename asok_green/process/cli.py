@@ -14,7 +14,11 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Protocol
+
+from .command_lines import serve_argv, tls_argv
+
+__all__ = ["DEFAULT_APP", "main", "register", "serve_argv", "tls_argv"]
 
 DEFAULT_APP = "wsgi:app"
 _UNSUPPORTED = (
@@ -59,7 +63,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+class Subcommands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as the ``asok`` CLI's extensions use it."""
+
+    #: The parser of each command added so far, by name.
+    choices: dict[str, argparse.ArgumentParser]
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add the command ``name`` and return its parser."""
+
+
+def register(subparsers: Subcommands) -> None:
     """The ``asok.commands`` entry point: adds ``asok serve``, and ``--gevent`` to ``dev`` and ``deploy``."""
     parser = subparsers.add_parser("serve", help="serve pages and WebSockets on one port (asok_green)")
     parser.add_argument("--gevent", action="store_true", help="serve from one gevent process (required)")
@@ -115,7 +129,7 @@ def add_deploy_gevent_options(parser: argparse.ArgumentParser) -> None:
     _add_deploy_options(parser, with_prod_dir=False)
 
 
-def _extend_dev_command(subparsers: argparse._SubParsersAction) -> None:
+def _extend_dev_command(subparsers: Subcommands) -> None:
     """Add the ``--gevent`` options to ``dev`` and ``deploy`` now, or as soon as Asok adds their parsers.
 
     Asok loads extension commands before it registers its own, so they
@@ -156,23 +170,6 @@ def find_project_root(start: str | None = None) -> str | None:
             return None
         folder = parent
     return None
-
-
-def serve_argv(
-    host: str, port: int, app: str, log_level: str = "info", entry: tuple[str, ...] = ("asok_green", "serve")
-) -> list[str]:
-    """The command line of a patched server process (``entry`` is what follows ``python -m``)."""
-    options = ["--host", host, "--port", str(port), "--app", app, "--log-level", log_level]
-    return [sys.executable, "-m", *entry, *options]
-
-
-def tls_argv(certfile: str | None, keyfile: str | None) -> list[str]:
-    """The TLS options of a server command line, as absolute paths (the server runs in the project root)."""
-    argv = []
-    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
-        if path:
-            argv += [option, os.path.abspath(path)]
-    return argv
 
 
 def _check_tls_or_exit(command: str, args: argparse.Namespace) -> None:
@@ -296,13 +293,6 @@ def run_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging(level: str, config: Any = None) -> None:
-    """One line per event on stderr, with time, level and logger (JSON objects with ``LOG_FORMAT=json``)."""
-    from ..ops.jsonlog import configure
-
-    configure(level, config)
-
-
 def quiet_duplicate_loggers() -> None:
     """Asok gives its loggers handlers of their own: keep their lines from printing twice."""
     asok_logger = logging.getLogger("asok")
@@ -338,9 +328,10 @@ def main(argv: list[str] | None = None) -> None:
             print("asok_green: --certfile with --workers is not supported; use one worker", file=sys.stderr)
             sys.exit(2)
         sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
-    configure_logging(args.log_level)
     from ..bridge import bootstrap
+    from .logs import configure_logging
 
+    configure_logging(args.log_level)
     try:
         bootstrap.require_monkey_patched()
         bootstrap.install_dropin()
@@ -369,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         print(f"asok_green: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(1)
+    if args.fd is None:  # stopped before it became the restarting parent, which removes it otherwise
+        from .restart_link import remove_channel_dir
+
+        remove_channel_dir()
 
 
 def _restart_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -377,25 +372,33 @@ def _restart_options(args: argparse.Namespace) -> dict[str, Any]:
     The process ``asok serve --gevent`` started hands its port to a successor
     and becomes its parent (``asok_green.process.handoff``); a process started by that
     parent (``--fd``) drains and exits, the parent having started its successor.
+    A process started by a restart links up with the one it replaces once it
+    listens, and waits for its own successor (``asok_green.process.restart_link``).
     """
     import functools
 
     if args.fd is None:
-        from .handoff import hand_over
+        from .handoff import HandOver
 
         tls = tls_argv(args.certfile, args.keyfile)
 
         def successor_argv(fd: int) -> list[str]:
             return [*serve_argv(args.host, args.port, args.app, args.log_level), "--fd", str(fd), *tls]
 
-        return {"on_hangup": functools.partial(hand_over, server_argv=successor_argv)}
+        return {"on_hangup": HandOver(successor_argv)}
     import gevent
 
     from ..server.listeners import inherited_listener
+    from . import restart_link
     from .drain import drain
 
     gevent.spawn(_stop_when_orphaned)
-    return {"on_hangup": drain, "listener": inherited_listener(args.fd)}
+    peer = os.environ.pop(restart_link.PEER_ENV, None)
+    return {
+        "on_hangup": drain,
+        "listener": inherited_listener(args.fd),
+        "on_serving": functools.partial(restart_link.join, peer=peer),
+    }
 
 
 def _stop_when_orphaned() -> None:

@@ -112,7 +112,7 @@ def load_project(spec: str) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """Serve the inherited socket ``--fd`` with the project's app."""
     from ..server.tls import TLSConfigError, server_tls_options
-    from .cli import configure_logging
+    from .logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m asok_green.process.dev_worker")
     parser.add_argument("--fd", type=int, required=True)

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m asok_green.process.devserver [--host H] [--port P] [--app module:attr]`` in the project root."""
     import argparse
 
-    from .cli import tls_argv
+    from .command_lines import tls_argv
 
     parser = argparse.ArgumentParser(prog="python -m asok_green.process.devserver")
     parser.add_argument("--host", default="127.0.0.1")

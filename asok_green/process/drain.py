@@ -50,7 +50,7 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
     still running then, are dropped. With ``stop`` the server is then marked
     stopped (its process exits). False if a shutdown (SIGTERM) took over meanwhile.
     """
-    if server.stopped.is_set() or server.draining or getattr(server, "shutting_down", False):
+    if server.stopped.is_set() or server.draining or server.shutting_down:
         return False
     server.draining = True
     rng = rng or random.Random()
@@ -83,7 +83,7 @@ def drain(server: Any, seconds: float | None = None, rng: random.Random | None =
         if server.stopped.is_set():
             return False
         gevent.sleep(0.02)
-    if server.stopped.is_set() or getattr(server, "shutting_down", False):
+    if server.stopped.is_set() or server.shutting_down:
         return False
     if server.connection_count() or server.requests_in_flight:
         logger.warning(

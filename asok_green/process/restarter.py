@@ -9,6 +9,10 @@ listening socket and one serving process at a time:
 * SIGHUP: start a new server process on the socket, wait until it serves, then
   send the old one SIGHUP (it drains: ``asok_green.process.drain``). If the new one
   exits before it serves (the app does not load), the old one keeps serving.
+  The new process links up with the old one on the restart channel
+  (``asok_green.process.restart_link``), so they are one server while both run.
+  A SIGHUP that comes while a restart or its drain is under way is carried out
+  once the old process has exited: one more restart, however many came.
 * SIGTERM / SIGINT: close the socket, pass SIGTERM on, wait, exit 0 if the
   server exited cleanly.
 * The serving process dying on its own: exit with its status (systemd's
@@ -29,8 +33,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from ..ops.jsonlog import announce
 from ..server.listeners import READY_FD_ENV
+from . import restart_link
+from .logs import announce
 
 #: Signals blocked from the moment a server process turns into this parent until it handles them.
 HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
@@ -97,17 +102,23 @@ def exit_status(status: int) -> int:
 class Restarter:
     """Holds the listening socket ``fd`` and the serving process ``pid``; replaces it on SIGHUP."""
 
-    def __init__(self, fd: int, pid: int, argv: Sequence[str], env: dict[str, str] | None = None):
-        """``argv`` starts a server process on ``fd`` (``python -m asok_green serve --fd FD ...``)."""
+    def __init__(self, fd: int, pid: int, argv: Sequence[str], env: dict[str, str] | None = None, reload: bool = False):
+        """``argv`` starts a server process on ``fd`` (``python -m asok_green serve --fd FD ...``).
+
+        ``reload``: a SIGHUP came during the restart that made this parent; it restarts once more.
+        """
         self.fd = fd
         self.serving = pid
         self.argv = list(argv)
         self.env = dict(os.environ if env is None else env)
+        self.env.pop(restart_link.PEER_ENV, None)
+        #: Replaced server processes that have not exited yet.
         self.draining: set[int] = set()
         #: Kept so that their finalizers never reap a child behind ``waitpid``'s back.
         self._started: dict[int, subprocess.Popen] = {}
         self._signal: int | None = None
-        self._reload = False
+        self._reload = reload
+        self._waiting_logged = False
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT (or the server's own exit); the exit status."""
@@ -128,7 +139,7 @@ class Restarter:
                 )
                 self.stop()
                 return code or 1
-            if self._reload:
+            if self._reload and self._ready_to_reload():
                 self._reload = False
                 self.reload()
             time.sleep(0.1)
@@ -139,6 +150,21 @@ class Restarter:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signal = signum
+
+    def _ready_to_reload(self) -> bool:
+        """True once no replaced process still drains; a SIGHUP meanwhile waits (and is said to)."""
+        if not self.draining:
+            self._waiting_logged = False
+            return True
+        if not self._waiting_logged:
+            self._waiting_logged = True
+            pids = ", ".join(str(pid) for pid in sorted(self.draining))
+            announce(
+                f"SIGHUP while process {pids} drains: restarting once more when it has exited",
+                "restart_pending",
+                pid=self.serving,
+            )
+        return False
 
     def _reap(self) -> int | None:
         """Collect exited children; the serving process' status if it is one of them."""
@@ -157,8 +183,9 @@ class Restarter:
     def reload(self) -> None:
         """Start a new server process; once it serves, the current one drains. On failure, keep it."""
         old = self.serving
+        env = restart_link.successor_env(old, self.env)  # the new process links up with the old one
         try:
-            new = start_ready(self.argv, (self.fd,), self.env, lambda: self._signal is not None)
+            new = start_ready(self.argv, (self.fd,), env, lambda: self._signal is not None)
         except (StartFailed, OSError) as exc:
             announce(
                 f"restart failed: the new server process {exc}; process {old} keeps serving",
@@ -200,6 +227,7 @@ class Restarter:
             waiting.discard(pid)
             if pid == self.serving and exit_status(raw) not in (0, -signal.SIGTERM):
                 status = 1
+        restart_link.remove_channel_dir(self.env)
         return status
 
 
@@ -210,8 +238,11 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def parent_argv(fd: int, pid: int, server_argv: Sequence[str]) -> list[str]:
-    """The command line that turns a serving process into the restarting parent of ``pid``."""
+def parent_argv(fd: int, pid: int, server_argv: Sequence[str], reload: bool = False) -> list[str]:
+    """The command line that turns a serving process into the restarting parent of ``pid``.
+
+    ``reload``: the parent restarts ``pid`` once more as soon as it runs (a SIGHUP came meanwhile).
+    """
     return [
         sys.executable,
         "-m",
@@ -220,20 +251,22 @@ def parent_argv(fd: int, pid: int, server_argv: Sequence[str]) -> list[str]:
         str(fd),
         "--pid",
         str(pid),
+        *(["--reload"] if reload else []),
         "--",
         *server_argv,
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m asok_green.process.restarter --fd FD --pid PID -- SERVER_ARGV...``."""
+    """``python -m asok_green.process.restarter --fd FD --pid PID [--reload] -- SERVER_ARGV...``."""
     parser = argparse.ArgumentParser(prog="python -m asok_green.process.restarter")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--pid", type=int, required=True)
+    parser.add_argument("--reload", action="store_true")
     parser.add_argument("server_argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     server_argv = args.server_argv[1:] if args.server_argv[:1] == ["--"] else args.server_argv
-    sys.exit(Restarter(args.fd, args.pid, server_argv).run())
+    sys.exit(Restarter(args.fd, args.pid, server_argv, reload=args.reload).run())
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..cluster.redis_node import ClusterConfigError, resolve_settings
     from ..core.origins import InsecureOriginPolicy
     from ..server.hub import WebSocketServer
-    from .cli import configure_logging
+    from .logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m asok_green.process.serve_worker")
     parser.add_argument("--host", default="127.0.0.1")

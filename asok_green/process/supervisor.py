@@ -26,10 +26,10 @@ import time
 from collections import deque
 
 from ..cluster.redis_node import WORKERS_ENV
-from ..ops.jsonlog import announce
 from ..ops.metrics import METRICS_DIR_ENV
 from ..server.listeners import READY_FD_ENV, listen
-from .cli import serve_argv
+from .command_lines import serve_argv
+from .logs import announce
 from .restarter import StartFailed, start_ready
 
 __all__ = ["READY_FD_ENV", "Supervisor", "WorkerFailed", "supervise", "worker_argv"]

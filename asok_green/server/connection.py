@@ -27,11 +27,15 @@ from ..protocol import envelopes
 from ..protocol.deflate import PerMessageDeflate, compressed_frame
 from ..protocol.frames import OP_TEXT, encode_frame
 from ..protocol.outgoing import encode_message, message_payload
-from .handshake_request import handshake_request
 from .inbound import Inbound
 from .outbound import CLOSED, CLOSING, OPEN
 
 __all__ = ["CLOSED", "CLOSING", "OPEN", "Connection", "V1Connection"]
+
+
+def _no_request(conn: Any) -> None:
+    """``conn.request`` when no framework is behind the app: there is no request object to give."""
+    return None
 
 
 class Connection(Inbound):
@@ -60,9 +64,9 @@ class Connection(Inbound):
     #: False: this client gets today's frames, unwrapped (see :class:`V1Connection`).
     speaks_v1 = False
 
-    #: What makes ``conn.request`` from a connection, on first use. The layer that
-    #: knows Asok may put its own here (``Connection.request_factory = staticmethod(f)``).
-    request_factory: Callable[[Any], Any] = staticmethod(handshake_request)
+    #: What makes ``conn.request`` from a connection, on first use: nothing for a plain
+    #: WSGI app; the bridge puts Asok's here (asok_green.bridge.asok_framework).
+    request_factory: Callable[[Any], Any] = staticmethod(_no_request)
 
     def __init__(
         self,
@@ -144,6 +148,8 @@ class Connection(Inbound):
         ``REMOTE_ADDR`` (``conn.addr``), and ``request.user`` /
         ``request.session`` as the handshake resolved them. Reading the user
         never queries the database again. Handlers may set it as in Asok.
+        The bridge installs what builds it (:attr:`request_factory`): None
+        for a plain WSGI app.
         """
         return type(self).request_factory(self)
 

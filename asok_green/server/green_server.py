@@ -36,8 +36,10 @@ class GreenServer(WSGIServer):
     draining = False
     #: Accepted connections whose handler still runs (HTTP requests, and handshakes not yet upgraded).
     requests_in_flight = 0
-    #: True once :meth:`shutdown` has begun.
+    #: True once :meth:`shutdown` has begun (SIGTERM, SIGINT): a drain under way gives way to it.
     shutting_down = False
+    #: True while this server starts its successor and hands over to it (``asok_green.process.handoff``).
+    restarting = False
 
     def __init__(self, listener: Any, application: Any, hubs: Iterable[WebSocketServer], **kwargs: Any):
         """Listen on ``listener`` (an address or a socket); nothing is accepted before ``start``."""

@@ -13,12 +13,11 @@ after its announcements, never in the middle.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
@@ -30,6 +29,7 @@ from ..core import state as st
 from ..core.limits import Limits, open_files_limit
 from ..core.node import SINGLE_PROCESS, Node
 from ..core.routing import Route, RouteTable
+from ..core.timing import HandlerTimes
 from ..protocol.frames import OP_TEXT
 from ..protocol.outgoing import Outgoing
 from .connection import Connection
@@ -52,19 +52,15 @@ def is_valid_room_name(room: object) -> bool:
 
 def db_releaser() -> Callable[[], None]:
     """What releases Asok's database connections after a handler: a look per engine, a close only if one is open."""
-    from ..bridge.dbrelease import release_db_connections
+    from ..bridge.dbrelease import db_releaser as asok_db_releaser
 
-    try:
-        from asok.orm.engines import _ENGINES_CACHE
-    except ImportError:  # an Asok that keeps its engines elsewhere: its own function, as it does per request
-        from asok.orm import close_all_db_connections
-
-        return close_all_db_connections
-    return functools.partial(release_db_connections, _ENGINES_CACHE)
+    return asok_db_releaser()
 
 
 def _is_asok_app(app: Any) -> bool:
-    return hasattr(app, "config") and hasattr(app, "_session_store")
+    from ..bridge.asok_api import is_asok_app
+
+    return is_asok_app(app)
 
 
 class WebSocketServer:
@@ -106,10 +102,9 @@ class WebSocketServer:
         self._subprotocol_paths: set[str] = set()
         self._subprotocol_patterns = False
         self.stats: Counter = Counter()
-        #: Seconds spent in, and calls of, each handler function (wall time, monotonic clock).
-        #: defaultdicts, not Counters: ``+=`` on them costs half as much, once per message.
-        self.handler_seconds: defaultdict = defaultdict(float)
-        self.handler_calls: defaultdict = defaultdict(int)
+        #: Calls of, and seconds spent in, each handler function (wall time, monotonic clock),
+        #: counted once per call; the dashboard and the metrics both read it.
+        self.handler_times = HandlerTimes()
         self._allowed_origins = allowed_origins
         self._limit_overrides = dict(limits)
         if max_connections is not None:
@@ -204,7 +199,7 @@ class WebSocketServer:
 
     def bind_app(self, app: Any) -> None:
         """Use ``app`` for config, the session cookie, Asok's ``/asok/live`` operators and ``/graphql``."""
-        from ..bridge import graphql
+        from ..bridge import asok_framework, graphql
         from ..bridge import live as ops
 
         if self.app is app:
@@ -216,6 +211,7 @@ class WebSocketServer:
         if not _is_asok_app(app):
             return
         self._release_db = db_releaser()
+        asok_framework.install()
         if "/asok/live" not in self.routes:
             self.on("/asok/live")(ops.on_live_message)
             ops.install_model_relay(self)

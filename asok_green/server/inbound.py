@@ -395,12 +395,8 @@ class Inbound(Outbound):
                 extra=conn_fields(self, "handler_error", handler="message"),
             )
         finally:
-            elapsed = monotonic() - started
             server = self.server
-            server.handler_seconds[handler] += elapsed
-            server.handler_calls[handler] += 1
-            if server.metrics is not None:
-                server.metrics.handled(handler, elapsed)
+            server.handler_times.handled(handler, monotonic() - started)
             server.after_handler()
 
     def _inflate(self, message: Message) -> str | bytes:

@@ -103,8 +103,7 @@ def call_handler(handler: Any, conn: Connection, what: str) -> None:
             extra=conn_fields(conn, "handler_error", handler=what),
         )
     finally:
-        conn.server.handler_seconds[handler] += time.monotonic() - started
-        conn.server.handler_calls[handler] += 1
+        conn.server.handler_times.handled(handler, time.monotonic() - started)
         try:
             conn.server.after_handler()
         except Exception:

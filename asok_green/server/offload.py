@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextvars
 import os
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
+
+from ..core import framework
 
 __all__ = ["blocking", "call_on_loop", "DEFAULT_THREADS"]
 
@@ -115,11 +116,8 @@ def _run(context: contextvars.Context, fn: Callable[..., Any], args: tuple, kwar
 
 
 def release_db_connections() -> None:
-    """Close the database connections Asok's ORM keeps for the current thread (if Asok is loaded)."""
-    orm = sys.modules.get("asok.orm")
-    close = getattr(orm, "close_all_db_connections", None)
-    if close is not None:
-        close()
+    """Close the database connections the app's framework keeps for the current thread (Asok's ORM does)."""
+    framework.current().release_thread_connections()
 
 
 def pool_size(environ: dict[str, str] | None = None) -> int:

@@ -161,7 +161,8 @@ class UpgradeHandler(WebSocketHandler):
         if hub is None:
             return None, None, {}, Refusal(404, f"no WebSocket route matches {path}")
         origin = env.get("HTTP_ORIGIN")
-        if not hub.origins.allows(origin, env.get("HTTP_HOST"), forwarded_scheme(env)):
+        # A route with a guard makes the Origin check itself, once the session is known.
+        if route.guard is None and not hub.origins.allows(origin, env.get("HTTP_HOST"), forwarded_scheme(env)):
             return None, None, {}, Refusal(403, f"origin {origin!r} is not allowed")
         # Named in the 101 answer (response_headers); routes of no subprotocol of their own speak asok-green.v1.
         if accept_subprotocol(env, route.subprotocols or (envelopes.SUBPROTOCOL,)) == envelopes.SUBPROTOCOL:
@@ -214,6 +215,12 @@ class UpgradeHandler(WebSocketHandler):
             who = Credentials()
         finally:
             hub.after_handler()
+        if route.guard is not None:
+            origin_allowed = hub.origins.allows(env.get("HTTP_ORIGIN"), env.get("HTTP_HOST"), forwarded_scheme(env))
+            refusal = route.guard(env, who, origin_allowed)
+            if refusal is not None:
+                self._refuse(refusal, path, env)
+                return
         deflate = choose_compression(env, hub.limits.compression)
         v1, since = env.get(SUBPROTOCOL_KEY) == envelopes.SUBPROTOCOL, env.get(_SINCE_KEY)
         self._send_response("101 Switching Protocols", response_headers(env, deflate))

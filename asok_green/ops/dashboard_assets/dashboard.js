@@ -132,7 +132,8 @@
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
     const url = scheme + "//" + location.host + base + "live" + (token ? "?token=" + encodeURIComponent(token) : "");
-    const socket = new WebSocket(url);
+    // The dashboard's subprotocol: snapshots only (no presence frames), nothing to send.
+    const socket = new WebSocket(url, "asok-green.dashboard");
     const status = $("status");
     socket.onopen = () => {
       status.textContent = "live";
