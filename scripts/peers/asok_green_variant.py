@@ -356,7 +356,7 @@ def main() -> None:
 
     from asok_green.api.serving import serve
     from asok_green.bridge import bootstrap
-    from asok_green.process.cli import configure_logging
+    from asok_green.process.logs import configure_logging
 
     configure_logging("info")
     bootstrap.require_monkey_patched()
