@@ -43,7 +43,7 @@ from benchlib.plan import Plan
 from benchlib.project import make_bench_project
 from benchlib.rates import rates_phase
 from benchlib.scenario import PeerRun, progress
-from benchlib.servers import PEER_LIST, PEERS_BY_NAME
+from benchlib.servers import PEER_LIST, PEERS_BY_NAME, baseline_peer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    if args.baseline and not args.idle_only:
+        peers.insert(1, baseline_peer(args.baseline))
     latency_plan = None if args.no_latency else make_latency_plan(args)
     if args.latency_only:
         return latency_only(args, argv, peers, latency_plan)
