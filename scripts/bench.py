@@ -3,6 +3,7 @@
     python scripts/bench.py                      # the full run (about 20 minutes), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
     python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
+    python scripts/bench.py --idle-only --baseline /tmp/main-before   # idle memory, never spoke and steady
 
 Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
 threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
@@ -14,6 +15,13 @@ and as JSON next to it.
 Latency at scale (benchlib/shootout.py) is the websocket-shootout's broadcast
 round-trip test on every peer; ``--latency-only`` runs just that and updates
 its section of the report (and a chart of its own).
+
+Idle memory as users see it (benchlib/steady.py): 10,000 connections that never
+spoke, then once every one has answered a keep-alive ping and sent and received
+one message, with the RSS peak while keep-alive rounds run and the CPU of
+keeping them alive; asok_green side by side with ``--baseline``'s tree (for
+instance a ``git worktree`` of main before a change). ``--idle-only`` runs just
+that and updates its section of the report.
 """
 
 from __future__ import annotations
@@ -29,13 +37,13 @@ import time
 
 import bench_cluster
 import metrics_cost
-from benchlib import encode_check, experiment, latency_report, load, machine, report, shootout
+from benchlib import encode_check, experiment, latency_report, load, machine, report, shootout, steady, steady_report
 from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
 from benchlib.rates import rates_phase
 from benchlib.scenario import PeerRun, progress
-from benchlib.servers import PEER_LIST, PEERS_BY_NAME
+from benchlib.servers import PEER_LIST, PEERS_BY_NAME, baseline_peer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -61,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     latency.add_argument("--senders", type=int, help="broadcast requests per round, all client processes (4)")
     latency.add_argument("--latency-passes", type=int, help="passes over every peer; the median is reported (2)")
     latency.add_argument("--no-pin", action="store_true", help="do not pin the server and the clients to cores")
+    idle = parser.add_argument_group("idle memory, never spoke and steady")
+    idle.add_argument("--idle-only", action="store_true", help="run only the steady idle-memory comparison")
+    idle.add_argument("--no-steady", action="store_true", help="skip the steady idle-memory comparison")
+    idle.add_argument("--baseline", help="a source tree whose asok_green is measured beside this one ('before')")
+    idle.add_argument("--steady-rounds", type=int, help="rounds per build (default 3)")
+    idle.add_argument("--steady-connections", type=int, help="idle connections (default 10000)")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="the Markdown report")
     parser.add_argument(
         "--chart", help="the PNG chart (default docs/bench.png; docs/bench-latency.png with --latency-only)"
@@ -138,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    if args.baseline and not args.idle_only:
+        peers.insert(1, baseline_peer(args.baseline))
     latency_plan = None if args.no_latency else make_latency_plan(args)
     if args.latency_only:
         return latency_only(args, argv, peers, latency_plan)
+    if args.idle_only:
+        return idle_only(args, argv)
     plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -157,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         latency = shootout.run(peers, latency_plan, project, work, sources)
         if plan.profile:
             shootout.profile_if_missed(latency, peers, latency_plan, project, work, sources)
+    idle_steady = None if args.no_steady else steady_phase(args, project, work, sources)
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
     progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
     cluster = bench_cluster.run(quick=args.quick)
@@ -168,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan.__dict__,
         "peers": results,
         "latency": latency,
+        "steady": idle_steady,
         "memory_experiment": memory,
         "cluster": cluster,
         "metrics_cost": metrics,
@@ -213,6 +233,50 @@ def latency_only(
     write_latency_report(run, output, chart)
     print(latency_report.text(latency))
     progress(f"done in {elapsed:.0f}s: {output}, {chart}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def steady_phase(args: argparse.Namespace, project: pathlib.Path, work: pathlib.Path, sources) -> dict:
+    """asok_green (and ``--baseline``'s tree as ``before``) through benchlib/steady.py, in turns."""
+    plan = steady.SteadyPlan.quick() if args.quick else steady.SteadyPlan()
+    if args.steady_connections:
+        plan.connections = args.steady_connections
+    rounds = args.steady_rounds or (1 if args.quick else 3)
+    # --quick: a keep-alive interval of a second, so that the rounds take seconds too.
+    common = {"WS_PING_INTERVAL": "1", "WS_PING_TIMEOUT": "5"} if args.quick else {}
+    builds = {"asok_green": dict(common)}
+    if args.baseline:
+        builds["before"] = {**common, "PYTHONPATH": str(pathlib.Path(args.baseline).resolve())}
+    progress(f"idle memory never spoke and steady: {', '.join(builds)}, {plan.connections:,} connections")
+    return steady.compare(builds, plan, rounds, project, work, sources)
+
+
+def idle_only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Run only the steady idle-memory comparison; update its section of the report."""
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    project = make_bench_project(work / "project")
+    result = steady_phase(args, project, work, load.SourceAddresses())
+    elapsed = time.monotonic() - started
+    m = machine.describe()
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    run = {"machine": m, "steady": result, "seconds": round(elapsed, 1), "date": date, "command": command}
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
+    note = (
+        f"Measured on its own (the main table above is the earlier full run) {date} by `{command}` in "
+        f"{elapsed:.0f} s, on {m['cores']} cores ({m['cpu']}), Python {m['python']}, load average "
+        f"{m['load_before']:.2f} at the start."
+    )
+    output = pathlib.Path(args.output)
+    existing = output.read_text() if output.exists() else "# Benchmarks\n"
+    output.write_text(steady_report.replace_section(existing, steady_report.section(result, note)))
+    print(steady_report.text(result))
+    progress(f"done in {elapsed:.0f}s: {output}")
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -18,7 +18,11 @@ reads commands from stdin, one JSON object a line:
   "t_last": <time.monotonic() of the last one>, "complete": C, "open": O}``.
 * ``{"cmd": "open", "count": N}``: open N more connections, then print another
   ``{"event": "opened", ...}`` for that batch.
-* ``{"cmd": "status"}``: ``{"event": "status", "open": O, "complete": C, ...}``.
+* ``{"cmd": "say", "text": T, "spread": S}``: every open connection sends one
+  text message T, the sends spread evenly over S seconds (0: all at once); then
+  ``{"event": "said", "sent": N}``.
+* ``{"cmd": "status"}``: ``{"event": "status", "open": O, "complete": C, "pings": P, ...}``
+  (P: pings answered since the process started).
 * ``{"cmd": "close"}``: close every connection, print ``{"event": "closed"}``, exit.
 
 ``shootout`` holds connections like ``hold`` and, on the command ``rounds``,
@@ -187,6 +191,7 @@ class Loop:
         self.lost = 0
         self.errors: dict[str, int] = {}
         self.next_expiry_check = 0.0
+        self.pings = 0
 
     # connection life -----------------------------------------------------------
 
@@ -345,6 +350,7 @@ class Loop:
             if opcode == OP_TEXT or opcode == OP_BINARY:
                 self.on_message(client, payload)
             elif opcode == OP_PING:
+                self.pings += 1
                 self.send(client, client_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
                 self.send(client, client_frame(OP_CLOSE, payload[:2]))
@@ -430,6 +436,12 @@ class Hold(Loop):
         self.quit = False
         self.concurrency = 32
         self.pending_open = 0
+        # A ``say`` under way: the frame, the connections still to send it, and when each is due.
+        self.say_frame = b""
+        self.say_queue: list[Client] = []
+        self.say_started = 0.0
+        self.say_gap = 0.0
+        self.said = 0
 
     def run(self, count: int, concurrency: int) -> None:
         self.concurrency = concurrency
@@ -438,12 +450,37 @@ class Hold(Loop):
         os.set_blocking(stdin, False)
         self.epoll.register(stdin, _EPOLLIN)
         while not self.quit and time.monotonic() < self.deadline:
-            self.poll(0.5)
+            self.poll(0.01 if self.say_queue else 0.5)
+            if self.say_queue:
+                self.say_due()
             if self.pending_open:
                 count, self.pending_open = self.pending_open, 0
                 self.open_more(count)
         self.close_all()
         emit("closed", lost=self.lost)
+
+    def say(self, text: str, spread: float) -> None:
+        """Start sending ``text`` once on every open connection, spread over ``spread`` seconds."""
+        self.say_frame = client_frame(OP_TEXT, text.encode("utf-8"))
+        self.say_queue = [c for c in self.clients.values() if c.state == OPEN]
+        self.say_queue.reverse()  # popped from the end: in the order they were opened
+        self.say_started = time.monotonic()
+        self.say_gap = spread / len(self.say_queue) if self.say_queue else 0.0
+        self.said = 0
+        if not self.say_queue:
+            emit("said", sent=0)
+
+    def say_due(self) -> None:
+        """Send the messages of the ``say`` under way that are due by now."""
+        queue = self.say_queue
+        due = len(queue) if self.say_gap <= 0 else int((time.monotonic() - self.say_started) / self.say_gap) + 1
+        while queue and self.said < due:
+            client = queue.pop()
+            if client.state == OPEN:
+                self.send(client, self.say_frame)
+            self.said += 1
+        if not queue:
+            emit("said", sent=self.said)
 
     def open_more(self, count: int) -> None:
         """Open ``count`` more connections and report this batch."""
@@ -480,6 +517,8 @@ class Hold(Loop):
             self.arm(cmd["round"], int(cmd["messages"]))
         elif what == "open":
             self.pending_open += int(cmd["count"])  # opened from the main loop, not from inside a poll
+        elif what == "say":
+            self.say(str(cmd.get("text", "hello")), float(cmd.get("spread", 0.0)))
         elif what == "status":
             self.status("status")
         elif what == "close":
@@ -497,7 +536,15 @@ class Hold(Loop):
             self.status("received")
 
     def status(self, event: str) -> None:
-        emit(event, round=self.round, t_last=self.t_last, complete=self.complete, open=self.n_open, lost=self.lost)
+        emit(
+            event,
+            round=self.round,
+            t_last=self.t_last,
+            complete=self.complete,
+            open=self.n_open,
+            lost=self.lost,
+            pings=self.pings,
+        )
 
     def on_message(self, client: Client, payload: bytes) -> None:
         client.received += 1

@@ -71,6 +71,9 @@ def test_every_peer_held_its_idle_connections_and_got_the_broadcasts(bench):
         assert peer["echo"]["rate"] > 0
         assert peer["handshakes"]["rate"] > 0
     assert run["peers"][0]["idle"]["authenticated"], "asok_green's logged-in run is missing"
+    steady = run["steady"]["builds"]["asok_green"]
+    assert [r["open"] for r in steady["rounds"]] == [run["steady"]["plan"]["connections"]]
+    assert steady["median"]["never_spoke"] and steady["median"]["steady"], "the idle figures are missing"
     assert [p["name"] for p in run["latency"]["peers"]] == ["asok_green", "gevent_websocket"]
     assert all(p["curve"] for p in run["latency"]["peers"])
 
@@ -80,6 +83,7 @@ def test_report_and_chart_are_written(bench):
     report = (out / "BENCHMARKS.md").read_text()
     assert "## Results" in report and "## Targets" in report and "## Method" in report
     assert "## Latency at scale" in report
+    assert "## Idle memory: never spoke and steady" in report
     assert "bench.png" in report
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

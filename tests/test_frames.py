@@ -21,6 +21,7 @@ from asok_green.protocol.frames import (
     Pong,
     ProtocolError,
     accept_key,
+    control_frames_length,
     encode_close,
     encode_frame,
     is_valid_client_key,
@@ -507,3 +508,44 @@ def test_accept_key_rfc_example():
 )
 def test_is_valid_client_key(key, valid):
     assert is_valid_client_key(key) is valid
+
+
+# -- control_frames_length: what the read watcher may take without a reader --------
+
+
+def test_control_frames_length_counts_whole_pings_and_pongs():
+    frames = client_frame(OP_PONG, b"a") + client_frame(OP_PING, b"bc") + client_frame(OP_PONG, b"x" * 125)
+    assert control_frames_length(frames) == len(frames)
+    assert control_frames_length(b"") == 0
+
+
+def test_control_frames_length_stops_at_anything_a_reader_must_see():
+    pong = client_frame(OP_PONG, b"a")
+    assert control_frames_length(pong + client_frame(OP_TEXT, b"hi")) == len(pong)
+    assert control_frames_length(pong + client_frame(OP_CLOSE, b"\x03\xe8")) == len(pong)
+    assert control_frames_length(pong + client_frame(OP_PONG, b"abc")[:-1]) == len(pong)  # incomplete
+    assert control_frames_length(client_frame(OP_PONG, b"a", masked=False)) == 0
+    assert control_frames_length(client_frame(OP_PONG, b"a", rsv=4)) == 0
+    assert control_frames_length(client_frame(OP_PONG, b"a", fin=False)) == 0
+
+
+def test_control_frames_length_without_pings_stops_at_a_ping():
+    pong, ping = client_frame(OP_PONG, b"a"), client_frame(OP_PING, b"b")
+    assert control_frames_length(pong + ping, pings=False) == len(pong)
+    assert control_frames_length(pong + ping, pings=True) == len(pong + ping)
+
+
+def test_a_reader_at_rest_holds_nothing():
+    reader = MessageReader()
+    assert reader.at_rest
+    text = client_frame(OP_TEXT, b"hello")
+    reader.feed(text[:3])
+    assert not reader.at_rest  # a frame begun
+    reader.feed(text[3:])
+    assert reader.at_rest
+    reader.feed(client_frame(OP_TEXT, b"he", fin=False))
+    assert not reader.at_rest  # a fragmented message under way
+    reader.feed(client_frame(OP_CONT, b"llo"))
+    assert reader.at_rest
+    reader.stop()
+    assert not reader.at_rest

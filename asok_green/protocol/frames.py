@@ -40,6 +40,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "accept_key",
+    "control_frames_length",
     "encode_close",
     "encode_frame",
     "is_valid_client_key",
@@ -368,6 +369,11 @@ class MessageReader:
         return message
 
     @property
+    def at_rest(self) -> bool:
+        """True between two messages (no frame begun, no fragments held, not done): as good as a new reader."""
+        return not self._buf and self._opcode is None and not self._done
+
+    @property
     def done(self) -> bool:
         """True once the reader ignores its input (after a close frame, an error or :meth:`stop`)."""
         return self._done
@@ -415,6 +421,25 @@ def _parse_close(payload: bytes) -> Close:
     except UnicodeDecodeError:
         raise ProtocolError(CLOSE_INVALID_DATA, "invalid UTF-8 in close reason") from None
     return Close(code, reason)
+
+
+def control_frames_length(data: bytes, pings: bool = True) -> int:
+    """Bytes at the start of ``data`` that are whole ping (with ``pings``) and pong frames from a client.
+
+    Only frames a :class:`MessageReader` at rest takes as they are count (final,
+    no reserved bits, masked, at most 125 bytes of payload).
+    """
+    first = (0x80 | OP_PING, 0x80 | OP_PONG) if pings else (0x80 | OP_PONG,)
+    pos, end = 0, len(data)
+    while end - pos >= 6:
+        b0, b1 = data[pos], data[pos + 1]
+        if b0 not in first or not b1 & 0x80:
+            break
+        length = b1 & 0x7F
+        if length > _MAX_CONTROL_PAYLOAD or end - pos < 6 + length:
+            break
+        pos += 6 + length
+    return pos
 
 
 def encode_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:

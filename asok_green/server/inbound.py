@@ -1,14 +1,17 @@
 """The reading half of a connection: from the client's bytes to its handlers, in turns.
 
-A connection that owns its socket has no greenlet while it is idle. A read
-watcher on the socket spawns a short-lived reader greenlet when data arrives;
-it reads what is there, runs the handlers in order, and re-arms the watcher
-when the socket is drained (:meth:`Inbound.watch`). Any other socket is read
-by the greenlet that accepted it (:meth:`Inbound.run`). Either way a slow
-handler only delays its own connection, and a fast client cannot monopolise
-the process: a reader lets every other ready greenlet run between two chunks
-it reads, between two ``_PARSE_SLICE`` bytes it parses, and after every
-``_MESSAGES_PER_TURN`` messages it handles. A connection the server fails
+A connection that owns its socket has no greenlet while it is idle. The read
+watcher on the socket looks at what arrives: pings and pongs it takes on the
+spot; for anything else it queues the connection for a short-lived reader
+greenlet (shared with other connections, see :mod:`.readers`), which reads
+what is there, runs the handlers in order, and re-arms the watcher when the
+socket is drained (:meth:`Inbound.watch`). Once quiet again, the connection
+keeps nothing of the read: no reader, no frame parser, no buffer. Any other
+socket is read by the greenlet that accepted it (:meth:`Inbound.run`). Either
+way a slow handler only delays its own connection, and a fast client cannot
+monopolise the process: a reader lets every other ready greenlet run between
+two chunks it reads, between two ``_PARSE_SLICE`` bytes it parses, and after
+every ``_MESSAGES_PER_TURN`` messages it handles. A connection the server fails
 (protocol error, message rate) reads nothing more from its client.
 
 The reader's buffer is bounded by ``max_message_size``, fragment headers
@@ -39,8 +42,10 @@ from ..protocol.frames import (
     MessageReader,
     Ping,
     ProtocolError,
+    control_frames_length,
 )
 from .outbound import CLOSED, OPEN, Outbound
+from .readers import LINGERING, READS, take_turn
 
 __all__ = ["Inbound", "take_turn"]
 
@@ -57,18 +62,6 @@ _MESSAGES_PER_TURN = 32
 
 #: Bytes a reader parses at once, between two turns of the others.
 _PARSE_SLICE = 2 * 1024
-
-
-def take_turn() -> None:
-    """Let every other ready greenlet run, including those whose sockets became readable.
-
-    ``gevent.sleep(0)`` is not enough: the loop keeps running callbacks (a chain
-    of ``sleep(0)``) for up to its switch interval before it polls for I/O,
-    so a flooding reader would still hold a probe's readable socket back by
-    milliseconds. ``gevent.idle()`` waits until the loop has polled and run
-    everything that was ready.
-    """
-    gevent.idle()
 
 
 class Inbound(Outbound):
@@ -104,7 +97,8 @@ class Inbound(Outbound):
         self.deflate = deflate
         self.last_seen = monotonic()
         limits = server.limits
-        self._reader = MessageReader(max_message_size=limits.max_message_size, allow_rsv1=deflate is not None)
+        # Made when the client sends something, dropped once it holds nothing (see _parser).
+        self._reader: MessageReader | None = None
         self._inflater: Inflater | None = None
         self._leftover = leftover
         self._rate = TokenBucket.for_limits(limits)
@@ -144,17 +138,63 @@ class Inbound(Outbound):
         self._on_message, self._on_end = on_message, on_end
         self._watcher = self.sock._read_event  # unused otherwise: nothing else waits to read this socket
         if self._leftover:
-            gevent.spawn(self._read_burst)
+            READS.add(self._read_burst)
         else:
             self._watcher.start(self._readable)
 
     def _readable(self) -> None:
-        """The watcher's callback: start a reader greenlet, and stop watching until it is done."""
-        # Runs in the hub, so it must not block or raise. The watcher stays
-        # stopped while the reader runs: a client is not read faster than its
-        # handlers go.
+        """The watcher's callback, in the hub: what a quiet client sent is read here or by a reader.
+
+        Pings and pongs are read and answered right here, with no greenlet: a
+        keep-alive round's answers cost no reader each. Anything else (a data
+        frame, a close, a frame not complete yet, the end of the stream) is
+        left in the socket for a reader greenlet (:mod:`.readers`), and the
+        watcher stays stopped until the reader is done: a client is not read
+        faster than its handlers go. Nothing is read or parsed before a reader
+        takes it, so a crowd of clients speaking at once costs a queue entry
+        each until then, not their messages.
+        """
+        # Runs in the hub, so it must not block or raise.
+        sock = self.sock._sock
+        try:
+            head = sock.recv(_PARSE_SLICE, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            head = b""
+        reader = self._reader
+        if head and self.state is not CLOSED and (reader is None or reader.at_rest):
+            size = len(head)
+            if control_frames_length(head, pings=False) == size:
+                self._read_control(sock, size, pings=False)
+                return
+            # A ping is answered here only when its pong can go straight out (nothing queued).
+            if self.writes_straight and control_frames_length(head) == size:
+                self._read_control(sock, size, pings=True)
+                return
         self._watcher.stop()
-        gevent.spawn(self._read_burst)
+        READS.add(self._read_burst)
+
+    def _read_control(self, sock: socket.socket, size: int, pings: bool) -> None:
+        """Read ``size`` bytes of whole pongs (and with ``pings``, pings) from ``sock``; answer the pings.
+
+        Runs in the hub. A pong only says the client is there: its bytes are
+        not even parsed.
+        """
+        try:
+            data = sock.recv(size)
+        except OSError:
+            return  # the watcher fires again, and a reader finds out what went wrong
+        self.last_seen = monotonic()
+        self.server.stats["bytes_received"] += len(data)
+        if not pings:
+            return
+        try:
+            events, error = self._parser().feed(data), None
+        except ProtocolError as exc:  # not for frames control_frames_length took; handled all the same
+            events, error = exc.events, exc
+        self._handle(events, error, None)
+        self._drop_parser()
 
     def _read_burst(self) -> None:
         """Reader greenlet: handle what the client sent, then re-arm the watcher, or end."""
@@ -167,6 +207,7 @@ class Inbound(Outbound):
                 on_end, self._on_end, self._on_message = self._on_end, None, None
                 on_end()
             else:
+                self._drop_parser()
                 self._watcher.start(self._readable)
 
     def _read_available(self) -> bool:
@@ -205,14 +246,20 @@ class Inbound(Outbound):
 
         A client in a conversation usually answers soon: keeping the reader
         greenlet that long saves a spawn and a watcher restart per message,
-        and a quiet client still ends up with no greenlet of its own.
+        and a quiet client still ends up with no greenlet of its own. At most
+        ``readers.MAX_LINGERING`` readers wait at once, and none while other
+        connections' reads are waiting for a reader (see :mod:`.readers`).
         """
+        if READS.waiting or not LINGERING.take():
+            return False
         try:
             with gevent.Timeout(seconds, False):
                 gevent.get_hub().wait(self._watcher)
                 return True
         except OSError:
             return True  # the socket was closed meanwhile: the next read says so
+        finally:
+            LINGERING.give()
         return False
 
     def _receive(self, data: bytes, on_message: Callable | None) -> bool:
@@ -234,17 +281,21 @@ class Inbound(Outbound):
         return True
 
     def _receive_slice(self, data: bytes, on_message: Callable | None) -> bool:
-        """Handle ``data`` from the client: False once the connection is ending.
-
-        Once the connection is closing, messages are dropped unread: only the
-        client's close frame still matters.
-        """
+        """Parse and handle ``data`` from the client: False once the connection is ending."""
         try:
-            events = self._reader.feed(data)
+            events = self._parser().feed(data)
             error = None
         except ProtocolError as exc:
             # What the client sent before breaking the protocol still counts.
             events, error = exc.events, exc
+        return self._handle(events, error, on_message)
+
+    def _handle(self, events: list, error: ProtocolError | None, on_message: Callable | None) -> bool:
+        """Handle ``events`` from the client, then ``error`` if it broke the protocol: False once ending.
+
+        Once the connection is closing, messages are dropped unread: only the
+        client's close frame still matters.
+        """
         handled = 0
         for event in events:
             kind = type(event)
@@ -288,11 +339,26 @@ class Inbound(Outbound):
                 )
                 self.close(error.code, error.reason)
             return False
-        return self.state is not CLOSED and not self._reader.done
+        reader = self._reader
+        return self.state is not CLOSED and (reader is None or not reader.done)
+
+    def _parser(self) -> MessageReader:
+        """The frame reader, made when the client next sends something: a quiet connection keeps none."""
+        reader = self._reader
+        if reader is None:
+            limit = self.server.limits.max_message_size
+            reader = self._reader = MessageReader(max_message_size=limit, allow_rsv1=self.deflate is not None)
+        return reader
+
+    def _drop_parser(self) -> None:
+        """Let go of the frame reader if it holds nothing between two messages."""
+        reader = self._reader
+        if reader is not None and reader.at_rest:
+            self._reader = None
 
     def _fail(self, code: int, reason: str) -> None:
         """Close for the client's fault, and read nothing more from it (RFC 6455 section 7.1.7)."""
-        self._reader.stop()
+        self._parser().stop()
         self.close(code, reason)
 
     def _lost(self) -> None:
@@ -337,8 +403,10 @@ class Inbound(Outbound):
         """The payload of a compressed message, decoded if it is text."""
         inflater = self._inflater
         if inflater is None:
-            limit = self.server.limits.max_message_size
-            inflater = self._inflater = Inflater(limit, self.deflate.client_no_context_takeover)
+            fresh = self.deflate.client_no_context_takeover
+            inflater = Inflater(self.server.limits.max_message_size, fresh)
+            if not fresh:
+                self._inflater = inflater  # it keeps the client's compression context from message to message
         data = inflater.inflate(message.data)
         if message.opcode != OP_TEXT:
             return data

@@ -5,6 +5,11 @@ One greenlet per server sweeps every connection: a client silent for
 client silent for ``ping_interval + ping_timeout`` is closed with 1011, so a
 vanished phone does not stay "online" forever. Any frame from the client,
 pong included, counts as a sign of life.
+
+A sweep looks at every connection once per period, a slice at a time
+(``SLICE_SECONDS`` apart): clients that connected together are pinged, and
+answer, spread over the period instead of all in one round, so their pongs
+never arrive as one burst.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ logger = logging.getLogger("asok_green")
 
 PING_FRAME = encode_frame(OP_PING, b"")
 TIMEOUT_REASON = "keepalive timeout: no answer to ping"
+
+#: Seconds between two slices of a sweep.
+SLICE_SECONDS = 0.5
 
 
 def sweep(connections: Iterable[Connection], now: float, interval: float, timeout: float) -> tuple[int, int]:
@@ -53,17 +61,31 @@ def sweep(connections: Iterable[Connection], now: float, interval: float, timeou
     return pinged, closed
 
 
+def sweep_period(interval: float, timeout: float) -> tuple[float, int]:
+    """``(period, slices)``: every connection is looked at once per period, in that many slices."""
+    period = max(0.05, min(interval, timeout) / 2)
+    return period, max(1, round(period / SLICE_SECONDS))
+
+
 def run(server: Any) -> None:
     """Sweep the hub ``server``'s connections for as long as the greenlet lives; a sweep that raises is logged."""
     limits = server.limits
-    period = max(0.05, min(limits.ping_interval, limits.ping_timeout) / 2)
+    period, slices = sweep_period(limits.ping_interval, limits.ping_timeout)
+    part = 0
     while True:
-        gevent.sleep(period)
+        gevent.sleep(period / slices)
         try:
-            _, closed = sweep(server.connections(), monotonic(), limits.ping_interval, limits.ping_timeout)
+            # The n-th slice of the connections open now: a connection that
+            # moves up when others close may wait one more period to be looked at.
+            connections = server.connections()
+            count = len(connections)
+            chosen = connections[part * count // slices : (part + 1) * count // slices]
+            _, closed = sweep(chosen, monotonic(), limits.ping_interval, limits.ping_timeout)
             flush_suppressed(logger, limits)
         except Exception:
             # One bad connection must not end keep-alive for every other.
             logger.exception("keep-alive sweep failed: going on")
             continue
+        finally:
+            part = (part + 1) % slices
         server.stats["keepalive_closed"] += closed

@@ -122,6 +122,11 @@ class Outbound:
         return self._sock
 
     @property
+    def writes_straight(self) -> bool:
+        """True when nothing is queued and no writer runs: a frame sent now goes straight to the kernel."""
+        return not self._pending and self._writer is None
+
+    @property
     def can_watch(self) -> bool:
         """True if :meth:`watch` can serve this connection: it owns a plain gevent socket."""
         return self._own_socket and type(self._sock) is gevent.socket.socket
@@ -193,11 +198,11 @@ class Outbound:
         if self._writer is not None or not pending:
             return
         if self.state is CLOSED:
-            pending.clear()
+            self._pending = None
             self._pending_bytes = 0
             return
         chunk = pending.popleft() if len(pending) == 1 else b"".join(pending)
-        pending.clear()
+        self._pending = None  # a quiet connection keeps no queue
         self._pending_bytes = 0
         try:
             sent = self._try_send(chunk)
@@ -208,7 +213,7 @@ class Outbound:
             return
         if sent < len(chunk):
             rest = memoryview(chunk)[sent:]
-            pending.append(rest)
+            self._pending = deque((rest,))
             self._pending_bytes = len(rest) + _QUEUE_ENTRY_COST
             self._writer = gevent.spawn(self._drain)
 
@@ -280,6 +285,8 @@ class Outbound:
             self.abort()
         finally:
             self._writer = None
+            if self._pending is pending and not pending:
+                self._pending = None  # a quiet connection keeps no queue
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for queued frames to reach the kernel."""

@@ -174,6 +174,28 @@ class Holders:
         self.open = total
         return total
 
+    def status(self) -> dict:
+        """Connections open now and pings answered so far, summed over the processes."""
+        for gen in self.procs:
+            gen.command(cmd="status")
+        total = {"open": 0, "pings": 0}
+        for gen in self.procs:
+            status = gen.wait("status", 10) or {}
+            for key in total:
+                total[key] += status.get(key, 0)
+        self.open = total["open"]
+        return total
+
+    def say(self, text: str, spread: float = 0.0, timeout: float = 60) -> int:
+        """Every open connection sends ``text`` once (spread over ``spread`` seconds); returns how many did."""
+        for gen in self.procs:
+            gen.command(cmd="say", text=text, spread=spread)
+        sent = 0
+        for gen in self.procs:
+            said = gen.wait("said", spread + timeout)
+            sent += said["sent"] if said else 0
+        return sent
+
     def arm(self, round_id: int, messages: int) -> int:
         """Tell every process to expect ``messages`` per connection; return how many are open."""
         for gen in self.procs:

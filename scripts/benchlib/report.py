@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import latency_report
+from . import latency_report, steady_report
 from . import table as results_table
 from .targets import GREEN, KB, Verdict, idle_at, judge, peer
 
@@ -34,6 +34,8 @@ def table(run: dict) -> str:
     lines = [results_table.text(run), ""]
     if run.get("latency"):
         lines += [latency_report.text(run["latency"]), ""]
+    if run.get("steady"):
+        lines += [steady_report.text(run["steady"]), ""]
     lines.append("Targets (asok_green, ratios within this run):")
     for v in verdicts:
         lines.append(f"  [{_mark(v)}] {v.target}: {v.measured}" + (f" -- {v.shortfall}" if v.shortfall else ""))
@@ -52,6 +54,7 @@ def markdown(run: dict, chart_path: str) -> str:
         "## Results\n\n" + results_table.markdown(run) + "\n\n" + _legend(run),
         _targets(verdicts),
         _misses(run, verdicts),
+        steady_report.section(run.get("steady")),
         latency_report.section(run.get("latency")),
         _memory_experiment(run.get("memory_experiment")),
         _cluster(run.get("cluster")),
@@ -135,6 +138,7 @@ def _legend(run: dict) -> str:
     plan = run["plan"]
     return (
         f"KB = 1000 bytes. *KB/idle conn*: growth of the server's RSS divided by the connections open, "
+        f"connections that never spoke (the figure once they have: *Idle memory: never spoke and steady*), "
         f"measured at each level on the way up ({', '.join(f'{n:,}' for n in plan['sizes'])}). "
         f"*Fan-out*: one {plan['message_size']}-byte JSON message broadcast to every idle `/room` subscriber; "
         f"server CPU (all its threads) from before the trigger to the last delivery, divided by deliveries; "

@@ -40,11 +40,16 @@ class Peer:
     http_path: str
     separate_http: bool = False
     notes: str = ""
+    #: The source tree this peer's asok_green is imported from (``--baseline``), or None for this one.
+    tree: str | None = None
 
     def argv(self, port: int, http_port: int, project: pathlib.Path) -> list[str]:
         """The command that starts this server."""
         if self.name == "asok_green":
             return [str(BIN / "asok"), "serve", "--gevent", "--port", str(port)]
+        if self.tree is not None:
+            # The entry point names this tree's modules: the other tree is served through its own __main__.
+            return [sys.executable, "-m", "asok_green", "serve", "--port", str(port)]
         if self.name == "asok_threaded":
             script = PEERS / "asok_threaded.py"
             return [
@@ -93,6 +98,18 @@ PEER_LIST = (
     ),
 )
 PEERS_BY_NAME = {peer.name: peer for peer in PEER_LIST}
+
+
+def baseline_peer(tree: str) -> Peer:
+    """asok_green as another source tree has it (``--baseline``), measured beside this one as ``before``."""
+    return Peer(
+        "asok_green_before",
+        "asok_green (before)",
+        auth=True,
+        http_path="/whoami",
+        notes=f"asok_green from {tree}, served the same way",
+        tree=str(pathlib.Path(tree).resolve()),
+    )
 
 
 @dataclass
@@ -165,7 +182,8 @@ def start_server(
     argv = argv_for(port) if argv_for else peer.argv(port, http_port, project)
     log = logs / f"{peer.name}{tag}-{port}.log"
     log_file = open(log, "wb")
-    env = project_env(PYTHONUNBUFFERED="1")
+    extra = {"PYTHONPATH": peer.tree} if peer.tree else {}
+    env = project_env(PYTHONUNBUFFERED="1", **extra)
     proc = subprocess.Popen(
         argv, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .targets import KB, fanout_at, idle_at
+from .targets import GREEN, KB, fanout_at, idle_at
 
 NA = "n/a"
 
@@ -61,6 +61,7 @@ def rows(run: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
     for kind in ("anonymous", "authenticated"):
         for size in plan["sizes"]:
             out.append((f"KB/idle conn, {size:,} {kind}", [_idle_cell(p, size, kind) for p in peers]))
+    out += _steady_rows(run.get("steady"), peers)
     top = plan["sizes"][-1]
     out.append((f"OS threads at {top:,} idle", [_threads(p, top) for p in peers]))
     for kind in ("anonymous", "authenticated"):
@@ -89,6 +90,25 @@ def rows(run: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
     out.append((f"HTTP req/s, {plan['http_idle']:,} idle WebSockets", [_http(p, "with_idle") for p in peers]))
     out.append(("HTTP with idle / without", [_http_ratio(p) for p in peers]))
     return header, out
+
+
+def _steady_rows(steady: dict | None, peers: list[dict]) -> list[tuple[str, list[str]]]:
+    """asok_green once its connections have spoken (benchlib/steady.py); the peers are not measured so."""
+    if not steady:
+        return []
+    mine = (steady["builds"].get(GREEN) or {}).get("median") or {}
+    value, peak = mine.get("steady"), mine.get("round_peak_over_settled")
+
+    def cells(text: str) -> list[str]:
+        return [text if p["name"] == GREEN else "not measured" for p in peers]
+
+    return [
+        (
+            f"KB/idle conn, {steady['plan']['connections']:,} steady (spoke, then quiet)",
+            cells(f"{value / KB:.1f}" if value is not None else "-"),
+        ),
+        ("RSS peak in a keep-alive round, over settled", cells(f"{peak:+.0%}" if peak is not None else "-")),
+    ]
 
 
 def _files(result: dict, kind: str) -> str:

@@ -59,7 +59,82 @@ def judge(run: dict) -> list[Verdict]:
     verdicts.append(_http(green))
     if run.get("latency"):
         verdicts.append(latency_verdict(run["latency"]))
+    if run.get("steady"):
+        verdicts += steady_verdicts(run["steady"])
     return verdicts
+
+
+#: Issue 23's targets for idle memory once connections have spoken.
+STEADY_MAX = 3.0 * KB
+NEVER_SPOKE_MAX = 2.4 * KB
+PEAK_MAX = 0.10
+
+
+def steady_verdicts(steady: dict) -> list[Verdict]:
+    """Idle memory after speaking, the keep-alive peak, never-spoke memory and keep-alive CPU.
+
+    ``steady`` is :func:`benchlib.steady.compare`'s result; the CPU target
+    compares asok_green with the build named ``before``, when it ran.
+    """
+    builds = steady["builds"]
+    mine = (builds.get(GREEN) or {}).get("median") or {}
+    before = (builds.get("before") or {}).get("median") or {}
+    size = steady["plan"]["connections"]
+    out = []
+    value = mine.get("steady")
+    out.append(
+        Verdict(
+            "steady",
+            f"at most {STEADY_MAX / KB:.1f} KB per connection at {size:,} once every one spoke (a keep-alive "
+            "round, one message each way) and went quiet",
+            f"{value / KB:.2f} KB"
+            + (f" (before: {before['steady'] / KB:.2f} KB)" if before.get("steady") is not None else "")
+            if value is not None
+            else "not measured",
+            None if value is None else value <= STEADY_MAX,
+            f"{(value - STEADY_MAX) / KB:.2f} KB over" if value is not None and value > STEADY_MAX else "",
+        )
+    )
+    peaks = [mine.get(k) for k in ("round_peak_over_settled", "held_peak_over_settled")]
+    peaks = [p for p in peaks if p is not None]
+    peak = max(peaks) if peaks else None
+    out.append(
+        Verdict(
+            "keepalive-peak",
+            f"RSS during a keep-alive round at most {PEAK_MAX:.0%} above the RSS it settles at",
+            f"{peak:+.1%}"
+            + (
+                f" (before: {before['round_peak_over_settled']:+.1%})"
+                if before.get("round_peak_over_settled") is not None
+                else ""
+            )
+            if peak is not None
+            else "not measured",
+            None if peak is None else peak <= PEAK_MAX,
+            f"{peak:+.1%}" if peak is not None and peak > PEAK_MAX else "",
+        )
+    )
+    value = mine.get("never_spoke")
+    out.append(
+        Verdict(
+            "never-spoke",
+            f"at most {NEVER_SPOKE_MAX / KB:.1f} KB per connection at {size:,} before any has spoken",
+            f"{value / KB:.2f} KB" if value is not None else "not measured",
+            None if value is None else value <= NEVER_SPOKE_MAX,
+            f"{(value - NEVER_SPOKE_MAX) / KB:.2f} KB over" if value is not None and value > NEVER_SPOKE_MAX else "",
+        )
+    )
+    a, b = mine.get("held_cpu_percent"), before.get("held_cpu_percent")
+    out.append(
+        Verdict(
+            "keepalive-cpu",
+            f"server CPU while holding {size:,} quiet connections (keep-alive) no higher than the build before",
+            f"{a:.2f}% vs {b:.2f}% of a core" if a is not None and b is not None else "not measured",
+            None if a is None or b is None else a <= b,
+            f"{a / b:.2f}x" if a is not None and b and a > b else "",
+        )
+    )
+    return out
 
 
 #: Clients within the p95 limit: asok_green against websockets (asyncio).

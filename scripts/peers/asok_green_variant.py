@@ -25,6 +25,10 @@ does, with these experiments switched on:
     SECONDS (default 0: at once).
 ``--tracemalloc DIR``
     trace allocations (one frame); each SIGUSR1 writes ``DIR/snapshot-N.pickle``.
+``--malloc-stats FILE [--trim]``
+    each SIGUSR2 appends one JSON line to FILE: RSS, glibc's ``mallinfo2``
+    (heap in use and free), pymalloc's arenas and blocks, and the greenlets
+    alive; with ``--trim`` it then calls ``malloc_trim(0)`` and adds the RSS after.
 
 The asok_green package is not modified: the experiments wrap
 ``asok_green.server.upgrade.serve_connection`` and ``GreenServer.handle``, and the
@@ -36,6 +40,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -164,7 +169,7 @@ class Parked:
             return False
         conn.last_seen = monotonic()
         try:
-            events, error = conn._reader.feed(data), None
+            events, error = conn._parser().feed(data), None
         except ProtocolError as exc:
             events, error = exc.events, exc
         for event in events:
@@ -258,6 +263,77 @@ def install_snapshots(folder: str) -> None:
     gevent.signal_handler(signal.SIGUSR1, snapshot)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _pymalloc_stats() -> dict:
+    """Arenas and block bytes from ``sys._debugmallocstats`` (it writes to the C stderr)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    wanted = {
+        "# arenas allocated current": "arenas",
+        "# bytes in allocated blocks": "allocated_blocks",
+        "# bytes in available blocks": "available_blocks",
+        "# bytes lost to pool headers": "pool_headers",
+        "# bytes lost to quantization": "quantization",
+        "Total": "total",
+    }
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.rpartition("=")
+        key = key.strip()
+        if key in wanted:
+            found[wanted[key]] = int(value.strip().replace(",", ""))
+    return found
+
+
+def install_malloc_stats(path: str, trim: bool) -> None:
+    """SIGUSR2 appends a JSON line of allocator figures to ``path`` (see the module docstring)."""
+    import gc
+    import json
+
+    import greenlet
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+
+    def stats():
+        info = libc.mallinfo2()
+        line = {"rss": _rss(), **{name: getattr(info, name) for name, _ in _MallInfo2._fields_}}
+        line["pymalloc"] = _pymalloc_stats()
+        line["greenlets"] = sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet))
+        if trim:
+            libc.malloc_trim(0)
+            line["rss_after_trim"] = _rss()
+        with open(path, "a") as out:
+            out.write(json.dumps(line) + "\n")
+
+    gevent.signal_handler(signal.SIGUSR2, stats)
+
+
 def main() -> None:
     """Apply the experiments, then serve like ``python -m asok_green serve``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -269,14 +345,18 @@ def main() -> None:
     parser.add_argument("--idle-watcher", action="store_true")
     parser.add_argument("--park-after", type=float, default=0.0, help="with --idle-watcher: seconds of linger")
     parser.add_argument("--tracemalloc", metavar="DIR")
+    parser.add_argument("--malloc-stats", metavar="FILE")
+    parser.add_argument("--trim", action="store_true", help="with --malloc-stats: malloc_trim(0) after each")
     args = parser.parse_args()
     if args.tracemalloc:
         tracemalloc.start(1)
         install_snapshots(args.tracemalloc)
+    if args.malloc_stats:
+        install_malloc_stats(args.malloc_stats, args.trim)
 
     from asok_green.api.serving import serve
     from asok_green.bridge import bootstrap
-    from asok_green.process.cli import configure_logging
+    from asok_green.process.logs import configure_logging
 
     configure_logging("info")
     bootstrap.require_monkey_patched()
