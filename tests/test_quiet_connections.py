@@ -22,11 +22,11 @@ import greenlet
 import pytest
 
 from asok_green.api.serving import make_server
+from asok_green.api.websocket_server import WebSocketServer
 from asok_green.protocol.deflate import Inflater
 from asok_green.protocol.frames import OP_PING, OP_PONG, OP_TEXT, MessageReader
 from asok_green.server import hub as hub_module
 from asok_green.server.connection import Connection
-from asok_green.server.hub import WebSocketServer
 from tests.conftest import greenlet_count
 from tests.server_frames import client_frame, split_server_frame
 
