@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -27,28 +28,29 @@ def require_monkey_patched() -> None:
         )
 
 
-def install_dropin() -> None:
-    """Make ``from asok import WebSocketServer`` (and ``asok.ws``'s) give asok_green's classes."""
-    from .. import WebSocketServer  # the public class
+def install_dropin(server_class: type) -> None:
+    """Make ``from asok import WebSocketServer`` (and ``asok.ws``'s) give ``server_class`` and our Connection.
+
+    ``server_class`` is the public ``WebSocketServer`` (asok_green.api), which
+    the processes above this layer pass in.
+    """
     from ..server.connection import Connection
 
-    asok_api.install_websocket_classes(WebSocketServer, Connection)
+    asok_api.install_websocket_classes(server_class, Connection)
     asok_framework.install()
-    asok_api.call_after_logout(_close_sockets_of_session)
+    asok_api.call_after_logout(functools.partial(_close_sockets_of_session, server_class))
     _advertise_websocket_endpoint()
     _offer_asokws_where_used()
     _offer_resume_client()
 
 
-def _close_sockets_of_session(sid: str) -> None:
+def _close_sockets_of_session(server_class: type, sid: str) -> None:
     """Close (1008) the WebSockets of a session that ``request.logout()`` just ended.
 
     The periodic session re-check would close them anyway; this makes a logout
     in the same process take effect immediately.
     """
-    from .. import WebSocketServer  # the public class
-
-    for server in WebSocketServer.instances():
+    for server in server_class.instances():
         server.revoke_session(sid)
 
 

@@ -328,13 +328,14 @@ def main(argv: list[str] | None = None) -> None:
             print("asok_green: --certfile with --workers is not supported; use one worker", file=sys.stderr)
             sys.exit(2)
         sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
+    from ..api.websocket_server import WebSocketServer
     from ..bridge import bootstrap
     from .logs import configure_logging
 
     configure_logging(args.log_level)
     try:
         bootstrap.require_monkey_patched()
-        bootstrap.install_dropin()
+        bootstrap.install_dropin(WebSocketServer)
         app = bootstrap.load_app(args.app)
     except bootstrap.BootstrapError as exc:
         print(f"asok_green: {exc}", file=sys.stderr)

@@ -98,10 +98,11 @@ def serve_project(app: Any, listener: socket.socket, tls: dict, url: str) -> Non
 
 def load_project(spec: str) -> Any:
     """Patch-check, make ``asok.WebSocketServer`` the green one, and import the app."""
+    from ..api.websocket_server import WebSocketServer
     from ..bridge import bootstrap
 
     bootstrap.require_monkey_patched()
-    bootstrap.install_dropin()
+    bootstrap.install_dropin(WebSocketServer)
     app = bootstrap.load_app(spec)
     from .cli import quiet_duplicate_loggers
 

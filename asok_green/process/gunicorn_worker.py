@@ -47,7 +47,7 @@ class GeventWebSocketWorker(GeventPyWSGIWorker):
                 "--preload imports wsgi.py before gevent patches the worker, so its WebSocketServer "
                 "is not asok_green's: run this worker class without --preload"
             )
-        install_dropin()
+        install_dropin(WebSocketServer)
         super().load_wsgi()
         port = self._port()
         config = getattr(self.wsgi, "config", None)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level)
     try:
         bootstrap.require_monkey_patched()
-        bootstrap.install_dropin()
+        bootstrap.install_dropin(WebSocketServer)
         app = bootstrap.load_app(args.app)
         configure_logging(args.log_level, getattr(app, "config", None))
         for hub in WebSocketServer.instances() or [WebSocketServer(app=app)]:

@@ -57,9 +57,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     """In an Asok project, swap in asok_green's ``WebSocketServer`` before conftests import the app."""
     if project_root(early_config) is None:
         return
+    from ..api.websocket_server import WebSocketServer
     from ..bridge import bootstrap
 
-    bootstrap.install_dropin()
+    bootstrap.install_dropin(WebSocketServer)
 
 
 @pytest.fixture(scope="session")

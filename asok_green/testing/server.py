@@ -134,7 +134,7 @@ class TestServer:
 
             from ..bridge import bootstrap
 
-            bootstrap.install_dropin()
+            bootstrap.install_dropin(asok_green.WebSocketServer)
             self.app = bootstrap.load_app(self.app_spec, str(self.root))
             self._http = asok_green.make_server(self.app, host=self.host, port=self.port)
             self.hubs = list(asok_green.WebSocketServer.instances())
