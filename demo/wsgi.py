@@ -5,6 +5,9 @@ Run it with `asok serve --gevent` (pages and sockets on one port), after
 
 Chat lines travel on `/chat/<room>` as JSON with an id, so that read receipts
 (`{"op": "receipt", ...}` on `/asok/live`) can name the message they are about.
+Each `/chat/<room>` path keeps its last broadcasts (`history=`): the page's resume
+client gets back what it missed while its link was down. A newcomer gets the
+room's recent lines from `on_join`; the page drops a line it already shows.
 """
 
 import itertools
@@ -20,6 +23,7 @@ ws = WebSocketServer(port=8001, app=app)
 ROOM = re.compile(r"[a-z0-9-]{1,40}")
 MAX_MESSAGE = 500
 HISTORY = 50
+CHAT_HISTORY = 200  # what a resume client can get back after a dropped link
 MAX_ROOMS_WITH_HISTORY = 100
 
 _message_ids = itertools.count(1)
@@ -37,7 +41,7 @@ def remember(room: str, line: dict) -> None:
         _history.setdefault(room, deque(maxlen=HISTORY)).append(line)
 
 
-@ws.on("/chat/[room]")
+@ws.on("/chat/[room]", history=CHAT_HISTORY)
 def on_message(conn, message):
     """Relay a chat line to everyone in the room, the sender included."""
     text = message.strip()[:MAX_MESSAGE] if isinstance(message, str) else ""

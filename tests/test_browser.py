@@ -24,7 +24,8 @@ import time
 import pytest
 
 from tests.asok_project import DEMO, project_env
-from tests.conftest import asok_serve
+from tests.conftest import asok_serve, ws_connect
+from tests.link_proxy import LinkProxy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -259,3 +260,51 @@ def test_asokws_connects_to_the_serving_port_and_exchanges_a_message(browser, se
     assert exchange["line"]["name"] == "Guest" and exchange["line"]["type"] == "message"
     tab.page.wait_for_selector(".message:has-text('ping over asokWS')")
     context.close()
+
+
+def test_the_chat_loses_nothing_over_a_dropped_link_and_says_when_it_must(browser, server):
+    """The demo's chat socket is the resume client: what was said while its link was down is shown after.
+
+    Lines are sent by a plain client of the room, which gets each one back once the
+    server has broadcast it (and kept it in the path's history). Past the history's
+    200 lines the page says continuity was lost.
+    """
+    room = "resume-demo"
+    proxy = LinkProxy(server.port)
+    sender = ws_connect(server, f"/chat/{room}", timeout=30)
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{proxy.port}/?room={room}")
+        page.wait_for_selector("#status.ok")
+        assert page.evaluate("window.AsokResume !== undefined")
+
+        def say(*texts: str) -> None:
+            for text in texts:
+                sender.send(text)
+            for text in texts:  # broadcast, and so in the history
+                while json.loads(sender.recv())["text"] != text:
+                    pass
+
+        def away(*texts: str) -> None:
+            proxy.hold()
+            page.wait_for_selector("#status:not(.ok)")
+            say(*texts)
+            proxy.release()
+            page.wait_for_selector("#status.ok")
+
+        say("before the drop")
+        page.wait_for_selector(".message:has-text('before the drop')")
+        away("while away 1", "while away 2", "while away 3")
+        for text in ("while away 1", "while away 2", "while away 3", "before the drop"):
+            page.wait_for_selector(f".message:has-text('{text}')")
+        texts = page.eval_on_selector_all("#messages .message .text", "(items) => items.map((i) => i.textContent)")
+        assert texts == ["before the drop", "while away 1", "while away 2", "while away 3"]
+        assert page.locator(".continuity-lost").count() == 0
+
+        away(*(f"flood {n}" for n in range(1, 211)))  # more than the 200 lines the path keeps
+        page.wait_for_selector(".continuity-lost:has-text('Continuity lost')")
+    finally:
+        context.close()
+        sender.close()
+        proxy.close()

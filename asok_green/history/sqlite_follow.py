@@ -67,6 +67,9 @@ class Follower:
         new = [name for name in names if name not in self._seen]
         for gone in set(self._seen) - set(names):
             del self._seen[gone]
+            # Unfollowed, what this process knows of the stream goes stale as others append:
+            # a client that resumes it later must be answered from the file, not from memory.
+            self.hub.history.stream_named(gone).unload()
         delivered = 0
         asked = names if changed else new
         rows = self._positions(db, asked)

@@ -132,6 +132,11 @@ class Stream:
         self.prefix = envelopes.stream_prefix(self.name, epoch)
         self.forget_tail()
 
+    def unload(self) -> None:
+        """Forget the epoch, last offset and tail: the next client of the stream here reads the store."""
+        self.forget_tail()
+        self.epoch, self.last, self.prefix = None, 0, b""
+
     def remember(self, offset: int, at: float, message: Outgoing) -> None:
         """Add message ``offset`` (delivered at ``at``) to the tail, dropping the oldest if it is full."""
         tail = self.tail

@@ -1,6 +1,6 @@
 // The demo chat client.
 //
-// Chat lines travel on window.asokWS("/chat/<room>") as JSON:
+// Chat lines travel on window.asokWS("/chat/<room>", {resume: true}) as JSON:
 //   {"type": "message", "id": 7, "user_id": 1, "name": "alice", "text": "hi", "at": 1700000000}
 //
 // Presence, typing indicators and read receipts use Asok's built-in operators
@@ -196,9 +196,14 @@ function setStatus(text, ok) {
   statusLine.classList.toggle("ok", ok);
 }
 
+// The chat socket is asok_green's resume client: it reconnects by itself and the
+// server replays what the page missed (the route keeps history), so a dropped link
+// loses nothing; when the server cannot fill the gap, the page says so.
 function connectChat() {
-  chat = window.asokWS(root.dataset.wsPath);
-  chat.onopen = () => setStatus("connected", true);
+  chat = window.asokWS(root.dataset.wsPath, { resume: true });
+  chat.addEventListener("open", () => setStatus("connected", true));
+  chat.addEventListener("reconnecting", () => setStatus("reconnecting…", false));
+  chat.addEventListener("continuitylost", showContinuityLost);
   chat.onmessage = (event) => {
     try {
       const line = JSON.parse(event.data);
@@ -207,10 +212,12 @@ function connectChat() {
       // Not a chat line (another client of this path may send plain text).
     }
   };
-  chat.onclose = () => {
-    setStatus("reconnecting…", false);
-    setTimeout(connectChat, 1500);
-  };
+}
+
+function showContinuityLost() {
+  const notice = element("li", "system continuity-lost", "Continuity lost: some messages were missed.");
+  notice.setAttribute("role", "alert");
+  scrollAfter(() => messages.append(notice));
 }
 
 function sendLive(message) {

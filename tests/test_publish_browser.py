@@ -1,0 +1,85 @@
+"""``asok_green.publish`` from a plain script reaches a browser resume client that was away.
+
+One node, the SQLite store: ``asok serve --gevent`` serves the project, whose
+``/progress/[user]`` paths keep history, and a chat page on the resume client
+(``window.asokWS(path, {resume: true})``) in Debian's headless Chromium, through
+a TCP proxy the test holds down. A separate ``python`` process publishes into the
+stream with ``asok_green.publish`` while the page's link is down; when the link
+comes back the server replays those messages, once and in order, after the ones
+the page already showed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.asok_project import make_project, project_env
+from tests.conftest import asok_serve
+from tests.link_proxy import LinkProxy
+from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
+from tests.test_publish import ROUTES, SCRIPT, run_script
+from tests.test_resume_browser import (
+    RESUME_HTML,
+    RESUME_PY,
+    WAIT_MS,
+    open_chat,
+    resume_log,
+    settle,
+    wait_reopened,
+    wait_shown,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+STREAM = "/progress/browser"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The publish project (``/progress/[user]`` keeps history, a publishing script) with the chat page."""
+    root = make_project(tmp_path_factory.mktemp("publish-browser"), extra_wsgi=ROUTES)
+    (root / "publish_script.py").write_text(SCRIPT)
+    (root / "src/pages/resume").mkdir(parents=True, exist_ok=True)
+    (root / "src/pages/resume/page.py").write_text(RESUME_PY)
+    (root / "src/pages/resume/page.html").write_text(RESUME_HTML)
+    return root
+
+
+@pytest.fixture
+def server(project, tmp_path):
+    """One node with the default store (SQLite beside the app's database)."""
+    proc = asok_serve(project, tmp_path, env=project_env())
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def proxy(server):
+    """A TCP proxy between Chromium and the server, for the test to hold down."""
+    link = LinkProxy(server.port)
+    yield link
+    link.close()
+
+
+def test_a_script_publish_while_the_page_is_away_is_replayed_in_chromium(browser, project, server, proxy):  # noqa: F811 - the fixture
+    page = open_chat(browser, f"http://127.0.0.1:{proxy.port}", STREAM)
+    try:
+        first = run_script(project, STREAM, "s1", "s2")
+        assert wait_shown(page, 2) == ["s1", "s2"]  # live: the server follows the file
+
+        opens = resume_log(page)["opens"]
+        proxy.hold()
+        page.wait_for_selector("#chat[data-state=reconnecting]", state="attached", timeout=WAIT_MS)
+        away = run_script(project, STREAM, "s3", "s4", "s5")
+        assert [offset for _, offset in away] == [first[-1][1] + 1, first[-1][1] + 2, first[-1][1] + 3]
+        assert page.evaluate("window.resumeLog.opens") == opens, "the page came back while the proxy held"
+
+        proxy.release()
+        wait_reopened(page, opens)
+        assert settle(page, ["s1", "s2", "s3", "s4", "s5"]) == ["s1", "s2", "s3", "s4", "s5"]
+        log = resume_log(page)
+        replays = [resumed["replayed"] for resumed in log["resumed"] if resumed["stream"] == STREAM]
+        assert replays and replays[-1] == 3, log
+        assert log["lost"] == [] and page.text_content("#notice") == "", log
+    finally:
+        page.context.close()
