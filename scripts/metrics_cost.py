@@ -25,18 +25,17 @@ import json
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 
 from benchlib import load, procstat
 from benchlib.plan import Plan
-from benchlib.project import make_bench_project, project_env
+from benchlib.project import make_bench_project
 from benchlib.scenario import progress, warm_up
-from benchlib.servers import PEERS_BY_NAME, ServerProcess, free_port
+from benchlib.servers import ServerProcess
+from benchlib.steady import start_build
 
 TOKEN = "metrics-cost"
 VARIANTS = {
@@ -47,28 +46,7 @@ VARIANTS = {
 
 def start(project: pathlib.Path, work: pathlib.Path, name: str, extra: dict[str, str]) -> ServerProcess:
     """``asok serve --gevent`` on the bench project with ``extra`` in its environment."""
-    peer = PEERS_BY_NAME["asok_green"]
-    port = free_port()
-    log = work / f"{name.replace(' ', '-')}-{port}.log"
-    log_file = open(log, "wb")
-    proc = subprocess.Popen(
-        peer.argv(port, port, project),
-        cwd=project,
-        env=project_env(PYTHONUNBUFFERED="1", **extra),
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    server = ServerProcess(peer, proc, port, port, log, log_file)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(server.http_url + "/whoami", timeout=1).read()
-            return server
-        except OSError:
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"{name} did not start:\n{server.tail()}")
+    return start_build(project, work, name, extra)
 
 
 def fanout_round(server: ServerProcess, holders: load.Holders, round_id: int, size: int) -> float | None:
