@@ -34,6 +34,10 @@ order Redis published it; the store writes through this node's Redis client.
 Redis unreachable: clients of this node keep getting local broadcasts; messages
 for other nodes are dropped, and the outage is logged once. When Redis is back
 the node subscribes again, republishes its users and re-reads everyone else's.
+Under Sentinel (``redis+sentinel://``, asok_green.cluster.redis_url) "back" is
+the new primary: every connection made after a failure asks the sentinels
+where the primary is, and one that finds the old primary demoted (``READONLY``)
+fails like an outage, so the node reconnects to the promoted replica.
 
 Nothing here yields while it changes the hub's state: Redis I/O happens only in
 this module's own greenlets, and their updates to shared state happen after a
@@ -55,6 +59,7 @@ from gevent.event import Event
 from ..core.node import ClusterConfigError
 from .outbox import Outbox
 from .presence import Presence
+from .redis_url import close_client, redact, redis_client
 from .settings import (
     DEFAULT_PREFIX,
     DEFAULT_PRESENCE_TTL,
@@ -127,7 +132,7 @@ class RedisCluster:
         #: What a failed Redis call raises (an outage or an error reply).
         self.redis_errors = (redis.RedisError, OSError)
         # No retries inside redis-py: this module's own loop reconnects, so an outage shows at once.
-        self._redis = redis.Redis.from_url(
+        self._redis = redis_client(
             settings.url,
             socket_connect_timeout=2,
             socket_timeout=max(2.0, min(5.0, self.ttl)),
@@ -152,6 +157,11 @@ class RedisCluster:
     def redis(self) -> Any:
         """The redis-py client of this node (its settings and connection pool), for the history store."""
         return self._redis
+
+    @property
+    def address(self) -> str:
+        """Where this node's Redis is, as the logs say it (the URL, its passwords hidden)."""
+        return redact(self.settings.url)
 
     @property
     def backlog(self) -> int:
@@ -205,7 +215,7 @@ class RedisCluster:
                     logger.info("could not leave the cluster cleanly: %s", exc)
         self.connected = False
         gevent.killall(self._greenlets, block=True, timeout=timeout)
-        self._redis.close()
+        close_client(self._redis)
 
     # -- what the hub calls (never yields) -----------------------------------------
 
@@ -231,7 +241,7 @@ class RedisCluster:
             self._outage_logged = True
             logger.error(
                 "Redis at %s unreachable (%s): serving this node's clients only until it is back",
-                self.settings.url,
+                self.address,
                 exc,
                 extra={"event": "redis_down", "node": self.node_id, "cause": str(exc)},
             )
@@ -288,14 +298,14 @@ class RedisCluster:
         if self._outage_logged:
             logger.warning(
                 "Redis at %s is back: resubscribed and presence republished",
-                self.settings.url,
+                self.address,
                 extra={"event": "redis_back", "node": self.node_id},
             )
         else:
             logger.info(
                 "node %s joined the cluster on Redis at %s",
                 self.node_id,
-                self.settings.url,
+                self.address,
                 extra={"event": "cluster_joined", "node": self.node_id},
             )
         self._outage_logged = False

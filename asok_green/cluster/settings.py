@@ -2,7 +2,10 @@
 
 Pure decisions on the hub's ``adapter=`` argument, its app's config and the
 environment, as Asok resolves them (``WS_ADAPTER``, ``WS_REDIS_URL``,
-``WS_PRESENCE_TTL``); ``--workers N`` requires Redis. Nothing connects here:
+``WS_PRESENCE_TTL``); ``--workers N`` requires Redis. ``WS_REDIS_URL`` is a
+``redis://`` (``rediss://``, ``unix://``) URL, or a primary watched by Sentinel
+(``redis+sentinel://host:26379,host:26380/mymaster/0``, asok_green.cluster.redis_url),
+checked here. Nothing connects here:
 asok_green.cluster.redis_node does, with what :func:`resolve_settings` answers.
 """
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.node import ClusterConfigError
+from .redis_url import is_sentinel_url, parse_sentinel_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_PREFIX = "asok:ws"
@@ -20,7 +24,7 @@ DEFAULT_PRESENCE_TTL = 30.0
 #: Set by ``--workers N`` in each worker's environment.
 WORKERS_ENV = "ASOK_GREEN_WORKERS"
 
-_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 @dataclass(frozen=True)
@@ -106,4 +110,7 @@ def resolve_settings(hub: Any) -> ClusterSettings | None:
         raise ClusterConfigError(f"WS_PRESENCE_TTL must be a number of seconds, not {raw_ttl!r}") from None
     if ttl <= 0:
         raise ClusterConfigError(f"WS_PRESENCE_TTL must be positive, not {raw_ttl!r}")
-    return ClusterSettings(url=str(url), prefix=prefix, presence_ttl=ttl)
+    url = str(url)
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)  # a malformed one is refused at start-up, saying why
+    return ClusterSettings(url=url, prefix=prefix, presence_ttl=ttl)

@@ -3,9 +3,15 @@
 Per stream ``S`` (prefix ``asok:ws`` by default): ``<prefix>:history:S``, a Redis
 stream (one entry per message, id ``0-<offset>``, fields ``p`` opcode, ``d``
 payload, ``t`` Redis' clock in ms), and ``<prefix>:history-meta:S``, a hash
-(``epoch``, ``last``). A batch is appended, trimmed and published by one script;
+(``epoch``, ``last``, ``gen``). A batch is appended, trimmed and published by one script;
 a batch sent again after a lost reply is answered from ``<prefix>:history-ack:<node>``
 and not written twice. The store that drives this is asok_green.history.redis_store.
+
+``gen`` is the replication id of the primary that last wrote the stream. A
+replica promoted by Sentinel (or by hand) gets a new one; its copy may lack the
+last writes the old primary acknowledged (replication is asynchronous), and
+giving their offsets again would be a silent gap for the clients that had them.
+So the first write after a failover starts a new epoch: the clients are told.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ if ack then
   if id == batch then return cjson.decode(body) end
 end
 local channel, node, candidate = ARGV[2], ARGV[3], ARGV[4]
+local info = redis.pcall('INFO', 'replication')
+local gen = type(info) == 'string' and string.match(info, 'master_replid:(%w+)') or ''
 local made = 0
 -- A new epoch for a stream: its old entries go, and so do keys of a wrong type in its place.
 local function fresh(skey, mkey)
@@ -45,7 +53,7 @@ local function fresh(skey, mkey)
   local epoch = candidate
   if made > 1 then epoch = candidate .. '-' .. made end
   redis.call('DEL', skey, mkey)
-  redis.call('HSET', mkey, 'epoch', epoch, 'last', 0)
+  redis.call('HSET', mkey, 'epoch', epoch, 'last', 0, 'gen', gen)
   return epoch
 end
 local out = {}
@@ -57,8 +65,12 @@ for i = 5, #ARGV, 7 do
   k = k + 2
   local epoch = false
   if renew ~= '1' then
-    local known = redis.pcall('HGET', mkey, 'epoch')
-    if type(known) == 'string' then epoch = known end
+    local known = redis.pcall('HMGET', mkey, 'epoch', 'gen')
+    -- Last written by another primary (a failover since): what it acknowledged may be lost.
+    if type(known) == 'table' and type(known[1]) == 'string' and (not known[2] or known[2] == gen) then
+      epoch = known[1]
+      if not known[2] and gen ~= '' then redis.call('HSET', mkey, 'gen', gen) end
+    end
   end
   if not epoch then epoch = fresh(skey, mkey) end
   local offset = redis.call('HINCRBY', mkey, 'last', 1)

@@ -149,7 +149,7 @@ class RedisHistoryStore:
         self._errors = cluster.redis_errors
         self._refusal = ResponseError
         self._outage = Outage(
-            f"Redis history writes to {cluster.settings.url}",
+            f"Redis history writes to {cluster.address}",
             logger,
             meanwhile=f"queueing them in order, up to {self.queue.limit} messages (WS_HISTORY_QUEUE)",
         )
