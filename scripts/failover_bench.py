@@ -190,8 +190,8 @@ def table(results: list[dict], args) -> str:
     """The results as a Markdown table."""
     lines = [
         "| scenario | clients | delivered / sent | out of order | duplicates | continuity lost "
-        "| longest without a message |",
-        "|---|---|---|---|---|---|---|",
+        "| longest without a message | longest without one sender's |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for kind, label in LABELS.items():
@@ -200,7 +200,7 @@ def table(results: list[dict], args) -> str:
             lines.append(
                 f"| {result['scenario']} | {label} ×{t['clients']} | {t['delivered']:,} / {t['sent']:,} "
                 f"({share:.2f}%) | {t['out_of_order']} | {t['duplicates']} | {t['continuity_lost']} "
-                f"| {t['longest_silence']:.2f} s |"
+                f"| {t['longest_silence']:.2f} s | {t['longest_sender_gap']:.2f} s |"
             )
     lines += ["", "| scenario | new primary answered after | presence right everywhere after | log lines |"]
     lines += ["|---|---|---|---|"]

@@ -348,18 +348,22 @@ class Tally:
     continuity_lost: int
     longest_silence: float
     missing: int
+    #: The longest a client went without a message of one sender (the other node's, in a failover).
+    longest_sender_gap: float = 0.0
 
 
 def tally(readers: list[Reader], sent: list[str], started: float, ended: float) -> Tally:
     """Per-client counts for one kind, summed; ``longest_silence`` is the worst client's, in seconds."""
     wanted = set(sent)
     delivered = out_of_order = duplicates = lost = missing = 0
-    silence = 0.0
+    silence = sender_gap = 0.0
+    origins = {text.split(":")[1] for text in sent}
     for reader in readers:
         got = reader.received
         seen: set[str] = set()
         last_by_origin: dict[str, int] = {}
         previous = started
+        previous_by_origin = dict.fromkeys(origins, started)
         for at, text in got.messages:
             silence = max(silence, at - previous)
             previous = at
@@ -368,6 +372,9 @@ def tally(readers: list[Reader], sent: list[str], started: float, ended: float) 
                 continue
             seen.add(text)
             _, origin, n = text.split(":")
+            if origin in previous_by_origin:
+                sender_gap = max(sender_gap, at - previous_by_origin[origin])
+                previous_by_origin[origin] = at
             if int(n) < last_by_origin.get(origin, -1):
                 out_of_order += 1
             last_by_origin[origin] = max(int(n), last_by_origin.get(origin, -1))
@@ -377,7 +384,7 @@ def tally(readers: list[Reader], sent: list[str], started: float, ended: float) 
         lost += len(got.lost)
     kind = readers[0].received.kind if readers else "?"
     total = len(sent) * len(readers)
-    return Tally(kind, len(readers), total, delivered, out_of_order, duplicates, lost, silence, missing)
+    return Tally(kind, len(readers), total, delivered, out_of_order, duplicates, lost, silence, missing, sender_gap)
 
 
 def online_on(node: ServerProcess) -> list | None:

@@ -222,6 +222,35 @@ def test_primary_paused_past_down_after_nodes_follow_the_promoted_replica(projec
         assert node.log().count("unreachable") == 1
 
 
+def test_a_primary_back_from_a_pause_shorter_than_the_timeouts_is_left_for_the_promoted_one(
+    project, sentinels, tmp_path
+):
+    # A TTL of 6 s gives 5 s socket timeouts: the nodes' calls outlive the pause and are answered
+    # by the old primary, still a primary until the sentinels demote it (seconds later).
+    nodes = [sentinel_node(project, tmp_path, sentinels.url, 6.0) for _ in range(2)]
+    try:
+        old = sentinels.primary
+        old.signal(signal.SIGSTOP)
+        try:
+            promoted, _ = sentinels.wait_failover(old.port)
+        finally:
+            old.signal(signal.SIGCONT)
+
+        def subscribed_to(port: int) -> int:
+            answer = resp(port, "PUBSUB", "NUMSUB", "asok:ws:presence")
+            return int(answer.split("\r\n")[-2].lstrip(":"))
+
+        wait_until(lambda: subscribed_to(promoted.port) == 2, timeout=20, what="both nodes on the new primary")
+        # They moved on their own (the heartbeat asks the sentinels, who said the primary was down,
+        # then named the new one): the old primary was still a primary, not yet told to follow.
+        assert "role:master" in resp(old.port, "INFO", "replication")
+        for node in nodes:
+            assert_logged_once(node)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 def test_node_killed_its_users_go_offline_everywhere_under_sentinel(project, sentinels, cluster):
     a, b = cluster
     alice, bob = user_id(project, "alice"), user_id(project, "bob")
@@ -268,3 +297,52 @@ def test_a_promoted_replica_starts_a_new_epoch_at_the_next_write(tmp_path):
     finally:
         second.stop()
         first.stop()
+
+
+def test_a_new_epoch_begun_before_this_node_subscribed_is_delivered_from_its_first_message(tmp_path):
+    import json
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import redis
+
+    from asok_green.history.redis_store import RedisHistoryStore
+
+    server = need("redis-server")
+    port = free_port()
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    process = Process(argv, port, tmp_path, "redis")
+    client = redis.Redis(port=port)
+    delivered = []
+    cluster = SimpleNamespace(
+        redis=client,
+        settings=SimpleNamespace(prefix="asok:ws"),
+        node_id="node-a",
+        history_channel="asok:ws:history",
+        redis_errors=(redis.RedisError, OSError),
+        address=f"redis://127.0.0.1:{port}",
+        connected=True,
+        attach_history=lambda store: None,
+    )
+    hub = SimpleNamespace(cluster=cluster, stats=Counter(), deliver_stream=lambda *args: delivered.append(args[1:3]))
+    store = RedisHistoryStore()
+    try:
+        store.start(hub)
+
+        def published(epoch: str, offset: int) -> bytes:
+            return json.dumps(["/s", epoch, offset, 1, "node-b", offset]).encode() + b"\n" + f"m{offset}".encode()
+
+        store.received(published("old", 5))
+        # Node B wrote a new epoch (Redis came back empty, or failed over) before this node listened again.
+        other = StreamLog(client, "asok:ws", "node-b", "asok:ws:elsewhere")
+        three = [PendingMessage(i, "/s", 1, f"m{i}".encode(), None) for i in (1, 2, 3)]
+        written = other.append(1, three, lambda stream: (100, None))
+        epoch = written[0][0]
+        store.received(published(epoch, 3))
+        assert delivered == [("old", 5), (epoch, 1), (epoch, 2), (epoch, 3)]
+        store.received(published(epoch, 4))
+        assert delivered[-1] == (epoch, 4) and len(delivered) == 5
+    finally:
+        store.stop()
+        client.close()
+        process.stop()

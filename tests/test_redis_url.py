@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from asok_green.cluster.redis_url import (
     SentinelAddress,
@@ -96,3 +97,31 @@ def test_the_client_asks_the_sentinels_for_the_service_with_the_url_credentials(
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [1, 2]
     assert all(s.connection_pool.connection_kwargs["password"] == "sp" for s in sentinels)
     assert all(s.connection_pool.connection_kwargs["socket_timeout"] == 1 for s in sentinels)
+
+
+class StubSentinel:
+    """A sentinel's answer to SENTINEL MASTERS, as redis-py parses it."""
+
+    def __init__(self, port: int, epoch: int, flags: str = "master"):
+        self.state = {
+            "ip": "127.0.0.1",
+            "port": port,
+            "config-epoch": epoch,
+            "is_master": True,
+            "is_sdown": "s_down" in flags,
+            "is_odown": False,
+            "num-other-sentinels": 2,
+        }
+
+    def sentinel_masters(self):
+        return {"mymaster": self.state}
+
+
+def test_the_primary_of_the_newest_configuration_wins_over_a_sentinel_that_lags():
+    client = redis_client("redis+sentinel://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/mymaster")
+    manager = client.connection_pool.sentinel_manager
+    manager.sentinels = [StubSentinel(6379, 1), StubSentinel(6380, 2), StubSentinel(6379, 1)]
+    assert manager.discover_master("mymaster") == ("127.0.0.1", 6380)
+    manager.sentinels = [StubSentinel(6379, 1, "s_down")]
+    with pytest.raises(RedisConnectionError, match="No master found"):
+        manager.discover_master("mymaster")

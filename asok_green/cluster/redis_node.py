@@ -149,6 +149,8 @@ class RedisCluster:
         self._outbox = Outbox(prefix, self.node_id)
         self._presence = Presence(hub, self._redis, prefix, self.node_id, self.ttl, self._wake.set)
         self._ready = Event()
+        #: The primary the subscription is on (Sentinel only): a failover elsewhere is noticed.
+        self._primary: tuple[str, int] | None = None
         self._outage_logged = False
         self._stopped = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -290,6 +292,7 @@ class RedisCluster:
                 confirmed += 1
             else:
                 self._on_item(item)
+        self._primary = self._address_of(pubsub)
         # Subscribed first, so nothing published from now on is missed; then read who the
         # others hold, and have the publisher say who we hold.
         self._presence.read_others()
@@ -313,6 +316,27 @@ class RedisCluster:
             self._history.subscribed()
         self._ready.set()
         self._wake.set()
+
+    def _address_of(self, pubsub: Any) -> tuple[str, int] | None:
+        """The primary ``pubsub`` listens to, under Sentinel (None on a plain URL)."""
+        if not hasattr(self._redis.connection_pool, "get_master_address") or pubsub.connection is None:
+            return None
+        return (pubsub.connection.host, pubsub.connection.port)
+
+    def _check_primary(self) -> None:
+        """Under Sentinel: raise a connection error if the sentinels now name another primary.
+
+        A primary paused for less than the socket timeout answers again after the
+        sentinels promoted its replica, and takes writes until they demote it: the
+        node must not stay on it. Asking also drops the pool's idle connections to it.
+        """
+        if self._primary is None:
+            return
+        address = self._redis.connection_pool.get_master_address()
+        if tuple(address) != self._primary:
+            import redis
+
+            raise redis.ConnectionError(f"the sentinels name a new primary, {address[0]}:{address[1]}")
 
     def _on_item(self, item: dict) -> None:
         try:
@@ -392,6 +416,7 @@ class RedisCluster:
             if not self.connected:
                 continue
             try:
+                self._check_primary()
                 self._presence.heartbeat()
             except Exception as exc:
                 if self._stopped:

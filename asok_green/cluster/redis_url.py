@@ -13,7 +13,8 @@ that wants its own gets ``sentinel_password`` (``sentinel_username``).
 
 :func:`parse_sentinel_url` is pure; :func:`redis_client` builds redis-py's
 client. Under Sentinel it is ``Sentinel(...).master_for(service)``: each new
-connection asks the sentinels where the primary is, and a connection that
+connection asks the sentinels where the primary is (all of them: the newest
+configuration wins, a sentinel may lag a failover), and a connection that
 finds a primary demoted to a replica (``READONLY``) is dropped, so the next
 one finds the new primary.
 """
@@ -140,7 +141,6 @@ def redis_client(url: str, **options: Any) -> Any:
 
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
-    from redis.sentinel import Sentinel
 
     address = parse_sentinel_url(url)
     sentinel_options: dict[str, Any] = {k: v for k, v in options.items() if k.startswith("socket_")}
@@ -150,7 +150,7 @@ def redis_client(url: str, **options: Any) -> Any:
         sentinel_options["username"] = address.sentinel_username
     if address.ssl:
         sentinel_options["ssl"] = True
-    sentinel = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)
+    sentinel = _newest_sentinel_class()(list(address.sentinels), sentinel_kwargs=sentinel_options)
     primary_options = dict(options, db=address.db)
     if address.password is not None:
         primary_options["password"] = address.password
@@ -159,6 +159,40 @@ def redis_client(url: str, **options: Any) -> Any:
     if address.ssl:
         primary_options["ssl"] = True
     return sentinel.master_for(address.service, **primary_options)
+
+
+def _newest_sentinel_class() -> type:
+    """redis-py's ``Sentinel``, asking every sentinel and taking the primary of the newest configuration."""
+    from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+    from redis.sentinel import MasterNotFoundError, Sentinel
+
+    class NewestSentinel(Sentinel):
+        """Sentinels asked in turn; the primary named with the highest ``config-epoch`` wins.
+
+        Right after a failover a sentinel may still name the old primary (the new
+        configuration reaches it within a second or two): the first answer may be stale.
+        """
+
+        def discover_master(self, service_name: str) -> tuple[str, int]:
+            """The (host, port) of ``service_name``'s primary; ``MasterNotFoundError`` if none is up."""
+            best: tuple[int, tuple[str, int]] | None = None
+            errors = []
+            for sentinel in self.sentinels:
+                try:
+                    state = sentinel.sentinel_masters().get(service_name)
+                except (ConnectionError, ResponseError, TimeoutError) as exc:
+                    errors.append(f"{sentinel}: {exc}")
+                    continue
+                if state and self.check_master_state(state, service_name):
+                    epoch = int(state.get("config-epoch") or 0)
+                    if best is None or epoch > best[0]:
+                        best = (epoch, (state["ip"], int(state["port"])))
+            if best is None:
+                detail = f": {', '.join(errors)}" if errors else ""
+                raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
+            return best[1]
+
+    return NewestSentinel
 
 
 def close_client(client: Any) -> None:

@@ -225,9 +225,31 @@ class RedisHistoryStore:
             if message is not None:
                 self._deliver(message)
             return
+        known = self._delivered.get(published.stream)
+        if known is not None and known[0] != published.epoch and published.offset > 1:
+            self._catch_up(published)
         self._delivered[published.stream] = (published.epoch, published.offset)
         self._count("history_received")
         self.hub.deliver_stream(published.stream, published.epoch, published.offset, published.opcode, published.data)
+
+    def _catch_up(self, published: Published) -> None:
+        """Deliver the messages of ``published``'s epoch that came before it, read from Redis.
+
+        The epoch began while this node was not subscribed (Redis restarted, or failed
+        over): without them, its clients would go on from the middle of the epoch.
+        """
+        try:
+            replay = self.log.read_since(published.stream, published.epoch, 0, self._limits_of(published.stream)[1])
+        except self._errors as exc:
+            logger.info("history of %s unreadable: %s", published.stream, exc)
+            return
+        if replay is None or replay[0] != published.epoch:
+            return  # gone already: the clients are told continuity was lost
+        for offset, opcode, data in replay[2]:
+            if offset >= published.offset:
+                break
+            self._delivered[published.stream] = (published.epoch, offset)
+            self.hub.deliver_stream(published.stream, published.epoch, offset, opcode, data)
 
     def subscribing(self) -> None:
         """The cluster subscribes (again): what was written and not echoed yet will not be; deliver it now."""
