@@ -245,6 +245,7 @@ def test_a_primary_back_from_a_pause_shorter_than_the_timeouts_is_left_for_the_p
         # then named the new one): the old primary was still a primary, not yet told to follow.
         assert "role:master" in resp(old.port, "INFO", "replication")
         for node in nodes:
+            node.wait_for_log("is back:", timeout=10)
             assert_logged_once(node)
     finally:
         for node in nodes:

@@ -13,6 +13,7 @@ from asok_green.cluster.redis_url import (
     parse_sentinel_url,
     redact,
     redis_client,
+    sentinel_primary,
 )
 from asok_green.cluster.settings import WORKERS_ENV, ClusterConfigError, resolve_settings
 
@@ -125,3 +126,14 @@ def test_the_primary_of_the_newest_configuration_wins_over_a_sentinel_that_lags(
     manager.sentinels = [StubSentinel(6379, 1, "s_down")]
     with pytest.raises(RedisConnectionError, match="No master found"):
         manager.discover_master("mymaster")
+
+
+def test_no_sentinel_answering_names_no_new_primary_but_sentinels_saying_down_do():
+    client = redis_client("redis+sentinel://127.0.0.1:1/mymaster", socket_connect_timeout=0.5)
+    assert sentinel_primary(client) is None  # nothing listens on port 1
+    client.connection_pool.sentinel_manager.sentinels = [StubSentinel(6380, 3)]
+    assert sentinel_primary(client) == ("127.0.0.1", 6380)
+    client.connection_pool.sentinel_manager.sentinels = [StubSentinel(6380, 3, "s_down")]
+    with pytest.raises(RedisConnectionError):
+        sentinel_primary(client)
+    assert sentinel_primary(redis_client("redis://127.0.0.1:1/0")) is None

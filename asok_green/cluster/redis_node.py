@@ -59,7 +59,7 @@ from gevent.event import Event
 from ..core.node import ClusterConfigError
 from .outbox import Outbox
 from .presence import Presence
-from .redis_url import close_client, redact, redis_client
+from .redis_url import close_client, redact, redis_client, sentinel_primary
 from .settings import (
     DEFAULT_PREFIX,
     DEFAULT_PRESENCE_TTL,
@@ -276,6 +276,9 @@ class RedisCluster:
             delay = min(delay * 2, 1.0)
 
     def _connect(self, pubsub: Any) -> None:
+        # Under Sentinel: connections the pool kept to a primary no longer named are dropped
+        # first, or the subscription (and the writes) would reuse one.
+        sentinel_primary(self._redis)
         if self._history is not None:
             self._history.subscribing()
         pubsub.psubscribe(self._path_pattern, self._room_pattern)
@@ -328,12 +331,12 @@ class RedisCluster:
 
         A primary paused for less than the socket timeout answers again after the
         sentinels promoted its replica, and takes writes until they demote it: the
-        node must not stay on it. Asking also drops the pool's idle connections to it.
+        node must not stay on it. When no sentinel answers, the node stays where it is.
         """
         if self._primary is None:
             return
-        address = self._redis.connection_pool.get_master_address()
-        if tuple(address) != self._primary:
+        address = sentinel_primary(self._redis)
+        if address is not None and address != self._primary:
             import redis
 
             raise redis.ConnectionError(f"the sentinels name a new primary, {address[0]}:{address[1]}")

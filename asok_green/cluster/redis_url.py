@@ -177,12 +177,14 @@ def _newest_sentinel_class() -> type:
             """The (host, port) of ``service_name``'s primary; ``MasterNotFoundError`` if none is up."""
             best: tuple[int, tuple[str, int]] | None = None
             errors = []
+            self.answered = 0
             for sentinel in self.sentinels:
                 try:
                     state = sentinel.sentinel_masters().get(service_name)
                 except (ConnectionError, ResponseError, TimeoutError) as exc:
                     errors.append(f"{sentinel}: {exc}")
                     continue
+                self.answered += 1
                 if state and self.check_master_state(state, service_name):
                     epoch = int(state.get("config-epoch") or 0)
                     if best is None or epoch > best[0]:
@@ -193,6 +195,27 @@ def _newest_sentinel_class() -> type:
             return best[1]
 
     return NewestSentinel
+
+
+def sentinel_primary(client: Any) -> tuple[str, int] | None:
+    """The primary the sentinels name now for ``client`` (made by :func:`redis_client`).
+
+    None for a client of a plain URL, or when no sentinel answers (then nothing
+    says the present primary changed). Raises redis-py's ``MasterNotFoundError``
+    when sentinels answer but name no primary that is up. Asking also drops the
+    client's idle connections to a primary no longer named.
+    """
+    pool = client.connection_pool
+    if not hasattr(pool, "get_master_address"):
+        return None
+    from redis.sentinel import MasterNotFoundError
+
+    try:
+        return tuple(pool.get_master_address())
+    except MasterNotFoundError:
+        if not getattr(pool.sentinel_manager, "answered", 1):
+            return None
+        raise
 
 
 def close_client(client: Any) -> None:
