@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import signal
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def scenario(name: str, project: pathlib.Path, folder: pathlib.Path, args) -> di
                 "unreachable": [log.count("unreachable (") for log in logs],
                 "back": [log.count("is back:") for log in logs],
                 "tracebacks": [log.count("Traceback") for log in logs],
+                "causes": [re.findall(r"unreachable \((.*?)\): serving", log) for log in logs],
             },
         }
     finally:

@@ -151,6 +151,8 @@ class RedisCluster:
         self._ready = Event()
         #: The primary the subscription is on (Sentinel only): a failover elsewhere is noticed.
         self._primary: tuple[str, int] | None = None
+        #: Counts the subscriptions made: a failure is only an outage for the link it was made on.
+        self._link = 0
         self._outage_logged = False
         self._stopped = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -235,8 +237,10 @@ class RedisCluster:
 
     # -- Redis I/O (this module's greenlets only) -------------------------------------
 
-    def _outage(self, exc: BaseException) -> None:
-        if self._stopped:
+    def _outage(self, exc: BaseException, link: int | None = None) -> None:
+        # A call made on an earlier link (a primary left since, whose reply timed out late)
+        # says nothing of the present one.
+        if self._stopped or (link is not None and link != self._link):
             return
         self.connected = False
         if not self._outage_logged:
@@ -296,6 +300,7 @@ class RedisCluster:
             else:
                 self._on_item(item)
         self._primary = self._address_of(pubsub)
+        self._link += 1
         # Subscribed first, so nothing published from now on is missed; then read who the
         # others hold, and have the publisher say who we hold.
         self._presence.read_others()
@@ -388,6 +393,7 @@ class RedisCluster:
             self._wake.clear()
             if not self.connected:
                 continue
+            link = self._link
             try:
                 if presence.must_register:
                     presence.register()
@@ -398,7 +404,7 @@ class RedisCluster:
             except Exception as exc:
                 if not isinstance(exc, self.redis_errors):
                     logger.exception("cluster publisher failed: reconnecting")
-                self._outage(exc)
+                self._outage(exc, link)
 
     def _send_batch(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -418,6 +424,7 @@ class RedisCluster:
             gevent.sleep(interval)
             if not self.connected:
                 continue
+            link = self._link
             try:
                 self._check_primary()
                 self._presence.heartbeat()
@@ -425,6 +432,6 @@ class RedisCluster:
                 if self._stopped:
                     return
                 if isinstance(exc, self.redis_errors):
-                    self._outage(exc)
+                    self._outage(exc, link)
                 else:
                     logger.exception("cluster heartbeat failed: going on")
