@@ -305,6 +305,7 @@ def test_a_new_epoch_begun_before_this_node_subscribed_is_delivered_from_its_fir
     from collections import Counter
     from types import SimpleNamespace
 
+    import gevent
     import redis
 
     from asok_green.history.redis_store import RedisHistoryStore
@@ -343,6 +344,20 @@ def test_a_new_epoch_begun_before_this_node_subscribed_is_delivered_from_its_fir
         assert delivered == [("old", 5), (epoch, 1), (epoch, 2), (epoch, 3)]
         store.received(published(epoch, 4))
         assert delivered[-1] == (epoch, 4) and len(delivered) == 5
+
+        # This node's own first message of a new epoch, after other nodes' that it missed.
+        store.received(json.dumps(["/t", "older", 9, 1, "node-b", 2]).encode() + b"\n")
+        written = other.append(2, [PendingMessage(9, "/t", 1, b"t1", None)], lambda stream: (100, None))
+        t_epoch = written[0][0]
+        own = []
+        store.publish("/t", 1, b"t2", lambda e, o: own.append((e, o)))
+        for _ in range(100):  # the store's writer is a greenlet: let it run
+            if store.queue.unechoed and store.queue.unechoed[next(iter(store.queue.unechoed))].epoch:
+                break
+            gevent.sleep(0.05)
+        seq = next(iter(store.queue.unechoed))
+        store.received(json.dumps(["/t", t_epoch, 2, 1, "node-a", seq]).encode() + b"\nt2")
+        assert delivered[-1] == (t_epoch, 1) and own == [(t_epoch, 2)]
     finally:
         store.stop()
         client.close()

@@ -225,31 +225,34 @@ class RedisHistoryStore:
             if message is not None:
                 self._deliver(message)
             return
-        known = self._delivered.get(published.stream)
-        if known is not None and known[0] != published.epoch and published.offset > 1:
-            self._catch_up(published)
+        self._entering(published.stream, published.epoch, published.offset)
         self._delivered[published.stream] = (published.epoch, published.offset)
         self._count("history_received")
         self.hub.deliver_stream(published.stream, published.epoch, published.offset, published.opcode, published.data)
 
-    def _catch_up(self, published: Published) -> None:
-        """Deliver the messages of ``published``'s epoch that came before it, read from Redis.
+    def _entering(self, stream: str, epoch: str, offset: int) -> None:
+        """Before delivering ``offset`` of ``epoch``: if this node is still on another epoch of
+        ``stream``, deliver the new epoch's earlier messages, read from Redis.
 
         The epoch began while this node was not subscribed (Redis restarted, or failed
-        over): without them, its clients would go on from the middle of the epoch.
+        over: another node wrote first): without them, its clients would go on from the
+        middle of the epoch. Those messages are the other nodes' (this node's own come in order).
         """
-        try:
-            replay = self.log.read_since(published.stream, published.epoch, 0, self._limits_of(published.stream)[1])
-        except self._errors as exc:
-            logger.info("history of %s unreadable: %s", published.stream, exc)
+        known = self._delivered.get(stream)
+        if known is None or known[0] == epoch or offset <= 1:
             return
-        if replay is None or replay[0] != published.epoch:
+        try:
+            replay = self.log.read_since(stream, epoch, 0, self._limits_of(stream)[1])
+        except self._errors as exc:
+            logger.info("history of %s unreadable: %s", stream, exc)
+            return
+        if replay is None or replay[0] != epoch:
             return  # gone already: the clients are told continuity was lost
-        for offset, opcode, data in replay[2]:
-            if offset >= published.offset:
+        for entry, opcode, data in replay[2]:
+            if entry >= offset:
                 break
-            self._delivered[published.stream] = (published.epoch, offset)
-            self.hub.deliver_stream(published.stream, published.epoch, offset, opcode, data)
+            self._delivered[stream] = (epoch, entry)
+            self.hub.deliver_stream(stream, epoch, entry, opcode, data)
 
     def subscribing(self) -> None:
         """The cluster subscribes (again): what was written and not echoed yet will not be; deliver it now."""
@@ -270,6 +273,7 @@ class RedisHistoryStore:
             self.hub.stats[name] += n
 
     def _deliver(self, message: PendingMessage) -> None:
+        self._entering(message.stream, message.epoch, message.offset)
         self._delivered[message.stream] = (message.epoch, message.offset)
         try:
             message.deliver(message.epoch, message.offset)
