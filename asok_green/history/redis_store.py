@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 from ..core.node import ClusterConfigError
 from ..core.outage import Outage
@@ -120,6 +121,7 @@ class RedisHistoryStore:
         #: Per stream, the (epoch, offset) of the last message this node delivered.
         self._delivered: dict[str, tuple[str, int]] = {}
         self._wake = Event()
+        self._catching_up = Semaphore()
         self._writer: gevent.Greenlet | None = None
         self._stopped = False
         self._errors: tuple = ()
@@ -241,18 +243,24 @@ class RedisHistoryStore:
         known = self._delivered.get(stream)
         if known is None or known[0] == epoch or offset <= 1:
             return
-        try:
-            replay = self.log.read_since(stream, epoch, 0, self._limits_of(stream)[1])
-        except self._errors as exc:
-            logger.info("history of %s unreadable: %s", stream, exc)
-            return
-        if replay is None or replay[0] != epoch:
-            return  # gone already: the clients are told continuity was lost
-        for entry, opcode, data in replay[2]:
-            if entry >= offset:
-                break
-            self._delivered[stream] = (epoch, entry)
-            self.hub.deliver_stream(stream, epoch, entry, opcode, data)
+        # One at a time (the read yields): a second one, from the other greenlet, would
+        # deliver this node's own message of the epoch to its plain clients a second time.
+        with self._catching_up:
+            known = self._delivered.get(stream)
+            if known[0] == epoch:
+                return  # done meanwhile
+            try:
+                replay = self.log.read_since(stream, epoch, 0, self._limits_of(stream)[1])
+            except self._errors as exc:
+                logger.info("history of %s unreadable: %s", stream, exc)
+                return
+            if replay is None or replay[0] != epoch:
+                return  # gone already: the clients are told continuity was lost
+            for entry, opcode, data in replay[2]:
+                if entry >= offset:
+                    break
+                self._delivered[stream] = (epoch, entry)
+                self.hub.deliver_stream(stream, epoch, entry, opcode, data)
 
     def subscribing(self) -> None:
         """The cluster subscribes (again): what was written and not echoed yet will not be; deliver it now."""
