@@ -35,6 +35,8 @@ def test_read_op_refuses_what_is_too_long_too_deep_or_not_json():
     assert read_op('{"a": [[[1]]]}', LIMITS)[1] is None  # 4 levels: at the limit
     assert "nested too deep" in read_op('{"a": [[[[1]]]]}', LIMITS)[1]
     assert "too long" in read_op('{"op": "' + "x" * 1000 + '"}', LIMITS)[1]
+    assert "too long" in read_op('{"op": "' + "\u00e9" * 500 + '"}', LIMITS)[1]  # 1,000 bytes in UTF-8
+    assert read_op('{"op": "' + "\u00e9" * 490 + '"}', LIMITS)[1] is None
     assert read_op("{nope", LIMITS)[1] == "invalid JSON"
     assert read_op('{"s": "' + "[" * 900 + '"}', LIMITS)[1] is None  # brackets in a string do not nest
 

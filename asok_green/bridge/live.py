@@ -54,8 +54,10 @@ def nesting_depth(text: str, limit: int) -> int:
 
 def read_op(text: str, limits: Any) -> tuple[Any, str | None]:
     """The JSON value of ``text``, or ``(None, why not)``: too long, nested too deep, or not JSON."""
-    if len(text) > limits.max_op_bytes:
-        return None, f"message too long: at most {limits.max_op_bytes} bytes"
+    most = limits.max_op_bytes
+    # Characters first (each is 1 to 4 bytes in UTF-8): only a text near the limit is encoded to count.
+    if len(text) > most or (len(text) * 4 > most and len(text.encode("utf-8", "surrogatepass")) > most):
+        return None, f"message too long: at most {most} bytes"
     depth = limits.max_op_depth
     # Fewer brackets than the limit cannot nest deeper than it: most messages are not scanned.
     if text.count("[") + text.count("{") > depth and nesting_depth(text, depth) > depth:
