@@ -18,6 +18,7 @@ import pytest
 
 from asok_green.api.websocket_server import WebSocketServer
 from asok_green.bridge import live
+from asok_green.history.memory_store import MemoryStore
 from asok_green.protocol.envelopes import Since
 from asok_green.server import hub as hub_module
 from asok_green.server.connection import OPEN, V1Connection
@@ -156,3 +157,28 @@ def test_a_connection_in_too_many_rooms_gets_an_error_frame_and_stays_open(serve
     live.on_live_message(guest, json.dumps({"op": "leave_room", "room": "a"}))
     live.on_live_message(guest, json.dumps({"op": "join_room", "room": "d"}))
     assert guest.rooms == {"b", "c", "d"}
+
+
+class LateStore(MemoryStore):
+    """The memory store giving offsets later, as a store across the network (Redis) does."""
+
+    def __init__(self):
+        super().__init__()
+        self.due = []
+
+    def publish(self, stream, opcode, data, deliver):
+        super().publish(stream, opcode, data, lambda epoch, offset: self.due.append((deliver, epoch, offset)))
+
+    def answer(self):
+        due, self.due = self.due, []
+        for deliver, epoch, offset in due:
+            deliver(epoch, offset)
+
+
+def test_a_stream_let_go_before_its_offset_came_keeps_nothing_when_it_comes(server):
+    server.history.store = store = LateStore()
+    for i in range(50):
+        server.broadcast_to(f"late-{i}", "x")
+    store.answer()
+    sizes = server.history.table_sizes()
+    assert (sizes["streams"], sizes["lookups"], sizes["tails"], sizes["tail_bytes"]) == (0, 0, 0, 0)

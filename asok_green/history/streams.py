@@ -192,28 +192,28 @@ class History:
         """If no connection here is on ``path`` any more, let its stream go (its history stays in the store)."""
         if path not in self.hub.state.by_path:
             self._paths.pop(path, None)
-            self._let_go(path)
+            self._settle(self._streams.get(path))
 
     def room_vacated(self, room: str) -> None:
         """If no connection here is in ``room`` any more, let its stream go (its history stays in the store)."""
         if room not in self.hub.state.rooms:
             self._rooms.pop(room, None)
-            self._let_go(ROOM_PREFIX + room)
+            self._settle(self._streams.get(ROOM_PREFIX + room))
 
-    def _let_go(self, name: str) -> None:
-        if name in self._streams:
-            self._settle(self._streams[name])
-
-    def _settle(self, stream: Stream) -> None:
-        """Let ``stream`` go if no connection here gets its messages and no replay or fill uses it."""
-        name = stream.name
-        if stream.busy or self.members(stream) or self._streams.get(name) is not stream:
+    def _settle(self, stream: Stream | None) -> None:
+        """Let ``stream`` go if nobody here gets its messages and no replay or fill uses it (nothing stays)."""
+        if stream is None or stream.busy or self.members(stream):
             return
-        del self._streams[name]
-        if name.startswith(ROOM_PREFIX):
-            self._rooms.pop(name[len(ROOM_PREFIX) :], None)
-        else:
-            self._paths.pop(name, None)
+        name = stream.name
+        current = self._streams.get(name)
+        if current is stream:
+            del self._streams[name]
+            if name.startswith(ROOM_PREFIX):
+                self._rooms.pop(name[len(ROOM_PREFIX) :], None)
+            else:
+                self._paths.pop(name, None)
+        elif current is not None:
+            return  # let go already, and loaded again since
         stream.unload()
         release = getattr(self._store, "release", None)
         if release is not None:
