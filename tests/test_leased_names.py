@@ -109,6 +109,10 @@ def test_a_storm_of_new_rooms_and_paths_leaves_the_tables_as_they_were(server):
         conn, _ = server.connect(f"/feed/storm-{i}")
         server.broadcast(f"/feed/storm-{i}", "hello")
         server.unregister(conn)
+    for i in range(50):
+        conn, _ = server.connect("/asok/live")
+        assert conn.join(f"closing-{i}") and conn.join("closing-shared")
+        server.unregister(conn)  # closing leaves its rooms
     server.broadcast_to("nobody-here", "to a room nobody is in")
     after = tables(server)
     if server.store_name == "memory":
