@@ -27,6 +27,8 @@ def test_nesting_depth_counts_brackets_outside_strings():
     assert nesting_depth('{"a": "[[[[[[[[{{{{"}', 10) == 1
     assert nesting_depth('["\\"[[[[", [[]]]', 10) == 3
     assert nesting_depth("[" * 500 + "]" * 500, 10) == 11  # counting stops past the limit
+    # Strings left open (escaped quotes only) are read once each: a pass over the text, not one per quote.
+    assert nesting_depth("[" * 5 + '"' + '\\"' * 100_000, 10) == 5
 
 
 @pytest.mark.quick

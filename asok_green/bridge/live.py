@@ -32,8 +32,9 @@ _JOIN_ERROR = "Unauthorized or invalid room join request for {room}"
 _NOT_A_MEMBER = "Join room {room} before asking who is in it"
 _ROOM_CAP_ERROR = "Too many rooms: a connection may be in {cap} rooms at once; leave one before joining {room}"
 
-#: A JSON string (skipped whole) or one bracket: what the nesting depth is counted from.
-_NESTING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+#: A JSON string (skipped whole) or one bracket: what the nesting depth is counted from. A string
+#: left open runs to the end (its closing quote is optional), so no text is scanned twice.
+_NESTING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
 def nesting_depth(text: str, limit: int) -> int:
