@@ -79,6 +79,19 @@ class Limits:
     log_burst: int = 10
     #: Seconds of the window ``log_burst`` applies to.
     log_interval: float = 60.0
+    #: Rooms one connection may be in at once; joining one more is refused
+    #: with an error frame, and the connection stays open (0: no limit).
+    max_rooms_per_connection: int = 100
+    #: Bytes of stream history held in memory, every stream together (the
+    #: tails that answer replays, and the ``memory`` store's messages); past
+    #: it, the least recently published streams' are let go first.
+    history_memory: int = 16 * 1024 * 1024
+    #: Longest JSON message ``/asok/live``'s operators read, in bytes (longer:
+    #: an error frame).
+    max_op_bytes: int = 256 * 1024
+    #: Deepest nesting of arrays and objects in a JSON message ``/asok/live``'s
+    #: operators read (deeper: an error frame).
+    max_op_depth: int = 32
 
     @classmethod
     def resolve(
