@@ -48,14 +48,15 @@ class BadHead(ValueError):
 
 
 class Framing:
-    """Where a request's body ends: ``content_length`` bytes, or ``chunked``, or no body."""
+    """Where a request's body ends (``content_length`` bytes, ``chunked``, or none); whether it asks for a WebSocket."""
 
-    __slots__ = ("content_length", "chunked")
+    __slots__ = ("content_length", "chunked", "websocket")
 
-    def __init__(self, content_length: int | None, chunked: bool) -> None:
+    def __init__(self, content_length: int | None, chunked: bool, websocket: bool = False) -> None:
         """The framing a head announced."""
         self.content_length = content_length
         self.chunked = chunked
+        self.websocket = websocket
 
     @property
     def has_body(self) -> bool:
@@ -102,14 +103,14 @@ def _describe(text: str) -> str:
     return "a malformed header line"
 
 
-def body_framing(version: str, pairs: list[tuple[str, str]], upgrade: bool = False) -> Framing:
+def body_framing(version: str, pairs: list[tuple[str, str]]) -> Framing:
     """The body's framing the fields ``pairs`` announce on a ``version`` request; :class:`BadHead` if ambiguous.
 
-    ``upgrade`` says the request asks for a WebSocket (it may carry no body).
+    A request that asks for a WebSocket (:func:`asks_websocket`) may carry no body.
     """
-    hosts = lengths = 0
+    hosts = lengths = encodings = 0
     length = encoding = None
-    encodings = 0
+    websocket = False
     for name, value in pairs:
         lower = name.lower()
         if lower == "host":
@@ -120,6 +121,8 @@ def body_framing(version: str, pairs: list[tuple[str, str]], upgrade: bool = Fal
         elif lower == "transfer-encoding":
             encodings += 1
             encoding = value
+        elif lower == "upgrade" and not websocket:
+            websocket = _names_websocket(value)
     if hosts > 1:
         raise BadHead("more than one Host")
     if hosts == 0 and version == "HTTP/1.1":
@@ -135,24 +138,24 @@ def body_framing(version: str, pairs: list[tuple[str, str]], upgrade: bool = Fal
             raise BadHead("Transfer-Encoding on an HTTP/1.0 request")
         if encoding is None or encoding.lower() != "chunked":
             raise BadHead("a Transfer-Encoding other than chunked")
-        if upgrade:
+        if websocket:
             raise BadHead("an upgrade request with a body")
         return Framing(None, True)
     if length is None:
-        return Framing(None, False)
+        return Framing(None, False, websocket)
     if not (length.isascii() and length.isdigit()) or len(length) > MAX_LENGTH_DIGITS:
         raise BadHead("a Content-Length that is not a number")
     content_length = int(length)
-    if content_length and upgrade:
+    if content_length and websocket:
         raise BadHead("an upgrade request with a body")
-    return Framing(content_length, False)
+    return Framing(content_length, False, websocket)
 
 
 def asks_websocket(pairs: list[tuple[str, str]]) -> bool:
     """True if an ``Upgrade`` field names ``websocket`` (any case, among other protocols or alone)."""
-    for name, value in pairs:
-        if name.lower() == "upgrade":
-            lower = value.lower()
-            if lower == "websocket" or "websocket" in {t.strip() for t in lower.split(",")}:
-                return True
-    return False
+    return any(name.lower() == "upgrade" and _names_websocket(value) for name, value in pairs)
+
+
+def _names_websocket(value: str) -> bool:
+    lower = value.lower()
+    return lower == "websocket" or "websocket" in {token.strip() for token in lower.split(",")}

@@ -39,7 +39,7 @@ from ..core.logs import log_limited
 from ..core.proxies import page_address, proxy_settings
 from ..core.refusals import handshake_refusals
 from ..protocol.handshake import is_upgrade_request
-from ..protocol.http_head import BadHead, Framing, asks_websocket, body_framing, read_fields
+from ..protocol.http_head import BadHead, Framing, body_framing, read_fields
 from ..protocol.request_head import RequestHead, upgrade_head
 from .body import BodyError, BodyReader
 from .upgrade import NO_INPUT, UpgradeHandler
@@ -212,9 +212,8 @@ class GreenHandler(UpgradeHandler):
             self.path = words[1] if len(words) > 1 else ""
             lines = read_header_lines(self.rfile, self.limits.max_header_bytes - len(requestline))
             pairs = read_fields(lines)
-            upgrade = mentions_websocket(lines) and asks_websocket(pairs)
-            self.framing = body_framing(words[2] if len(words) == 3 else "", pairs, upgrade)
-            if upgrade and is_lean_request_line(requestline):
+            framing = self.framing = body_framing(words[2] if len(words) == 3 else "", pairs)
+            if framing.websocket and is_lean_request_line(requestline):
                 head = upgrade_head(requestline, pairs, self.client_address, self._scheme())
                 if head is not None:
                     self._adopt(head)
