@@ -65,7 +65,7 @@ class Framing:
 
 
 def read_fields(lines: list[bytes]) -> list[tuple[str, str]]:
-    """``(name, value)`` of each header line, names as sent, values stripped; :class:`BadHead` if malformed.
+    """``(name, value)`` of each header line, names in lower case, values stripped; :class:`BadHead` if malformed.
 
     ``lines`` are the raw lines between the request line and the blank line,
     each ending with its ``\\n``.
@@ -82,7 +82,7 @@ def read_fields(lines: list[bytes]) -> list[tuple[str, str]]:
     pairs = []
     for line in text.split("\n")[:-1]:
         name, _, value = line.partition(":")
-        pairs.append((name, value.strip(" \t")))
+        pairs.append((name.lower(), value.strip(" \t")))
     return pairs
 
 
@@ -104,24 +104,24 @@ def _describe(text: str) -> str:
 
 
 def body_framing(version: str, pairs: list[tuple[str, str]]) -> Framing:
-    """The body's framing the fields ``pairs`` announce on a ``version`` request; :class:`BadHead` if ambiguous.
+    """The body's framing the fields ``pairs`` (:func:`read_fields`) announce on a ``version`` request.
 
+    :class:`BadHead` if it is ambiguous.
     A request that asks for a WebSocket (:func:`asks_websocket`) may carry no body.
     """
     hosts = lengths = encodings = 0
     length = encoding = None
     websocket = False
     for name, value in pairs:
-        lower = name.lower()
-        if lower == "host":
+        if name == "host":
             hosts += 1
-        elif lower == "content-length":
+        elif name == "content-length":
             lengths += 1
             length = value
-        elif lower == "transfer-encoding":
+        elif name == "transfer-encoding":
             encodings += 1
             encoding = value
-        elif lower == "upgrade" and not websocket:
+        elif name == "upgrade" and not websocket:
             websocket = _names_websocket(value)
     if hosts > 1:
         raise BadHead("more than one Host")

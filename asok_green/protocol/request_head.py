@@ -175,15 +175,14 @@ def upgrade_head(
     """The head of a ``GET ... HTTP/1.1`` WebSocket upgrade from its fields ``pairs``, or None for anything else.
 
     ``pairs`` are the ``(name, value)`` fields as
-    :func:`asok_green.protocol.http_head.read_fields` read them; the request's
+    :func:`asok_green.protocol.http_head.read_fields` read them (names in lower case); the request's
     framing is checked separately (:func:`asok_green.protocol.http_head.body_framing`).
     """
     words = requestline.split()
     if len(words) != 3 or words[2] != "HTTP/1.1":
         return None
     fields: dict[str, str] = {}
-    for name, value in pairs:
-        lower = name.lower()
+    for lower, value in pairs:
         previous = fields.get(lower)
         if previous is None:
             if "_" not in lower:  # as pywsgi does: no header may pass for another with dashes
