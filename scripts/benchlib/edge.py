@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import select
+import selectors
 import socket
 import threading
 import time
@@ -187,21 +187,24 @@ def attack_stalled(server: ServerProcess, args: Any) -> dict:
         open_socks = {sock.fileno(): sock for sock in clients}
         statuses: dict[str, int] = {}
         deadline = time.monotonic() + args.stall_wait
-        while open_socks and time.monotonic() < deadline:
-            ready, _, _ = select.select(list(open_socks)[:1000], [], [], 0.5)
-            for fd in ready:
-                sock = open_socks[fd]
-                try:
-                    data = sock.recv(4096)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                match = _STATUS.search(data)
-                if match:
-                    statuses[match[1].decode()] = statuses.get(match[1].decode(), 0) + 1
-                if not data:
-                    del open_socks[fd]
+        with selectors.DefaultSelector() as selector:
+            for sock in clients:
+                selector.register(sock, selectors.EVENT_READ)
+            while open_socks and time.monotonic() < deadline:
+                for key, _ in selector.select(0.5):
+                    sock = key.fileobj
+                    try:
+                        data = sock.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    match = _STATUS.search(data)
+                    if match:
+                        statuses[match[1].decode()] = statuses.get(match[1].decode(), 0) + 1
+                    if not data:
+                        selector.unregister(sock)
+                        del open_socks[sock.fileno()]
         closed = len(clients) - len(open_socks)
         procstat.wait_idle(server.pid, timeout=10)
         after_wait = procstat.rss_bytes(server.pid)
