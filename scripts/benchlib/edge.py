@@ -245,6 +245,15 @@ def _drain(client: websocket.WebSocket, stop: threading.Event, frames: list) -> 
     return thread
 
 
+def _settle(frames: list, quiet: float = 2.0, limit: float = 60.0) -> None:
+    """Wait until no frame has come for ``quiet`` seconds (the server has worked through what was sent)."""
+    deadline = time.monotonic() + limit
+    seen = -1
+    while len(frames) != seen and time.monotonic() < deadline:
+        seen = len(frames)
+        time.sleep(quiet)
+
+
 def attack_name_storm(server: ServerProcess, args: Any) -> dict:
     """A v1 guest joins and leaves N new rooms with history; RSS after, measured once it has gone."""
     if server.peer.name != "asok_green":
@@ -256,8 +265,8 @@ def attack_name_storm(server: ServerProcess, args: Any) -> dict:
         for i in range(args.names):
             client.send(json.dumps({"op": "join_room", "room": f"storm-{i}"}))
             client.send(json.dumps({"op": "leave_room", "room": f"storm-{i}"}))
+        _settle(frames)
     finally:
-        time.sleep(1.0)
         stop.set()
         client.close()
         reader.join(5)
@@ -277,10 +286,10 @@ def attack_nested_json(server: ServerProcess, args: Any) -> dict:
         for _ in range(args.nested):
             client.send('{"op": "receipt", "room": "storm-nested", "message_id": ' + nested + "}")
             client.send(json.dumps({"op": "call", "cid": "x"}))
+        _settle(frames)
     except OSError:
         pass
     finally:
-        time.sleep(1.0)
         stop.set()
         client.close()
         reader.join(5)
