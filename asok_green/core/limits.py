@@ -63,6 +63,12 @@ class Limits:
     handshake_timeout: float = 10.0
     #: Bytes of request line plus headers a client may send (431 beyond).
     max_header_bytes: int = 16 * 1024
+    #: Seconds a request body may go without a byte arriving (408 and close
+    #: beyond); also the grace before ``body_min_rate`` applies (0: no deadline).
+    body_timeout: float = 20.0
+    #: Bytes per second a request body must average once ``body_timeout`` has
+    #: passed since it started (408 and close below; 0: no minimum).
+    body_min_rate: float = 500.0
     #: Seconds of silence from a client before the server pings it (0: never).
     ping_interval: float = 20.0
     #: Seconds a pinged client has to answer before it is closed (1011).
