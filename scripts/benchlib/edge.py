@@ -307,6 +307,20 @@ EDGE_ATTACKS = {
 }
 
 
+#: Seconds a server may take to hand memory back after an attack (asok_green looks every 5 s).
+SETTLE_SECONDS = 12.0
+
+
+def settled_rss(server: ServerProcess, before: int, seconds: float = SETTLE_SECONDS) -> int:
+    """The server's RSS once back within 10% of ``before``, or after ``seconds`` if it does not come back."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rss = procstat.rss_bytes(server.pid)
+        if rss <= before * 1.1 or time.monotonic() >= deadline:
+            return rss
+        time.sleep(0.5)
+
+
 def run_edge_attack(attack: str, server: ServerProcess, args: Any) -> dict:
     """One attack beside the probe, with the server's RSS before and after."""
     probe = Probe(server, args.probe_timeout)
@@ -319,7 +333,7 @@ def run_edge_attack(attack: str, server: ServerProcess, args: Any) -> dict:
     finally:
         during = probe.stop()
     procstat.wait_idle(server.pid, timeout=20)
-    after = procstat.rss_bytes(server.pid) if server.alive() else before
+    after = settled_rss(server, before) if server.alive() else before
     return {**row, "quiet": quiet, "during": during, "rss_before": before, "rss_after": after}
 
 
