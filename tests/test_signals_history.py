@@ -47,6 +47,9 @@ def test_a_typing_flood_does_not_push_messages_out_of_a_rooms_history(server):
     try:
         for client in (watcher, typist):
             client.send(json.dumps({"op": "join_room", "room": "sig-a"}))
+            # Ops are handled in order: once get_presence is answered, the join is done.
+            client.send(json.dumps({"op": "get_presence", "room": "sig-a"}))
+            assert json.loads(client.recv())["type"] == "presence_list"
         for text in ("one", "two", "three"):
             sayer.send(f"sig-a {text}")
             assert sayer.recv() == "done"
