@@ -28,6 +28,14 @@ Attacks (one table row each):
     room gets a large broadcast: did the other subscribers get every
     message, and what did the stuck one receive (whole messages in order,
     then a close frame, or a broken stream)?
+``smuggle``, ``malformed``, ``stalled``, ``cut_short``, ``name_storm``, ``nested_json``
+    the untrusted edge (benchlib/edge.py): ambiguous framing, malformed
+    heads, stalled and cut-short bodies, a storm of new room names, nested
+    JSON; each beside a probe client, with the server's RSS before and after.
+    The edge run of RELIABILITY.md::
+
+        python scripts/adversary.py --servers asok_green,uvicorn_websockets,gevent_websocket \
+            --attacks smuggle,malformed,stalled,cut_short,name_storm,nested_json
 
 Every wait has a timeout: a server that stalls is reported ("timeout"), not
 waited for. Results are printed as a table; ``--markdown`` and ``--json``
@@ -47,16 +55,18 @@ import tempfile
 import time
 
 from benchlib import load, machine, procstat
+from benchlib.edge import EDGE_ATTACKS, edge_rows, make_adversary_project, run_edge_attack
 from benchlib.hostile import HostileProcess, fragments, pings, read_rest
 from benchlib.latency import fmt_ms, round_trips, summary
 from benchlib.profiling import Recording
-from benchlib.project import make_bench_project
 from benchlib.scenario import progress
 from benchlib.servers import PEERS_BY_NAME, ServerProcess, start_server
 from benchlib.wsclient import RawClient, Timeout
 
 DEFAULT_SERVERS = "asok_green,websockets_asyncio,gevent_websocket"
-ATTACKS = ("flood", "fragments", "pings", "slow")
+#: What runs without ``--attacks``; the edge attacks are asked for by name (stalled bodies take 30 s a server).
+DEFAULT_ATTACKS = ("flood", "fragments", "pings", "slow")
+ATTACKS = (*DEFAULT_ATTACKS, *EDGE_ATTACKS)
 MIB = 1 << 20
 
 
@@ -65,7 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts and short windows (smoke test)")
     parser.add_argument("--servers", default=DEFAULT_SERVERS, help=f"comma-separated, of: {','.join(PEERS_BY_NAME)}")
-    parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, of: {','.join(ATTACKS)}")
+    parser.add_argument(
+        "--attacks", default=",".join(DEFAULT_ATTACKS), help=f"comma-separated, of: {','.join(ATTACKS)}"
+    )
     parser.add_argument("--seconds", type=float, help="flood window in seconds (default 8; --quick 3)")
     parser.add_argument("--probes", type=int, help="round trips per phase at most (default 400; --quick 60)")
     parser.add_argument("--probe-timeout", type=float, default=2.0, help="seconds one round trip may take")
@@ -73,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pings", type=int, help="pings sent without reading (default 200,000; --quick 20,000)")
     parser.add_argument("--broadcast", default="4000x2000", help="slow: COUNTxSIZE broadcast to the room")
     parser.add_argument("--readers", type=int, help="slow: subscribers that keep reading (default 20; --quick 3)")
+    parser.add_argument("--stalled", type=int, help="stalled: bodies at once (default 2,000; --quick 200)")
+    parser.add_argument("--stall-wait", type=float, default=30.0, help="stalled: seconds to wait for the server")
+    parser.add_argument("--names", type=int, help="name_storm: new rooms (default 40,000; --quick 4,000)")
+    parser.add_argument("--nested", type=int, help="nested_json: messages of each kind (default 1,000; --quick 100)")
     parser.add_argument("--profile", action="store_true", help="flood: py-spy profile of each server beside the probe")
     parser.add_argument("--markdown", help="write the results as a Markdown block here")
     parser.add_argument("--json", help="write the raw results here")
@@ -80,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     defaults = {"seconds": (8.0, 3.0), "probes": (400, 60), "frames": (2_000_000, 100_000), "pings": (200_000, 20_000)}
     defaults["readers"] = (20, 3)
+    defaults |= {"stalled": (2000, 200), "names": (40_000, 4_000), "nested": (1000, 100)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -254,7 +271,7 @@ def run_attack(name: str, attack: str, project: pathlib.Path, logs: pathlib.Path
         return {"error": f"did not start: {exc}".splitlines()[0], "tracebacks": 0}
     progress(f"{peer.label}: {attack} (pid {server.pid})")
     try:
-        row = RUNNERS[attack](server, args)
+        row = run_edge_attack(attack, server, args) if attack in EDGE_ATTACKS else RUNNERS[attack](server, args)
     except (OSError, ConnectionError, Timeout) as exc:
         row = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -268,7 +285,7 @@ def run_attack(name: str, attack: str, project: pathlib.Path, logs: pathlib.Path
 def run(args: argparse.Namespace, work: pathlib.Path) -> dict:
     """Every attack on every server; the results by server then attack."""
     described = machine.describe()  # before the load: it records the load average
-    project = make_bench_project(work / "project")
+    project = make_adversary_project(work / "project")
     results: dict = {}
     for name in args.servers.split(","):
         results[name] = {}
@@ -322,8 +339,10 @@ def rows(report: dict) -> list[tuple[str, list[str]]]:
         ("pings unread: RSS growth after N pings", cells("pings", _pings)),
         ("slow consumer: readers with every message", cells("slow", _readers)),
         ("slow consumer: what the stuck client got", cells("slow", _stuck)),
-        ("tracebacks in the server log", [str(_tracebacks(servers[n])) for n in names]),
     ]
+    table = [(what, row) for what, row in table if any(cell != "not run" for cell in row)]
+    table += edge_rows(servers, names)
+    table.append(("tracebacks in the server log", [str(_tracebacks(servers[n])) for n in names]))
     return table
 
 

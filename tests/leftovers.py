@@ -69,6 +69,11 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` now."""
+    return [child for child in _pids() if (_stat(child) or ("", 0))[1] == pid]
+
+
 def _marked(pid: int, mark: str) -> bool:
     environ = _read(f"/proc/{pid}/environ", "rb")
     return environ is not None and f"{MARK}={mark}".encode() in environ.split(b"\0")

@@ -23,6 +23,7 @@ import urllib.request
 import pytest
 
 from asok_green.process.devserver import environment_without_dotenv, is_watched
+from tests import leftovers
 from tests.asok_project import make_project, project_env
 from tests.conftest import BIN, ServerProcess, free_port, ws_connect
 from tests.raw_client import RawClient
@@ -234,7 +235,10 @@ def test_plain_asok_dev_still_runs_asoks_own_server(project, tmp_path):
         assert "asok_green" not in log
     finally:
         # Asok's reloader forks the server and stops it on Ctrl-C only: SIGTERM would leave the server running.
+        # Under load the reloader can exit before its forked server does: stop that one too.
+        forked = leftovers.children(proc.proc.pid)
         proc.stop(signal.SIGINT)
+        leftovers.stop(forked)
 
 
 @pytest.mark.parametrize(

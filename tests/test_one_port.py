@@ -137,6 +137,19 @@ def test_handler_error_is_logged_and_the_connection_stays_open(server):
     assert "error in message handler for /boom" in log
 
 
+def test_a_client_raising_the_same_handler_error_again_and_again_gets_few_tracebacks(server):
+    before = server.log().count("RuntimeError: boom")
+    client = ws_connect(server, "/boom")
+    for _ in range(100):
+        client.send("explode")
+    client.ping(b"all handled?")  # answered once the 100 messages before it are
+    opcode, frame = client.recv_data_frame(True)
+    assert opcode == websocket.ABNF.OPCODE_PONG and frame.data == b"all handled?"
+    client.close()
+    logged = server.log().count("RuntimeError: boom") - before
+    assert 1 <= logged <= 10  # the log's burst (WS_LOG_BURST): the rest are counted, not printed
+
+
 def test_upgrade_to_unknown_path_gets_404_before_handshake(server):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         ws_connect(server, "/no/such/socket")

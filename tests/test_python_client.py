@@ -372,7 +372,7 @@ def test_a_dropped_link_loses_nothing(server):
         proxy.close()
 
 
-def test_history_exceeded_is_continuity_lost_then_live_again(server):
+def test_history_exceeded_is_continuity_lost_then_what_is_held_then_live(server):
     proxy = LinkProxy(server.port)
     try:
         client = ResumingClient(f"ws://127.0.0.1:{proxy.port}/short/a", backoff=QUICK).connect()
@@ -385,8 +385,11 @@ def test_history_exceeded_is_continuity_lost_then_live_again(server):
         with pytest.raises(ContinuityLost) as lost:
             client.recv(30)
         assert lost.value.reason == "history_exceeded"
+        # The five messages the history still holds follow the notice, then the live ones.
+        assert [client.recv(10).data for _ in range(5)] == [f"missed{i}" for i in range(15, 20)]
         publish(server.port, "live", to="/short/a")
         assert client.recv(10).data == "live"
+        assert client.stats["duplicates"] == 0
         client.close()
     finally:
         proxy.close()

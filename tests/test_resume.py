@@ -233,7 +233,7 @@ def test_resuming_from_the_last_offset_replays_nothing(server):
     again.close()
 
 
-def test_history_exceeded_is_continuity_lost_then_live(server):
+def test_history_exceeded_is_continuity_lost_then_what_is_held_then_live(server):
     client = v1(server, "/small/exceeded")
     epoch = client.notice("position")["e"]
     publish(server, path="/small/exceeded", text="first")
@@ -246,9 +246,12 @@ def test_history_exceeded_is_continuity_lost_then_live(server):
         "asok": "continuity_lost",
         "s": "/small/exceeded",
         "e": epoch,
-        "o": 11,
+        "o": 6,
         "reason": "history_exceeded",
+        "replayed": 5,
     }
+    held = [again.next() for _ in range(5)]
+    assert [(f["o"], f["d"]) for f in held] == [(7, "m5"), (8, "m6"), (9, "m7"), (10, "m8"), (11, "m9")]
     publish(server, path="/small/exceeded", text="live")
     assert again.next() == {"s": "/small/exceeded", "e": epoch, "o": 12, "d": "live0"}
     again.close()

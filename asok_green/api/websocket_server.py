@@ -158,6 +158,7 @@ class WebSocketServer(Hub):
         if "/asok/live" not in self.routes:
             self.on("/asok/live")(ops.on_live_message)
             ops.install_model_relay(self)
+            ops.limit_asok_lines(self)
         graphql.install(self)
 
     def attach(self, app: Any, port: int) -> None:

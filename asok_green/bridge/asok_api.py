@@ -93,6 +93,8 @@ CONTRACT: tuple[AsokName, ...] = (
     # -- /asok/live, conn.request and model events (bridge.live, bridge.handshake_request) --
     AsokName("asok.ws.live.on_live_message", ("server", "conn", "text"), "live components: join, call, sync, leave"),
     AsokName("asok.ws.live._validate_model_room", ("conn", "room"), "model: rooms hold the user's own rows only"),
+    AsokName("asok.ws.live._has_live_component", ("conn", "cid"), "a call or sync names a component that joined"),
+    AsokName("asok.ws.live.logger", None, "Asok's live-component lines, held to the log rate limit"),
     AsokName("asok.ws.live._build_pseudo_request", ("server", "conn"), "conn.request, built from the handshake"),
     AsokName("asok.request.Request.user", None, "conn.request.user is the handshake's user (no second lookup)"),
     AsokName("asok.events.events", None, "Asok's model events (model:created...), relayed to model: rooms"),
@@ -351,6 +353,20 @@ def run_live_component_message(server: Any, conn: Any, text: str) -> None:
     from asok.ws.live import on_live_message
 
     on_live_message(server, conn, text)
+
+
+def live_component_joined(conn: Any, cid: Any) -> bool:
+    """True if the live component ``cid`` joined ``conn`` (a ``call`` or ``sync`` for another is refused)."""
+    from asok.ws.live import _has_live_component
+
+    return _has_live_component(conn, cid)
+
+
+def live_logger() -> Any:
+    """The logger Asok's live-component handler writes its errors to."""
+    from asok.ws.live import logger
+
+    return logger
 
 
 def model_room_allowed(conn: Any, room: str) -> bool:

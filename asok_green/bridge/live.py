@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from ..core.logs import limiter
+from ..protocol.outgoing import Outgoing
 from . import asok_api
 
 if TYPE_CHECKING:
@@ -26,6 +30,43 @@ logger = logging.getLogger("asok_green")
 _MAX_OP_LENGTH = 50
 _JOIN_ERROR = "Unauthorized or invalid room join request for {room}"
 _NOT_A_MEMBER = "Join room {room} before asking who is in it"
+_ROOM_CAP_ERROR = "Too many rooms: a connection may be in {cap} rooms at once; leave one before joining {room}"
+
+#: A JSON string (skipped whole) or one bracket: what the nesting depth is counted from. A string
+#: left open runs to the end (its closing quote is optional), so no text is scanned twice.
+_NESTING_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def nesting_depth(text: str, limit: int) -> int:
+    """How deep arrays and objects nest in the JSON ``text``, counted up to ``limit + 1`` at most."""
+    depth = deepest = 0
+    for token in _NESTING_TOKEN.finditer(text):
+        char = token.group()
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_op(text: str, limits: Any) -> tuple[Any, str | None]:
+    """The JSON value of ``text``, or ``(None, why not)``: too long, nested too deep, or not JSON."""
+    most = limits.max_op_bytes
+    # Characters first (each is 1 to 4 bytes in UTF-8): only a text near the limit is encoded to count.
+    if len(text) > most or (len(text) * 4 > most and len(text.encode("utf-8", "surrogatepass")) > most):
+        return None, f"message too long: at most {most} bytes"
+    depth = limits.max_op_depth
+    # Fewer brackets than the limit cannot nest deeper than it: most messages are not scanned.
+    if text.count("[") + text.count("{") > depth and nesting_depth(text, depth) > depth:
+        return None, f"JSON nested too deep: at most {depth} levels"
+    try:
+        return json.loads(text), None
+    except (ValueError, RecursionError):
+        return None, "invalid JSON"
 
 
 def on_live_message(conn: Connection, text: Any) -> None:
@@ -33,10 +74,9 @@ def on_live_message(conn: Connection, text: Any) -> None:
     if not isinstance(text, str):
         conn.send_json({"op": "error", "message": "binary messages are not supported on /asok/live"})
         return
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        conn.send_json({"op": "error", "message": "invalid JSON"})
+    data, error = read_op(text, conn.server.limits)
+    if error is not None:
+        conn.send_json({"op": "error", "message": error})
         return
     op = data.get("op") if isinstance(data, dict) else None
     if not isinstance(op, str) or len(op) > _MAX_OP_LENGTH:
@@ -63,6 +103,10 @@ def _join_room(server: Hub, conn: Connection, data: dict) -> None:
         except BadSince as exc:
             conn.send_json(_room_error(room, str(exc)))
             return
+    cap = server.limits.max_rooms_per_connection
+    if isinstance(room, str) and server.state.at_room_cap(conn, room, cap):
+        conn.send_json(_room_error(room, _ROOM_CAP_ERROR.format(cap=cap, room=room)))
+        return
     if isinstance(room, str) and _model_room_allowed(conn, room) and server.join_room(conn, room, since):
         return
     conn.send_json(_room_error(room, _JOIN_ERROR.format(room=room)))
@@ -112,9 +156,13 @@ def _receipt(server: Hub, conn: Connection, data: dict) -> None:
 
 
 def _relay_to_room(server: Hub, conn: Connection, room: Any, kind: str, fields: dict) -> None:
-    """Broadcast ``kind`` to the other members of ``room``, if the sender is one of them."""
+    """Signal ``kind`` to the other members of ``room``, if the sender is one of them (live only: no history)."""
     if _is_member(conn, room):
-        server.broadcast_to_json(room, {"op": "broadcast", "type": kind, "room": room, **fields}, exclude=conn)
+        # Typing and receipts say what happens now: they take no place in the room's history, where
+        # they would push messages out. Delivered here, and handed to the node for the others.
+        message = Outgoing.json({"op": "broadcast", "type": kind, "room": room, **fields})
+        server.fan_out(server.room_members(room), message, conn)
+        server.node.publish("room", room, message)
 
 
 def _is_member(conn: Connection, room: Any) -> bool:
@@ -139,7 +187,42 @@ def _live_component(conn: Connection, data: dict, text: str) -> None:
     if cid is not None and not (isinstance(cid, str) and len(cid) <= 100):
         conn.send_json({"op": "error", "message": "invalid component id"})
         return
+    if data["op"] in ("call", "sync") and not asok_api.live_component_joined(conn, cid):
+        # Asok would raise, and log the error with its traceback, for every such message.
+        conn.send_json({"op": "error", "cid": cid, "message": "unknown component: join it first"})
+        return
     asok_api.run_live_component_message(conn.server, conn, text)
+
+
+class AsokLinesLimited(logging.Filter):
+    """Holds the lines Asok's live-component handler writes (a client can make it write) to the log rate limit."""
+
+    def __init__(self, limits: Any) -> None:
+        """Lines of warning level and above, ``limits.log_burst`` per ``limits.log_interval`` seconds."""
+        super().__init__()
+        self.limits = limits
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a line over the rate; the first one past a window says how many were held back."""
+        if record.levelno < logging.WARNING:
+            return True
+        limits = self.limits
+        allowed, suppressed = limiter.allow("asok live", monotonic(), limits.log_burst, limits.log_interval)
+        if suppressed:
+            logger.warning(
+                "suppressed %d similar lines (asok live) in the last %.0fs",
+                suppressed,
+                limits.log_interval,
+                extra={"event": "log_suppressed", "kind": "asok live", "suppressed": suppressed},
+            )
+        return allowed
+
+
+def limit_asok_lines(server: Hub) -> None:
+    """Hold the lines of Asok's live-component handler to ``server``'s log rate limit (once per process)."""
+    asok_logger = asok_api.live_logger()
+    if not any(isinstance(f, AsokLinesLimited) for f in asok_logger.filters):
+        asok_logger.addFilter(AsokLinesLimited(server.limits))
 
 
 _RELAYED: set[int] = set()

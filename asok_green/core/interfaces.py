@@ -36,6 +36,12 @@ class StreamHistory(Protocol):
     def deliver(self, stream: Any, epoch: str, offset: int, message: Any, exclude: Any) -> int:
         """Deliver message ``offset`` of ``stream``, published elsewhere; how many got it."""
 
+    def closed(self, conn: Any) -> None:
+        """``conn`` closed: the streams of its path and rooms may go, if no connection here is left in them."""
+
+    def room_vacated(self, room: str) -> None:
+        """``room`` may have no connection of this process left in it: its stream may go."""
+
     def attach(self, conn: Any, stream: Any, since: Any) -> None:
         """Tell ``conn`` its position in ``stream``, or give it what it missed since ``since`` (may yield)."""
 

@@ -63,6 +63,12 @@ class Limits:
     handshake_timeout: float = 10.0
     #: Bytes of request line plus headers a client may send (431 beyond).
     max_header_bytes: int = 16 * 1024
+    #: Seconds a request body may go without a byte arriving (408 and close
+    #: beyond); also the grace before ``body_min_rate`` applies (0: no deadline).
+    body_timeout: float = 20.0
+    #: Bytes per second a request body must average once ``body_timeout`` has
+    #: passed since it started (408 and close below; 0: no minimum).
+    body_min_rate: float = 500.0
     #: Seconds of silence from a client before the server pings it (0: never).
     ping_interval: float = 20.0
     #: Seconds a pinged client has to answer before it is closed (1011).
@@ -79,6 +85,19 @@ class Limits:
     log_burst: int = 10
     #: Seconds of the window ``log_burst`` applies to.
     log_interval: float = 60.0
+    #: Rooms one connection may be in at once; joining one more is refused
+    #: with an error frame, and the connection stays open (0: no limit).
+    max_rooms_per_connection: int = 100
+    #: Bytes of stream history held in memory, every stream together (the
+    #: tails that answer replays, and the ``memory`` store's messages); past
+    #: it, the least recently published streams' are let go first.
+    history_memory: int = 16 * 1024 * 1024
+    #: Longest JSON message ``/asok/live``'s operators read, in bytes (longer:
+    #: an error frame).
+    max_op_bytes: int = 256 * 1024
+    #: Deepest nesting of arrays and objects in a JSON message ``/asok/live``'s
+    #: operators read (deeper: an error frame).
+    max_op_depth: int = 32
 
     @classmethod
     def resolve(

@@ -82,8 +82,11 @@ def log_limited(
     msg: str,
     *args: Any,
     extra: dict[str, Any] | None = None,
+    exc_info: bool = False,
 ) -> bool:
     """Log ``msg % args`` at ``level`` unless lines of ``key`` are over their rate; True if logged.
+
+    With ``exc_info``, a line that is logged carries the exception being handled.
 
     ``limits`` gives the rate: ``log_burst`` lines per ``log_interval`` seconds
     (see :class:`asok_green.core.limits.Limits`). ``extra`` holds the line's fields
@@ -103,7 +106,7 @@ def log_limited(
             extra={"event": "log_suppressed", "kind": key, "suppressed": suppressed},
         )
     if allowed:
-        logger.log(level, msg, *args, extra=extra)
+        logger.log(level, msg, *args, extra=extra, exc_info=exc_info)
     return allowed
 
 

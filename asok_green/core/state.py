@@ -274,6 +274,11 @@ class HubState:
                 out.append(RoomJoined(room, user_id))
         return out
 
+    def at_room_cap(self, conn: Any, room: str, cap: int) -> bool:
+        """True when ``conn`` is in ``cap`` rooms already, ``room`` not among them (``cap`` 0: no limit)."""
+        rooms = self.joined.get(conn)
+        return cap > 0 and rooms is not None and len(rooms) >= cap and room not in rooms
+
     def leave(self, conn: Any, room: str, user_id: Any) -> Announcements:
         """Take ``conn`` out of ``room`` (nothing if it is not in it).
 

@@ -209,6 +209,23 @@ class StreamLog:
             entries.append((int(_text(entry_id).partition("-")[2]), int(values[b"p"]), bytes(values[b"d"])))
         return _text(raw[0]), int(raw[1]), entries
 
+    def read_held(
+        self, stream: str, epoch: str, ttl: float | None = None
+    ) -> tuple[str, int, list[tuple[int, int, bytes]]] | None:
+        """(epoch, last offset, every entry still held within ``ttl``), or None if ``stream`` is in another epoch."""
+        current, last = self.redis.hmget(self.meta_key(stream), "epoch", "last")
+        if current is None or _text(current) != epoch:
+            return None
+        last = int(last or 0)
+        oldest = (self.redis.time()[0] - ttl) * 1000 if ttl else None
+        entries = []
+        for entry_id, values in self.redis.xrange(self.stream_key(stream), "-", "+"):
+            offset = int(_text(entry_id).partition("-")[2])
+            if offset > last or (oldest is not None and int(values[b"t"]) < oldest):
+                continue
+            entries.append((offset, int(values[b"p"]), bytes(values[b"d"])))
+        return epoch, last, entries
+
     def position(self, stream: str) -> tuple[str, int]:
         """``stream``'s epoch and last offset (0 when empty); a missing stream gets its epoch now."""
         raw = self._position(keys=[self.meta_key(stream), self.stream_key(stream)], args=[new_epoch()])

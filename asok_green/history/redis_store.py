@@ -118,6 +118,8 @@ class RedisHistoryStore:
         self.cluster: Any = None
         self.log: StreamLog | None = None
         self._limits: dict[str, tuple[int, float | None]] = {}
+        #: Streams no connection here uses, whose limits go once no message of theirs waits to be written.
+        self._released: set[str] = set()
         #: Per stream, the (epoch, offset) of the last message this node delivered.
         self._delivered: dict[str, tuple[str, int]] = {}
         self._wake = Event()
@@ -162,6 +164,29 @@ class RedisHistoryStore:
     def configure(self, stream: str, size: int, ttl: float | None) -> None:
         """Keep the last ``size`` messages of ``stream``, none older than ``ttl`` seconds (None: any age)."""
         self._limits[stream] = (max(1, int(size)), ttl)
+        self._released.discard(stream)
+
+    def release(self, stream: str) -> None:
+        """No connection here uses ``stream``: forget what this node keeps about it (Redis keeps its history)."""
+        self._delivered.pop(stream, None)
+        if len(self.queue):
+            self._released.add(stream)  # its queued messages are still written with its limits
+        else:
+            self._limits.pop(stream, None)
+
+    def table_size(self) -> int:
+        """How many per-stream entries this node keeps in memory."""
+        return len(self._limits) + len(self._delivered) + len(self._released)
+
+    def read_held(self, stream: str, epoch: str) -> tuple[str, int, list[tuple[int, int, bytes]]] | None:
+        """Every message of ``epoch`` Redis still holds (None when in another epoch or unreachable). Yields."""
+        if not self.cluster.connected:
+            return None
+        try:
+            return self.log.read_held(stream, epoch, self._limits_of(stream)[1])
+        except self._errors as exc:
+            logger.info("history of %s unreadable: %s", stream, exc)
+            return None
 
     def publish(self, stream: str, opcode: int, data: bytes, deliver: DeliverCallback) -> None:
         """Queue a message; ``deliver(epoch, offset)`` runs once Redis gave its offset, in order. Never yields."""
@@ -320,6 +345,10 @@ class RedisHistoryStore:
             self._count("history_written", len(results))
             for message in queue.written(results):
                 self._deliver(message)
+            if self._released and not len(queue):
+                for name in self._released:
+                    self._limits.pop(name, None)
+                self._released.clear()
             return True
         # An error answer (out of memory, a key of the wrong type): tried a few times, then dropped.
         self._refusals += 1

@@ -69,7 +69,9 @@ class Follower:
             del self._seen[gone]
             # Unfollowed, what this process knows of the stream goes stale as others append:
             # a client that resumes it later must be answered from the file, not from memory.
-            self.hub.history.stream_named(gone).unload()
+            stream = self.hub.history.loaded(gone)
+            if stream is not None:
+                stream.unload()
         delivered = 0
         asked = names if changed else new
         rows = self._positions(db, asked)

@@ -168,6 +168,37 @@ class SqliteStore:
         entries: list[Entry] = [(o, op, bytes(data)) for o, op, data, _ in rows]
         return current, last, entries
 
+    def read_held(self, stream: str, epoch: str) -> Replay | None:
+        """Every message of ``epoch`` the file still holds within the ttl (None when the stream is in another epoch)."""
+        db = self._connection()
+        row = db.execute("SELECT epoch, last, trimmed FROM streams WHERE name = ?", (stream,)).fetchone()
+        if row is None or row[0] != epoch:
+            return None
+        current, last, trimmed = row
+        ttl = self._policies.get(stream, (0, None))[1]
+        oldest = time() - ttl if ttl is not None else float("-inf")
+        rows = db.execute(
+            "SELECT offset, opcode, data, at FROM messages"
+            " WHERE stream = ? AND offset > ? AND offset <= ? ORDER BY offset",
+            (stream, trimmed, last),
+        ).fetchall()
+        kept = [(o, op, bytes(data)) for o, op, data, at in rows if at >= oldest]
+        # Offsets consecutive up to the last: a hole (rows deleted meanwhile) keeps only what follows it.
+        start = len(kept)
+        while start and kept[start - 1][0] == last - (len(kept) - start):
+            start -= 1
+        return current, last, kept[start:]
+
+    def release(self, stream: str) -> None:
+        """No connection here uses ``stream``: forget what this process keeps about it (the file keeps its history)."""
+        self._policies.pop(stream, None)
+        self._expired.pop(stream, None)
+        self._deleted.pop(stream, None)
+
+    def table_size(self) -> int:
+        """How many per-stream entries this process keeps in memory."""
+        return len(self._policies) + len(self._expired) + len(self._deleted) + len(self._broken)
+
     def position(self, stream: str) -> tuple[str, int]:
         """The epoch and last offset; a stream never seen gets its row (and epoch) now."""
         db = self._connection()

@@ -62,3 +62,24 @@ class HistoryStore(Protocol):
 
     def stop(self) -> None:
         """Release what the store holds."""
+
+
+class LeasingStore(HistoryStore, Protocol):
+    """What a store may add (the hub's history uses each method when the store has it)."""
+
+    def release(self, stream: str) -> None:
+        """No connection of this process uses ``stream`` now: forget what is kept in memory about it.
+
+        Its history stays where the store keeps it; the next client of the
+        stream here makes the history call :meth:`configure` again.
+        """
+
+    def read_held(self, stream: str, epoch: str) -> Replay | None:
+        """``(epoch, last offset, every message still held)``, or None when ``stream`` is in another epoch.
+
+        For a partial replay: what a client whose gap the history no longer
+        covers is given after ``continuity_lost``. May yield.
+        """
+
+    def table_size(self) -> int:
+        """How many per-stream entries the store keeps in this process' memory."""

@@ -26,11 +26,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections import OrderedDict, deque
 from collections.abc import Iterable
-from itertools import islice
 from time import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from ..core.logs import log_limited
 from ..protocol import envelopes
@@ -38,6 +36,9 @@ from ..protocol.frames import CLOSE_INTERNAL_ERROR, CLOSE_TRY_AGAIN
 from ..protocol.outgoing import Outgoing
 from .store import HistoryStore, HistoryUnavailable
 from .stores import make_store, store_names
+from .tails import Policy, Stream, TailBudget, check_policy
+
+__all__ = ["ROOM_PREFIX", "History", "Policy", "Settings", "Stream", "TailBudget", "check_policy"]
 
 if TYPE_CHECKING:
     from ..server.connection import Connection
@@ -48,130 +49,8 @@ logger = logging.getLogger("asok_green")
 #: The prefix of room streams' names.
 ROOM_PREFIX = "room:"
 
-#: Most messages of one stream held in memory to answer replays without asking the store.
-_TAIL_LIMIT = 500
-
-#: Most payload bytes the tails of every stream hold together: beyond, the least recently
-#: published streams' tails are emptied (their replays are read from the store).
-_TAIL_BUDGET = 16 * 1024 * 1024
-
 #: Most path or room names whose lookup (stream or no history) is remembered.
 _LOOKUP_CACHE_LIMIT = 10_000
-
-
-class Policy(NamedTuple):
-    """How much history a stream keeps: ``size`` messages, none older than ``ttl`` seconds (None: no limit)."""
-
-    size: int
-    ttl: float | None
-
-
-def check_policy(size: Any, ttl: Any) -> Policy:
-    """The policy for ``size`` and ``ttl``; ValueError when they are not a positive count and duration."""
-    if type(size) is not int or size <= 0:
-        raise ValueError(f"history size must be a positive int, got {size!r}")
-    if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
-        raise ValueError(f"history ttl must be a positive number of seconds or None, got {ttl!r}")
-    return Policy(size, None if ttl is None else float(ttl))
-
-
-class TailBudget:
-    """The payload bytes every stream's tail holds, and whose tail to empty first when that is too much."""
-
-    def __init__(self, limit: int = _TAIL_BUDGET) -> None:
-        """A budget of ``limit`` bytes, none used."""
-        self.limit = limit
-        self.used = 0
-        #: Streams with a tail, the least recently added to first.
-        self._recent: OrderedDict[Stream, None] = OrderedDict()
-
-    def added(self, stream: Stream, size: int) -> None:
-        """``stream``'s tail grew by ``size`` bytes (less if it dropped its oldest): empty others' if over."""
-        self.used += size
-        recent = self._recent
-        recent[stream] = None
-        recent.move_to_end(stream)
-        while self.used > self.limit and len(recent) > 1:
-            oldest = next(iter(recent))
-            if oldest is stream:
-                break
-            oldest.forget_tail()
-
-    def removed(self, stream: Stream, size: int) -> None:
-        """``stream``'s tail was emptied of its ``size`` bytes."""
-        self.used -= size
-        self._recent.pop(stream, None)
-
-
-class Stream:
-    """One stream with history as this process sees it: its epoch, the last offset delivered here, its tail.
-
-    ``held`` maps each connection whose replay is being read to the stream's
-    messages held for it meanwhile. ``backlog`` collects the messages that
-    arrive while missing ones are read from the store.
-    """
-
-    __slots__ = ("name", "policy", "epoch", "last", "prefix", "tail", "budget", "held", "backlog")
-
-    def __init__(self, name: str, policy: Policy, budget: TailBudget | None = None):
-        """A stream not yet loaded (no epoch known); its tail counts toward ``budget``."""
-        self.name = name
-        self.policy = policy
-        self.epoch: str | None = None
-        self.last = 0
-        self.prefix = b""
-        #: ``(offset, at, Outgoing)`` of the last messages delivered here, offsets consecutive.
-        self.tail: deque = deque(maxlen=min(policy.size, _TAIL_LIMIT))
-        self.budget = budget if budget is not None else TailBudget()
-        self.held: dict[Connection, list[Outgoing]] | None = None
-        self.backlog: list | None = None
-
-    def enter_epoch(self, epoch: str, last: int) -> None:
-        """From now on the stream is in ``epoch``, and ``last`` is its last offset delivered here."""
-        self.epoch, self.last = epoch, last
-        self.prefix = envelopes.stream_prefix(self.name, epoch)
-        self.forget_tail()
-
-    def unload(self) -> None:
-        """Forget the epoch, last offset and tail: the next client of the stream here reads the store."""
-        self.forget_tail()
-        self.epoch, self.last, self.prefix = None, 0, b""
-
-    def remember(self, offset: int, at: float, message: Outgoing) -> None:
-        """Add message ``offset`` (delivered at ``at``) to the tail, dropping the oldest if it is full."""
-        tail = self.tail
-        if tail and offset != tail[-1][0] + 1:
-            # Offsets in between were published by another process and not delivered here:
-            # the tail holds consecutive offsets only, so it starts over.
-            self.forget_tail()
-        size = len(message.payload)
-        if len(tail) == tail.maxlen:
-            size -= len(tail.popleft()[2].payload)
-        tail.append((offset, at, message))
-        self.budget.added(self, size)
-
-    def forget_tail(self) -> None:
-        """Empty the tail (replays are then read from the store)."""
-        tail = self.tail
-        if tail:
-            size = sum(len(message.payload) for _, _, message in tail)
-            tail.clear()
-            self.budget.removed(self, size)
-
-    def tail_since(self, since: envelopes.Since, now: float) -> list[Outgoing] | None:
-        """The messages after ``since`` if the tail holds every one of them, else None."""
-        if since.epoch != self.epoch or since.offset > self.last:
-            return None
-        if since.offset == self.last:
-            return []
-        tail = self.tail
-        if not tail or tail[0][0] > since.offset + 1:
-            return None
-        kept = list(islice(tail, since.offset + 1 - tail[0][0], None))
-        ttl = self.policy.ttl
-        if ttl is not None and kept[0][1] < now - ttl:
-            return None
-        return [message for _, _, message in kept]
 
 
 class Settings:
@@ -201,7 +80,8 @@ class History:
         self._paths: dict[str, Stream | None] = {}
         self._rooms: dict[str, Stream | None] = {}
         self._store: HistoryStore | None = None
-        self._tail_budget = TailBudget()
+        #: One budget for every tail held in memory (the streams', and the memory store's).
+        self._tail_budget = TailBudget(hub.limits.history_memory)
 
     # -- configuration ------------------------------------------------------------
 
@@ -222,6 +102,9 @@ class History:
             settings = Settings(getattr(self.hub.app, "config", None))
             name = settings.get("WS_HISTORY_STORE") or self._default_store_name()
             store = make_store(str(name).strip().lower(), settings)
+            share = getattr(store, "share_budget", None)
+            if share is not None:
+                share(self._tail_budget)
             store.start(self.hub)
             self._store = store
             logger.info("stream history kept by the %s store", name)
@@ -293,6 +176,60 @@ class History:
             self.store.configure(name, policy.size, policy.ttl)
         return stream
 
+    def loaded(self, name: str) -> Stream | None:
+        """The stream ``name`` if this process holds it now (it has clients here), else None."""
+        return self._streams.get(name)
+
+    # -- names are leased: a stream nobody here uses is let go ------------------------------
+
+    def closed(self, conn: Connection) -> None:
+        """``conn`` closed: the streams of its path and rooms go if no connection here is left in them."""
+        self.path_vacated(conn.path)
+        for room in self.hub.state.rooms_of(conn):
+            self.room_vacated(room)
+
+    def path_vacated(self, path: str) -> None:
+        """If no connection here is on ``path`` any more, let its stream go (its history stays in the store)."""
+        if path not in self.hub.state.by_path:
+            self._paths.pop(path, None)
+            self._settle(self._streams.get(path))
+
+    def room_vacated(self, room: str) -> None:
+        """If no connection here is in ``room`` any more, let its stream go (its history stays in the store)."""
+        if room not in self.hub.state.rooms:
+            self._rooms.pop(room, None)
+            self._settle(self._streams.get(ROOM_PREFIX + room))
+
+    def _settle(self, stream: Stream | None) -> None:
+        """Let ``stream`` go if nobody here gets its messages and no replay or fill uses it (nothing stays)."""
+        if stream is None or stream.busy or self.members(stream):
+            return
+        name = stream.name
+        current = self._streams.get(name)
+        if current is stream:
+            del self._streams[name]
+            if name.startswith(ROOM_PREFIX):
+                self._rooms.pop(name[len(ROOM_PREFIX) :], None)
+            else:
+                self._paths.pop(name, None)
+        elif current is not None:
+            return  # let go already, and loaded again since
+        stream.unload()
+        release = getattr(self._store, "release", None)
+        if release is not None:
+            release(name)
+
+    def table_sizes(self) -> dict[str, int]:
+        """How many entries each table of the history holds in memory (streams, lookups, tails, the store's)."""
+        store_size = getattr(self._store, "table_size", None)
+        return {
+            "streams": len(self._streams),
+            "lookups": len(self._paths) + len(self._rooms),
+            "tails": len(self._tail_budget),
+            "tail_bytes": self._tail_budget.used,
+            "store": store_size() if store_size is not None else 0,
+        }
+
     def members(self, stream: Stream) -> Iterable[Connection]:
         """This process' connections that get ``stream``'s messages."""
         state = self.hub.state
@@ -338,6 +275,7 @@ class History:
             # No offset yet: the plain clients' copy goes now, the v1 clients' with the offset.
             later = True
             delivered = self.hub.fan_out(self.members(stream), message, exclude, v1=False)
+        self._settle(stream)
         return delivered
 
     def deliver(
@@ -353,12 +291,17 @@ class History:
 
         ``v1_only``: its plain clients had it already (when it was published here).
         """
+        # A store that gives offsets later may call back after the stream was let go (and
+        # maybe loaded again): the stream held now is the one that knows the clients' position.
+        stream = self._streams.get(stream.name, stream)
         if stream.backlog is not None:
             # Missing messages are being read: this one waits its turn.
             stream.backlog.append((epoch, offset, message, exclude, v1_only))
             return 0
         if epoch != stream.epoch or offset <= stream.last + 1:
-            return self._deliver_now(stream, epoch, offset, message, exclude, v1_only)
+            delivered = self._deliver_now(stream, epoch, offset, message, exclude, v1_only)
+            self._settle(stream)
+            return delivered
         stream.backlog = []
         try:
             self._fill(stream, offset)
@@ -367,6 +310,7 @@ class History:
         delivered = self._deliver_now(stream, epoch, offset, message, exclude, v1_only)
         for item in backlog:
             self.deliver(stream, *item)
+        self._settle(stream)
         return delivered
 
     def _deliver_now(
@@ -432,6 +376,7 @@ class History:
             del held[conn]
             if not held and stream.held is held:
                 stream.held = None
+            self._settle(stream)  # the connection may have left while the store was read
         if answer is None:
             conn.close(code, "stream history unavailable, reconnect")
             return
@@ -456,9 +401,7 @@ class History:
         if replayed is None:
             replayed = self._read(stream, since)  # may yield
         if replayed is None:
-            reason = envelopes.EPOCH_CHANGED if since.epoch != stream.epoch else envelopes.HISTORY_EXCEEDED
-            conn.send_text(envelopes.notice("continuity_lost", stream.name, stream.epoch, stream.last, reason=reason))
-            return stream.prefix, stream.last
+            return self._partial(conn, stream, since)
         deflate = conn.deflate
         for message in replayed:
             conn.send_counted(message.v1_frame_for(deflate))
@@ -467,11 +410,50 @@ class History:
         prefix = replayed[-1].stream_prefix if replayed else envelopes.stream_prefix(stream.name, since.epoch)
         return prefix, upto
 
+    def _partial(self, conn: Connection, stream: Stream, since: envelopes.Since) -> tuple[bytes, int]:
+        """Send ``continuity_lost``, then what the stream's epoch still holds (for a gap too long only).
+
+        The notice's offset is the one just before the first message that
+        follows it, so a client that takes it as its position accepts them.
+        """
+        held: list[Outgoing] = []
+        if since.epoch == stream.epoch:
+            reason = envelopes.HISTORY_EXCEEDED
+            held = self._held(stream)  # may yield
+        else:
+            reason = envelopes.EPOCH_CHANGED
+        if not held:
+            conn.send_text(envelopes.notice("continuity_lost", stream.name, stream.epoch, stream.last, reason=reason))
+            return stream.prefix, stream.last
+        first = held[0]
+        notice = envelopes.notice(
+            "continuity_lost", stream.name, stream.epoch, first.offset - 1, reason=reason, replayed=len(held)
+        )
+        conn.send_text(notice)
+        deflate = conn.deflate
+        for message in held:
+            conn.send_counted(message.v1_frame_for(deflate))
+        return held[-1].stream_prefix, held[-1].offset
+
+    def _held(self, stream: Stream) -> list[Outgoing]:
+        """Every message the store still holds of the stream's epoch, oldest first (none if it cannot say)."""
+        read = getattr(self.store, "read_held", None)
+        if read is None:
+            return []
+        replay = read(stream.name, stream.epoch)  # may yield
+        if replay is None or replay[0] != stream.epoch:
+            return []
+        return self._replayed(stream, replay)
+
     def _read(self, stream: Stream, since: envelopes.Since) -> list[Outgoing] | None:
         """The messages after ``since`` from the store, or None when it no longer has them all."""
         replay = self.store.read_since(stream.name, since.epoch, since.offset)  # may yield
         if replay is None:
             return None
+        return self._replayed(stream, replay)
+
+    def _replayed(self, stream: Stream, replay: tuple) -> list[Outgoing]:
+        """The store's entries as stream messages; those not yet delivered here go to everyone now."""
         epoch, _, entries = replay
         prefix = stream.prefix if epoch == stream.epoch else envelopes.stream_prefix(stream.name, epoch)
         messages = []

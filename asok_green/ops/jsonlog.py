@@ -70,10 +70,18 @@ def configure(level: str, json_formatter: JsonFormatter, config: Mapping[str, An
     if json_lines:
         # Asok's loggers keep their own handlers; gevent's pywsgi prints tracebacks to stderr itself.
         json_type = type(json_formatter())
-        for name in ("asok", "asok.security"):
+        for name in _asok_loggers():
             for handler in logging.getLogger(name).handlers:
                 if not isinstance(handler.formatter, json_type):
                     handler.setFormatter(json_formatter())
+                if _DEFAULT_EVENT not in handler.filters:
+                    handler.addFilter(_DEFAULT_EVENT)
+
+
+def _asok_loggers() -> list[str]:
+    """Asok's loggers that may hold handlers of their own (``asok``, ``asok.security``, any ``asok.*`` made)."""
+    made = [name for name in logging.root.manager.loggerDict if name.startswith("asok.")]
+    return ["asok", "asok.security", *(name for name in made if name != "asok.security")]
 
 
 def announce(

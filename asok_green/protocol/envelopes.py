@@ -28,6 +28,7 @@ HISTORY_EXCEEDED = "history_exceeded"
 EPOCH_CHANGED = "epoch_changed"
 
 _EPOCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OFFSET_PATTERN = re.compile(r"[0-9]{1,18}", re.ASCII)
 _MAX_OFFSET = 2**62
 
 
@@ -76,7 +77,8 @@ def notice(kind: str, stream: str, epoch: str, offset: int, **extra: Any) -> byt
 def parse_since_text(value: str) -> Since:
     """``<epoch>:<offset>`` as sent in ``?asok_since=``; raises :class:`BadSince`."""
     epoch, sep, offset = value.rpartition(":")
-    if not sep or not _EPOCH_PATTERN.fullmatch(epoch) or not offset.isdigit() or len(offset) > 18:
+    # ASCII digits only: str.isdigit() also takes other scripts' digits (and int() reads them).
+    if not sep or not _EPOCH_PATTERN.fullmatch(epoch) or not _OFFSET_PATTERN.fullmatch(offset):
         raise BadSince(f"{SINCE_PARAMETER} must be <epoch>:<offset>, got {value[:80]!r}")
     return Since(epoch, int(offset))
 

@@ -1,19 +1,18 @@
 """An upgrade request's head, parsed once: request line and header fields, no WSGI environ.
 
-Pure logic over the bytes the server read. :func:`parse_upgrade_head` accepts
-only a well-formed ``HTTP/1.1`` WebSocket upgrade request; anything else
-(plain HTTP, HTTP/1.0, a malformed header line, a chunked or odd body length)
-gets None, and the server then hands the request to gevent's ``pywsgi`` as it
-always did. What a head holds is what ``pywsgi`` would have made of the same
-bytes:
+Pure logic over the fields the server read strictly
+(:mod:`asok_green.protocol.http_head`, which refuses malformed and ambiguous
+heads first). :func:`upgrade_head` accepts only a well-formed ``HTTP/1.1``
+WebSocket upgrade request; anything else (plain HTTP, HTTP/1.0) gets None, and
+the server then hands the request to gevent's ``pywsgi``. What a head holds is
+what ``pywsgi`` would have made of the same bytes:
 
 * header names are case-insensitive; a name holding ``_`` is dropped (``pywsgi``
   strips it from the environ, so ``X_Forwarded_For`` never passes for
   ``X-Forwarded-For``);
 * a repeated header's values are joined with ``,``, cookies with ``; ``;
   ``Content-Type`` and ``Content-Length`` keep their first value;
-* values are stripped; an obsolete folded line (one starting with a space or a
-  tab) continues the previous value after a single space (RFC 9112 section 5.2).
+* values are stripped (obsolete folded lines never get here: they are refused).
 
 :attr:`RequestHead.variables` holds the CGI names the handshake's decisions read
 (``REQUEST_METHOD``, ``SERVER_PROTOCOL``, ``PATH_INFO``, ``QUERY_STRING``,
@@ -26,12 +25,13 @@ something asks for one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["RequestHead", "parse_upgrade_head"]
+from .http_head import BadHead, read_fields
+
+__all__ = ["RequestHead", "parse_upgrade_head", "upgrade_head"]
 
 #: Lower-case names and CGI keys of the headers a browser's handshake carries: shared strings,
 #: so the headers every connection keeps do not hold copies of the same names.
@@ -91,7 +91,7 @@ class RequestHead:
         variables: dict[str, Any],
         content_length: int | None = None,
     ) -> None:
-        """A head from its parts; :func:`parse_upgrade_head` builds them from bytes."""
+        """A head from its parts; :func:`upgrade_head` builds them from the parsed fields."""
         self.requestline = requestline
         self.method = method
         self.target = target
@@ -152,71 +152,37 @@ class RequestHead:
         self.fields.pop(name.lower(), None)
 
 
-#: One header line as the ``email`` parser reads it: a name of printable characters but ``:``,
-#: then the value up to the line's end (``\r\n`` or ``\n``; a lone ``\r`` does not match).
-_FIELD_LINE = re.compile(r"([!-9;-~]+):([^\r\n]*)\r?\n")
-
-
-def parse_header_fields(lines: list[bytes]) -> list[tuple[str, str]] | None:
-    """``(name, value)`` of each header line, folded lines unfolded; None if a line is malformed.
-
-    ``lines`` are the raw lines between the request line and the blank line,
-    each ending with its ``\n``. Names keep their case; values are stripped.
-    """
-    text = b"".join(lines).decode("latin-1")
-    if not text.endswith("\n"):  # the client stopped mid-line
-        return _parse_unusual(lines)
-    if "\r" in text:
-        if text.count("\r") != text.count("\r\n"):
-            return _parse_unusual(lines)
-        text = text.replace("\r\n", "\n")
-    pairs = []
-    for line in text.split("\n")[:-1]:
-        name, colon, value = line.partition(":")
-        # A name of printable ASCII but spaces (and ``:``); a folded line starts with a space.
-        if not colon or not name or not (name.isascii() and name.isprintable()) or " " in name:
-            return _parse_unusual(lines)
-        pairs.append((name, value.strip()))
-    return pairs
-
-
-def _parse_unusual(lines: list[bytes]) -> list[tuple[str, str]] | None:
-    """Line by line: obsolete folding unfolded; None at the first line the fast pattern has no reading for."""
-    parsed: list[tuple[str, str]] = []
-    for raw in lines:
-        text = raw.decode("latin-1")
-        if text[:1] in (" ", "\t"):
-            if not parsed or "\r" in text.rstrip("\r\n"):
-                return None
-            name, value = parsed[-1]
-            more = text.strip()
-            parsed[-1] = (name, f"{value} {more}" if value and more else value or more)
-            continue
-        match = _FIELD_LINE.fullmatch(text) or _FIELD_LINE.fullmatch(text + "\n")
-        if match is None:
-            return None
-        parsed.append((match[1], match[2].strip()))
-    return parsed
-
-
 def parse_upgrade_head(
     requestline: str, lines: list[bytes], remote: tuple | Any = None, scheme: str = "http"
 ) -> RequestHead | None:
     """The head of a well-formed ``HTTP/1.1`` WebSocket upgrade request, or None for anything else.
 
     ``requestline`` is the request line (decoded as latin-1), ``lines`` the header
-    lines that followed it, ``remote`` the peer's ``(ip, port)`` and ``scheme``
-    the connection's (``https`` under TLS).
+    lines that followed it (read strictly: a malformed block gets None),
+    ``remote`` the peer's ``(ip, port)`` and ``scheme`` the connection's
+    (``https`` under TLS).
+    """
+    try:
+        pairs = read_fields(lines)
+    except BadHead:
+        return None
+    return upgrade_head(requestline, pairs, remote, scheme)
+
+
+def upgrade_head(
+    requestline: str, pairs: list[tuple[str, str]], remote: tuple | Any = None, scheme: str = "http"
+) -> RequestHead | None:
+    """The head of a ``GET ... HTTP/1.1`` WebSocket upgrade from its fields ``pairs``, or None for anything else.
+
+    ``pairs`` are the ``(name, value)`` fields as
+    :func:`asok_green.protocol.http_head.read_fields` read them (names in lower case); the request's
+    framing is checked separately (:func:`asok_green.protocol.http_head.body_framing`).
     """
     words = requestline.split()
     if len(words) != 3 or words[2] != "HTTP/1.1":
         return None
-    parsed = parse_header_fields(lines)
-    if parsed is None:
-        return None
     fields: dict[str, str] = {}
-    for name, value in parsed:
-        lower = name.lower()
+    for lower, value in pairs:
         previous = fields.get(lower)
         if previous is None:
             if "_" not in lower:  # as pywsgi does: no header may pass for another with dashes

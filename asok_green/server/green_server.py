@@ -17,6 +17,7 @@ from gevent.event import Event
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from ..core.limits import Limits
+from . import trim
 from .handler import AccessLog, GreenHandler
 from .hub import Hub
 from .upgrade import DEFAULT_LIMITS
@@ -49,6 +50,24 @@ class GreenServer(WSGIServer):
         self.hubs = list(hubs)
         self.stopped = Event()
         self._kept_open: dict[int, Any] = {}
+        self._trimmer: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        """Start accepting, and hand memory back to the system after each storm of sockets (:mod:`.trim`)."""
+        super().start()
+        if self._trimmer is None:
+            self._trimmer = gevent.spawn(trim.run, self.sockets_held)
+
+    def close(self) -> None:
+        """Stop accepting (and stop watching for storms)."""
+        trimmer, self._trimmer = self._trimmer, None
+        if trimmer is not None:
+            trimmer.kill(block=False)
+        super().close()
+
+    def sockets_held(self) -> int:
+        """Client sockets held now: requests in flight (handshakes included) and WebSockets."""
+        return self.requests_in_flight + self.connection_count()
 
     def keep_open(self, sock: Any) -> None:
         """Leave ``sock`` open when its handler's greenlet ends: a connection owns it now."""

@@ -4,7 +4,13 @@
 hooks (``read_request``, ``get_environ``, ``run_application``); the server
 class that uses it is :class:`asok_green.server.green_server.GreenServer`.
 
-Plain HTTP requests take pywsgi's path unchanged. A well-formed WebSocket
+Every request's head is first read strictly (:mod:`asok_green.protocol.http_head`):
+a malformed or ambiguous head (request smuggling's raw material) is answered
+400 and the connection closed before pywsgi or the app sees anything. Plain
+HTTP requests then take pywsgi's path, their bodies read under the body
+deadlines (:mod:`asok_green.server.body`); a small body is read whole before
+the app runs, so a body that stalls or is cut short is answered 408 or 400 by
+the server, never seen by the app. A well-formed WebSocket
 upgrade request takes a lean one: its head is parsed once into a
 :class:`~asok_green.protocol.request_head.RequestHead` (no ``email`` parser), the
 handshake is decided on it (:mod:`asok_green.server.upgrade`), and the full
@@ -18,6 +24,7 @@ sets :attr:`GreenHandler.endpoints`, answered before the app (the API layer's
 from __future__ import annotations
 
 import email.parser
+import io
 import logging
 import socket
 from collections.abc import Callable
@@ -25,14 +32,16 @@ from http import HTTPStatus
 from typing import Any
 
 import gevent
-from gevent.pywsgi import LoggingLogAdapter, OldMessage, WSGIHandler
+from gevent.pywsgi import Input, LoggingLogAdapter, OldMessage, WSGIHandler
 
 from ..core.log_fields import request_fields
 from ..core.logs import log_limited
 from ..core.proxies import page_address, proxy_settings
 from ..core.refusals import handshake_refusals
 from ..protocol.handshake import is_upgrade_request
-from ..protocol.request_head import RequestHead, parse_upgrade_head
+from ..protocol.http_head import BadHead, Framing, body_framing, read_fields
+from ..protocol.request_head import RequestHead, upgrade_head
+from .body import BodyError, BodyReader
 from .upgrade import NO_INPUT, UpgradeHandler
 
 __all__ = [
@@ -57,6 +66,10 @@ class RequestTooLarge(ValueError):
 
 class HandshakeTimeout(ValueError):
     """The client did not send its request line and headers in time."""
+
+
+#: Bodies up to this many bytes are read whole, under the body deadlines, before the app runs.
+PREFETCH_BODY = 1 << 20
 
 
 def read_header_lines(fp: Any, budget: int) -> list[bytes]:
@@ -91,6 +104,16 @@ def is_lean_request_line(requestline: str) -> bool:
     """True for ``GET <target> HTTP/1.1``: the only request line an upgrade's lean path reads."""
     words = requestline.split()
     return len(words) == 3 and words[0] == "GET" and words[2] == "HTTP/1.1"
+
+
+def _ip(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
+
+
+def _path_of(target: str) -> str:
+    """A request target's path, cut to a length a log line can hold."""
+    path = target.partition("?")[0]
+    return path if len(path) <= 200 else path[:200] + "..."
 
 
 def _plain_response(status: int, text: str) -> bytes:
@@ -153,8 +176,15 @@ class GreenHandler(UpgradeHandler):
         try:
             super().handle()
         except HandshakeTimeout:
-            logger.info(
-                "dropped %s: request not complete within %ss", self.client_address, self.limits.handshake_timeout
+            log_limited(
+                logger,
+                logging.INFO,
+                "dropped",
+                self.limits,
+                "dropped %s: request not complete within %ss",
+                self.client_address,
+                self.limits.handshake_timeout,
+                extra={"event": "request_dropped", "cause": "headers", "ip": _ip(self.client_address)},
             )
         finally:
             self._cancel_deadline()
@@ -169,22 +199,26 @@ class GreenHandler(UpgradeHandler):
     def read_request(self, raw_requestline: str) -> bool:
         """Read the headers within the same deadline and byte budget as the request line.
 
-        A well-formed WebSocket upgrade's head is parsed here (the lean path);
-        every other request goes on to pywsgi's parsing, which reads the same
-        header lines through :meth:`MessageClass`.
+        Every head is read strictly first (:class:`BadHead`: 400 and close).
+        A well-formed WebSocket upgrade's head is then taken as it is (the
+        lean path); every other request goes on to pywsgi's parsing, which
+        reads the same header lines through :meth:`MessageClass`.
         """
         self.head = None
+        self.framing = None
         try:
-            requestline = raw_requestline.rstrip()
-            if is_lean_request_line(requestline):
-                lines = read_header_lines(self.rfile, self.limits.max_header_bytes - len(requestline))
-                head = None
-                if mentions_websocket(lines):
-                    head = parse_upgrade_head(requestline, lines, self.client_address, self._scheme())
+            requestline = self.requestline = raw_requestline.rstrip()
+            words = requestline.split()
+            self.path = words[1] if len(words) > 1 else ""
+            lines = read_header_lines(self.rfile, self.limits.max_header_bytes - len(requestline))
+            pairs = read_fields(lines)
+            framing = self.framing = body_framing(words[2] if len(words) == 3 else "", pairs)
+            if framing.websocket and is_lean_request_line(requestline):
+                head = upgrade_head(requestline, pairs, self.client_address, self._scheme())
                 if head is not None:
                     self._adopt(head)
                     return True
-                self._header_lines = lines
+            self._header_lines = lines
             return super().read_request(raw_requestline)
         finally:
             self._cancel_deadline()
@@ -203,7 +237,7 @@ class GreenHandler(UpgradeHandler):
         self.close_connection = head.fields.get("connection", "").lower() == "close"
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 - pywsgi's hook name
-        """The request's headers, read within ``max_header_bytes`` (or the lines already read)."""
+        """The request's headers as pywsgi reads them, from the lines already read strictly."""
         lines = self.__dict__.pop("_header_lines", None)
         if lines is not None:
             return parse_header_block(lines)
@@ -217,6 +251,10 @@ class GreenHandler(UpgradeHandler):
     def _handle_client_error(self, ex: Exception) -> Any:
         if isinstance(ex, (RequestTooLarge, HandshakeTimeout)):
             handshake_refusals["headers"] += 1
+        if isinstance(ex, BadHead):
+            handshake_refusals["protocol"] += 1
+            self._log_refusal(400, "head", str(ex))
+            return ("400", _plain_response(400, f"bad request: {ex}"))
         if isinstance(ex, RequestTooLarge):
             log_limited(
                 logger,
@@ -242,6 +280,19 @@ class GreenHandler(UpgradeHandler):
             return ("408", _plain_response(408, "request headers not received in time"))
         return super()._handle_client_error(ex)
 
+    def _log_refusal(self, status: int, cause: str, reason: str) -> None:
+        log_limited(
+            logger,
+            logging.WARNING,
+            "refused request",
+            self.limits,
+            "refused request from %s for %s: %s",
+            self.client_address,
+            _path_of(getattr(self, "path", "") or ""),
+            reason,
+            extra={"event": "request_refused", "status": status, "cause": cause, "ip": self.client_address[0]},
+        )
+
     def get_environ(self) -> dict | None:
         """pywsgi's environ, with the page's address as the browser sees it (``asok_green.core.proxies``).
 
@@ -257,6 +308,10 @@ class GreenHandler(UpgradeHandler):
         page = page_address(environ, proxy_settings(self.app_config)[0])
         if page is not None:
             environ.update(page.environ_updates())
+        framing = self.framing
+        if framing is not None and framing.has_body and self.head is None:
+            limits = self.limits
+            self.wsgi_input.rfile = BodyReader(self.rfile, limits.body_timeout, limits.body_min_rate)
         return environ
 
     def run_application(self) -> None:
@@ -275,7 +330,39 @@ class GreenHandler(UpgradeHandler):
     def _run_page(self) -> None:
         if getattr(self.server, "draining", False):
             self.close_connection = True  # the next request belongs to the process that replaces this one
+        if not self._prefetch_body():
+            return None
         return WSGIHandler.run_application(self)
+
+    def _prefetch_body(self) -> bool:
+        """Read a small body whole under the body deadlines; False (answered 408/400) if it stalls or ends early."""
+        framing: Framing | None = self.framing
+        length = framing.content_length if framing is not None else None
+        if not length or length > PREFETCH_BODY or not isinstance(getattr(self.wsgi_input, "rfile", None), BodyReader):
+            return True
+        try:
+            body = self.wsgi_input.read(length)  # through pywsgi's reader: it answers "Expect: 100-continue"
+        except BodyError as exc:
+            self.wsgi_input = NO_INPUT
+            self.close_connection = True
+            self._log_refusal(exc.status, "body", exc.strerror or "")
+            try:
+                text = f"{exc.strerror}\n".encode()
+                self.start_response(
+                    f"{exc.status} {HTTPStatus(exc.status).phrase}",
+                    [
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(text))),
+                        ("Connection", "close"),
+                    ],
+                )
+                self.write(text)
+            except OSError:
+                pass
+            return False
+        self.wsgi_input = Input(io.BytesIO(body), length)
+        self.environ["wsgi.input"] = self.wsgi_input
+        return True
 
     def log_request(self) -> None:
         """Log finished HTTP requests; an upgraded connection is logged when it opens, not here."""

@@ -198,8 +198,11 @@ class Hub:
         """Forget ``conn`` everywhere; announce its user offline if this was the last tab.
 
         Closing counts as leaving every room; ``conn.rooms`` stays readable for on_disconnect.
+        The streams of the path and rooms it leaves empty here are let go.
         """
         self._announce(self.state.close(conn, conn.path, getattr(conn.user, "id", None)))
+        if self.history is not None:
+            self.history.closed(conn)
 
     def _announce(self, changes: list) -> None:
         """Say what a transition returned: to the cluster first (only queued), then to clients."""
@@ -256,10 +259,13 @@ class Hub:
         is told the room stream's position, or, with ``since`` (an
         :class:`asok_green.protocol.envelopes.Since`), given what it missed (this may yield).
         """
-        if not is_valid_room_name(room) or not self.check_room_authorization(conn, room):
+        cap = self.limits.max_rooms_per_connection
+        if not is_valid_room_name(room) or self.state.at_room_cap(conn, room, cap):
             return False
-        # The authorizer may have yielded: the connection may be gone by now.
-        if conn.closed:
+        if not self.check_room_authorization(conn, room):
+            return False
+        # The authorizer may have yielded: the connection may be gone (or in more rooms) by now.
+        if conn.closed or self.state.at_room_cap(conn, room, cap):
             return False
         changes = self.state.join(conn, conn.path, room, getattr(conn.user, "id", None))
         if changes is None:
@@ -274,6 +280,8 @@ class Hub:
     def leave_room(self, conn: Connection, room: str) -> None:
         """Remove ``conn`` from ``room``; the user's last connection there (on any node) is announced as ``left``."""
         self._announce(self.state.leave(conn, room, getattr(conn.user, "id", None)))
+        if self.history is not None:
+            self.history.room_vacated(room)
 
     def get_room_users(self, room: str) -> list:
         """The ids of users with at least one connection in ``room``, on any node (an asok_green extension)."""

@@ -388,11 +388,17 @@ class Inbound(Outbound):
         try:
             handler(self, data)
         except Exception:
-            logger.exception(
+            # A client can raise the same error with every message: its tracebacks are rate-limited.
+            log_limited(
+                logger,
+                logging.ERROR,
+                "message handler error",
+                self.server.limits,
                 "error in message handler for %s (from %s)",
                 self.path,
                 self.addr,
                 extra=conn_fields(self, "handler_error", handler="message"),
+                exc_info=True,
             )
         finally:
             server = self.server

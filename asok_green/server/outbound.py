@@ -29,15 +29,18 @@ from ..core.logs import log_limited
 from ..protocol.frames import (
     CLOSE_ABNORMAL,
     CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
     CLOSE_NORMAL,
     CLOSE_POLICY,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
     OP_CLOSE,
     OP_PONG,
     encode_close,
     encode_frame,
 )
 
-__all__ = ["CLOSED", "CLOSING", "OPEN", "Outbound", "nonblocking_send"]
+__all__ = ["CLOSED", "CLOSING", "OPEN", "Outbound", "linger", "nonblocking_send"]
 
 logger = logging.getLogger("asok_green")
 
@@ -49,6 +52,14 @@ _COALESCE_LIMIT = 64 * 1024
 #: Bytes each queued frame is charged on top of its length toward ``max_queue``:
 #: its object and its slot in the queue, so that many tiny frames cost what they hold.
 _QUEUE_ENTRY_COST = 64
+
+#: Close codes the server sends a client that may still be writing (it broke the protocol, sent
+#: too much or too fast): before the socket is closed, its input is drained a little (a lingering
+#: close), so the client reads the close frame instead of a reset.
+_LINGER_CODES = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_TOO_BIG})
+#: Bounds of a lingering close: seconds, and bytes read and dropped (nginx lingers 30 s at most).
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 16 << 20
 
 #: First byte of an unfragmented pong frame, as the server sends it.
 _PONG_HEAD = 0x80 | OP_PONG
@@ -358,11 +369,37 @@ class Outbound:
             self._release_socket()
 
     def _release_socket(self) -> None:
-        """Close the socket this connection owns."""
+        """Close the socket this connection owns (after a lingering close if the client may still be writing)."""
         sock = self._sock
+        if self.close_code in _LINGER_CODES and type(sock) is gevent.socket.socket:
+            linger(sock)
         try:
             # As pywsgi does before closing: unread input would turn the close into a reset.
             sock._sock.recv(16384)
         except OSError:
             pass
         sock.close()
+
+
+def linger(sock: gevent.socket.socket) -> None:
+    """Send FIN behind what was written, then read and drop input until the client closes (bounded).
+
+    Closing a socket with unread input makes the kernel answer with a reset,
+    which can reach the client before it reads the close frame written just
+    before; a client that read it closes its side, and the drain ends.
+    """
+    try:
+        sock._sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    buffer = bytearray(65536)
+    left = _LINGER_BYTES
+    try:
+        with gevent.Timeout(_LINGER_SECONDS, False):
+            while left > 0:
+                received = sock.recv_into(buffer)
+                if not received:
+                    break
+                left -= received
+    except OSError:
+        pass

@@ -112,6 +112,7 @@ _REQUEST_STATE = (
     "result",
     "application",
     "head",
+    "framing",
     "_header_lines",
 )
 

@@ -96,6 +96,13 @@ PEER_LIST = (
         http_path="/",
         notes="websockets (asyncio) `serve()` with its defaults (keepalive pings every 20 s)",
     ),
+    Peer(
+        "uvicorn_websockets",
+        "uvicorn",
+        auth=False,
+        http_path="/",
+        notes="uvicorn (h11 HTTP, websockets WebSocket) with a bare ASGI app; `pip install uvicorn` first",
+    ),
 )
 PEERS_BY_NAME = {peer.name: peer for peer in PEER_LIST}
 
