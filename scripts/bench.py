@@ -4,13 +4,21 @@
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
     python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
     python scripts/bench.py --idle-only --baseline /tmp/main-before   # idle memory, never spoke and steady
+    python scripts/bench.py --hundred-k          # the full run plus 100,000 idle connections (several workers)
 
 Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
-threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
-three others live in scripts/peers/. Each is started in turn, measured with load
-from separate scripts/loadgen.py processes on 127.0.0.x, and stopped. The
-results are printed as a table and written to BENCHMARKS.md (with a PNG chart)
-and as JSON next to it.
+threaded ``WebSocketServer``, bare gevent-websocket, websockets (asyncio),
+uvicorn (websockets and wsproto backends), aiohttp, picows, granian and
+socketify (uWebSockets); the others live in scripts/peers/ (their packages: the
+``bench`` extra of setup.cfg; a peer not installed is reported, not run). Each is
+started in turn, measured with load from separate scripts/loadgen.py processes
+on 127.0.0.x, and stopped. The results are printed as a table and written to
+BENCHMARKS.md (with a PNG chart) and as JSON next to it, with every row's ratios
+to the best peer of that row and the floor of this machine (benchlib/floor.c:
+the send system calls of a fan-out and of a handshake, alone).
+
+``--hundred-k`` adds 100,000 idle connections (benchlib/hundredk.py): asok_green's
+``--workers`` on Redis, then the best peer of the idle-memory row the same way.
 
 Latency at scale (benchlib/shootout.py) is the websocket-shootout's broadcast
 round-trip test on every peer; ``--latency-only`` runs just that and updates
@@ -37,7 +45,20 @@ import time
 
 import bench_cluster
 import metrics_cost
-from benchlib import encode_check, experiment, latency_report, load, machine, report, shootout, steady, steady_report
+from benchlib import (
+    encode_check,
+    experiment,
+    field,
+    floor,
+    hundredk,
+    latency_report,
+    load,
+    machine,
+    report,
+    shootout,
+    steady,
+    steady_report,
+)
 from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
@@ -60,6 +81,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-seconds", type=float)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of asok_green")
     parser.add_argument("--no-experiment", action="store_true", help="skip the idle-memory experiment")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor (benchlib/floor.c)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the cross-node fan-out (bench_cluster.py)")
+    parser.add_argument("--no-metrics-cost", action="store_true", help="skip the metrics cost (metrics_cost.py)")
+    hundred = parser.add_argument_group("100,000 idle connections (several server processes)")
+    hundred.add_argument("--hundred-k", action="store_true", help="add the 100,000 idle connections row")
+    hundred.add_argument("--hundred-k-only", action="store_true", help="run only that row; update its section")
+    hundred.add_argument("--hundred-k-connections", type=int, default=100_000, help="connections (100000)")
+    hundred.add_argument("--hundred-k-workers", type=int, default=6, help="server processes (6)")
+    hundred.add_argument("--hundred-k-peer", help="the peer tried the same way (default: best idle memory)")
     latency = parser.add_argument_group("latency at scale (broadcast round trips)")
     latency.add_argument("--latency-only", action="store_true", help="run only the latency-at-scale test")
     latency.add_argument("--no-latency", action="store_true", help="skip the latency-at-scale test")
@@ -151,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    prepare_outputs(args)
     peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    missing = {peer.name: peer.installed() for peer in peers if peer.installed()}
+    for name, why in missing.items():
+        progress(f"{PEERS_BY_NAME[name].label}: not run: {why}")
+    absent = [peer for peer in peers if peer.name in missing]
+    peers = [peer for peer in peers if peer.name not in missing]
     if args.baseline and not args.idle_only:
         peers.insert(1, baseline_peer(args.baseline))
     latency_plan = None if args.no_latency else make_latency_plan(args)
@@ -159,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return latency_only(args, argv, peers, latency_plan)
     if args.idle_only:
         return idle_only(args, argv)
+    if args.hundred_k_only:
+        return hundred_k_only(args, argv)
     plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -170,23 +208,34 @@ def main(argv: list[str] | None = None) -> int:
     runs = [PeerRun(peer, plan, project, work, sources) for peer in peers]
     rates_phase(runs, plan)
     results = [run.run() for run in runs]
+    results += [not_run(peer, missing[peer.name]) for peer in absent]
     latency = None
     if latency_plan is not None:
         latency = shootout.run(peers, latency_plan, project, work, sources)
         if plan.profile:
             shootout.profile_if_missed(latency, peers, latency_plan, project, work, sources)
+    floor_result = None
+    if not args.no_floor:
+        progress("the floor: send system calls alone (benchlib/floor.c)")
+        floor_result = floor.measure(work, plan.fanout, plan.handshakes)
+    hundred = hundred_k_phase(args, peers, results, project, work, sources) if args.hundred_k else None
     idle_steady = None if args.no_steady else steady_phase(args, project, work, sources)
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
-    progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
-    cluster = bench_cluster.run(quick=args.quick)
-    progress("metrics cost: asok_green with Prometheus metrics off and on")
-    metrics = metrics_cost.run(quick=args.quick)
+    cluster = metrics = None
+    if not args.no_cluster:
+        progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
+        cluster = bench_cluster.run(quick=args.quick)
+    if not args.no_metrics_cost:
+        progress("metrics cost: asok_green with Prometheus metrics off and on")
+        metrics = metrics_cost.run(quick=args.quick)
     elapsed = time.monotonic() - started
     run = {
         "machine": machine.describe(),
         "plan": plan.__dict__,
         "peers": results,
         "latency": latency,
+        "floor": floor_result,
+        "hundred_k": hundred,
         "steady": idle_steady,
         "memory_experiment": memory,
         "cluster": cluster,
@@ -236,6 +285,71 @@ def latency_only(
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def not_run(peer, why: str) -> dict:
+    """The results of a peer that could not run: every row of its column says why."""
+    return {"name": peer.name, "label": peer.label, "notes": peer.notes, "problems": [why], "unavailable": why}
+
+
+def prepare_outputs(args: argparse.Namespace) -> None:
+    """Create the folders of ``--output``, ``--chart`` and ``--json`` before the run, so its end cannot fail there."""
+    for path in (args.output, args.chart, args.json):
+        if path:
+            pathlib.Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def hundred_k_phase(args: argparse.Namespace, peers: list, results: list[dict], project, work, sources) -> dict:
+    """100,000 idle connections: asok_green's workers on Redis, then the best peer of the idle-memory row."""
+    choice = args.hundred_k_peer or best_idle_peer(results)
+    peer = PEERS_BY_NAME.get(choice) if choice else None
+    count = 200 if args.quick else args.hundred_k_connections
+    workers = 2 if args.quick else args.hundred_k_workers
+    progress(f"{count:,} idle connections: asok_green with {workers} workers on Redis, then {choice or 'no peer'}")
+    return hundredk.run(peer, project, work, sources, count, workers)
+
+
+def hundred_k_only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Run only the 100,000 idle connections (asok_green, then ``--hundred-k-peer``); update its section."""
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    project = make_bench_project(work / "project")
+    result = hundred_k_phase(args, [], [], project, work, load.SourceAddresses())
+    elapsed = time.monotonic() - started
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
+    run = {"machine": machine.describe(), "hundred_k": result, "seconds": round(elapsed, 1), "date": date}
+    run["command"] = command
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
+    m = run["machine"]
+    section = field.hundred_k_markdown(run) + (
+        f"\n\nMeasured on its own {date} by `{command}` in {elapsed:.0f} s, load average {m['load_before']:.2f} "
+        "at the start (the machine is shared)."
+    )
+    output = pathlib.Path(args.output)
+    existing = output.read_text() if output.exists() else "# Benchmarks\n"
+    output.write_text(report.replace_section(existing, section))
+    print(field.hundred_k_markdown(run))
+    progress(f"done in {elapsed:.0f}s: {output}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def best_idle_peer(results: list[dict]) -> str | None:
+    """The peer (not asok_green) with the least memory per idle connection at the largest level it held."""
+    best, best_value = None, None
+    for result in results:
+        if result["name"].startswith("asok_green") or result.get("unavailable"):
+            continue
+        levels = [lv for lv in (result.get("idle") or {}).get("anonymous", []) if lv.get("per_conn")]
+        if not levels or levels[-1]["open"] < 0.98 * levels[-1]["target"]:
+            continue
+        if best_value is None or levels[-1]["per_conn"] < best_value:
+            best, best_value = result["name"], levels[-1]["per_conn"]
+    return best
 
 
 def steady_phase(args: argparse.Namespace, project: pathlib.Path, work: pathlib.Path, sources) -> dict:
@@ -342,7 +456,8 @@ def write_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     chart.parent.mkdir(parents=True, exist_ok=True)
     draw(run, chart)
-    output.write_text(report.markdown(run, chart_path=_relative(chart, output.parent)))
+    earlier = output.read_text() if output.exists() else ""
+    output.write_text(report.keep_earlier(report.markdown(run, chart_path=_relative(chart, output.parent)), earlier))
 
 
 def _relative(path: pathlib.Path, start: pathlib.Path) -> str:
