@@ -413,6 +413,25 @@ def hundred_k_markdown(run: dict) -> str:
             f"{r['rss'] / 1e6:,.0f} MB | {f'{pss / 1e6:,.0f} MB' if pss else '-'} | {r['per_conn'] / KB:.2f} | "
             f"{f'{redis / 1e6:,.0f} MB' if redis else '-'} |"
         )
+    for r in hundred["results"]:
+        workers = r.get("per_worker") or []
+        if not workers or not r.get("rss"):
+            continue
+        in_workers = sum(w["rss"] for w in workers)
+        lines += [
+            "",
+            f"asok_green, {r['kind']}: {len(workers)} workers of {in_workers / len(workers) / 1e6:,.0f} MB each on "
+            f"average ({min(w['files'] for w in workers):,} to {max(w['files'] for w in workers):,} open files "
+            f"each), the supervising parent {(r['rss'] - in_workers) / 1e6:,.0f} MB, {r['base_rss'] / 1e6:,.0f} MB "
+            f"in all before the first connection."
+            + (
+                f" {r['target'] - r['open']:,} connections were not held at the end: the keep-alive closed "
+                f"{r['closed_silent']:,} whose pong it had not read within `WS_PING_TIMEOUT` (20 s) while the "
+                "machine was loaded (see the load average above)."
+                if r.get("closed_silent")
+                else ""
+            ),
+        ]
     problems = [f"{r['label']} ({r['kind']}): {p}" for r in hundred["results"] for p in r.get("problems", [])]
     if problems:
         lines += ["", "Problems: " + "; ".join(problems)]

@@ -169,7 +169,8 @@ def run_green(
     result: dict = {"name": "asok_green", "label": "asok_green", "kind": kind, "workers": workers, "problems": []}
     redis = Redis(work)
     port = free_port()
-    log = open(work / f"hundredk-green-{kind.replace(' ', '-')}.log", "wb")
+    log_path = work / f"hundredk-green-{kind.replace(' ', '-')}.log"
+    log = open(log_path, "wb")
     env = project_env(PYTHONUNBUFFERED="1", WS_REDIS_URL=redis.url)
     argv = [str(BIN / "asok"), "serve", "--gevent", "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -201,6 +202,9 @@ def run_green(
         ]
         result["broadcast"] = _broadcast(groups, [port], lambda p: base_url, 128)
         result["redis_rss"] = procstat.rss_bytes(redis.proc.pid)
+        log.flush()
+        # Connections the keep-alive closed: their pong was not read within WS_PING_TIMEOUT.
+        result["closed_silent"] = log_path.read_text(errors="replace").count(": silent for ")
         _say(result)
     except Exception as exc:  # reported in the row
         result["problems"].append(f"{exc!r}")

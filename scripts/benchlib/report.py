@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import field, latency_report, steady_report
+from . import field, gaps, latency_report, steady_report
 from . import table as results_table
 from .extras_report import cluster_section, metrics_cost_section
 from .targets import GREEN, KB, Verdict, idle_at, judge, peer
@@ -57,6 +57,7 @@ def markdown(run: dict, chart_path: str) -> str:
         _targets(verdicts),
         field.targets_markdown(run),
         _misses(run, verdicts),
+        gaps.section(run, _profile_lines),
         field.floor_markdown(run),
         field.hundred_k_markdown(run),
         steady_report.section(run.get("steady")),
