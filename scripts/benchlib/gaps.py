@@ -14,49 +14,89 @@ from .targets import GREEN, peer
 CAUSES = {
     "idle": (
         None,
-        "An idle asok_green connection is a socket object, its read watcher, a `Connection` with its parsed "
-        "request head, and the hub's entries (see *Idle memory: what a connection is made of*): about 2 KB of "
-        "Python objects, no greenlet. socketify holds a connection in uWS's C++ structures (a few hundred "
-        "bytes) and Python sees it only when a callback runs; picows and the asyncio peers hold a transport "
-        "object and a protocol object per connection, as compact or less than ours. Closing the gap to "
-        "socketify is not possible in pure Python: every Python object costs at least its header, and a "
-        "gevent socket is three of them (the socket, the `_socket.socket` and its watchers).",
+        "An idle asok_green connection is a gevent socket (the socket object, the `_socket.socket` inside it "
+        "and its read watcher), a `Connection` with its parsed request head, and the hub's entries: about "
+        "2 KB of Python objects and no greenlet (see *Idle memory: what a connection is made of*). socketify "
+        "holds a connection in uWS's C++ structures, a few hundred bytes, and Python sees it only when a "
+        "callback runs. That gap cannot be closed in pure Python: each of those objects costs its header and "
+        "its dict or slots, and gevent needs its watcher per socket. Among the Python-hosted peers, "
+        "asok_green holds the least.",
     ),
     "fanout": (
         "fanout",
-        "A broadcast is one `send` system call per subscriber (the frame is encoded once and the hub "
-        "coalesces the messages of one loop turn into one write per connection): nearly every sample is in "
-        "the line that makes that call (`_enqueue`), that is, in the kernel. The floor below (the same "
-        "`send` loop in C) bounds what any peer can do; asok_green's CPU per delivery is within a small "
-        "factor of it, and the rest is the Python loop over the subscribers and the per-connection send "
-        "queue check, which keeps a slow client from blocking the others (a bounded queue each).",
+        "A broadcast is one `send` system call per subscriber: the frame is encoded once, and the messages of "
+        "one loop turn are coalesced into one write per connection. Nearly every sample of the profile is on "
+        "the line that makes that call (`Outbound._enqueue`), that is, in the kernel, which on loopback also "
+        "does the receiving side's TCP work in the sender's context. *The floor* below is the same `send` loop "
+        "in C: asok_green's CPU per delivery is within a small factor of it, and the rest is the Python loop "
+        "over the subscribers and the check of each connection's bounded send queue (a slow client queues "
+        "and is closed past 1 MiB instead of blocking the others). A peer whose loop is C++ (socketify's "
+        "pub/sub) pays the same system calls; the gap that remains is Python's per-iteration cost, which "
+        "cannot be removed without giving up the per-connection queue check.",
     ),
     "echo": (
         "echo",
-        "Each echoed message costs asok_green a wake-up of the read watcher, a switch to a reader "
-        "greenlet (its C stack copied in and out), the frame parser and the unmasking in Python, the "
-        "handler call and a `send`; picows parses frames in Cython and calls its listener straight from "
-        "the event loop, with no coroutine or greenlet switch. The switches and the Python parser are the "
-        "part that cannot be closed in pure Python on gevent; unmasking is already done on whole "
-        "buffers at once.",
+        "Each echoed message costs asok_green a wake-up of the read watcher, a switch to a reader greenlet "
+        "(its C stack copied in and out), a `recv`, the frame parser and unmasking in Python, the handler "
+        "call, a `send`, and then the reader's wait for the client's next message with a `gevent.Timeout` "
+        "made for that wait (`Inbound._await_more`: `Timeout.__init__`, `__enter__` and `__exit__` show in the "
+        "profile). picows parses frames in Cython and calls its listener from the event loop with no "
+        "coroutine or greenlet switch; aiohttp parses in C (its `_websocket` reader). Part of the gap can be "
+        "closed (*Proposed changes*: one timer per reader greenlet instead of a `Timeout` per wait); the "
+        "switches and the Python parser cannot, in pure Python on gevent.",
     ),
     "handshakes": (
         "handshakes",
-        "Each handshake costs asok_green an accept, a new greenlet, pywsgi's handler object, the request "
-        "head parsed once in Python, the SHA-1 accept key, the 101 in one `sendall`, the `Connection` and "
-        "its registration, and at the close the echoed close frame and the teardown. socketify and "
-        "granian do all of this in C++ or Rust and call Python once (or not at all) per connection; the "
-        "floor below is the system calls alone. The Python part is what is left to shave, and it is "
-        "spread over many small steps (no one line above a few per cent).",
+        "Each handshake costs asok_green an accept, a new greenlet, gevent-pywsgi's `WSGIHandler` (its "
+        "`__init__` makes an `rfile` with `socket.makefile`, its `handle` and `handle_one_request` layers, "
+        "a read `Timeout`), the request head parsed once in Python, the SHA-1 accept key, the 101 through "
+        "gevent's `sendall` (which asks the kernel for `SO_SNDBUF` with a `getsockopt` each time), the "
+        "`Connection` and its registration, and at the close the echoed close frame and the teardown. "
+        "socketify and granian do all of it in C++ or Rust and call Python once per connection; picows in "
+        "Cython; aiohttp parses the request in C (`_http_parser`). The samples on `SocketMixin.send` are the "
+        "101's `send`: on loopback it runs the client's side of TCP and wakes the client, which then often "
+        "takes the core (py-spy counts the wait). The Python part is spread over many steps, none above a "
+        "few per cent; *Proposed changes* lists the ones that can go.",
     ),
     "latency": (
         None,
-        "Clients within the p95 limit follow from the fan-out cost and from how fast the server gets "
-        "back to reading: with a few thousand clients, a broadcast round is thousands of `send` calls, "
-        "and the server must also keep answering the senders; the peers that keep up longer do the "
-        "sends in native code.",
+        "Clients within the p95 limit follow from the fan-out cost (every request is one send per connected "
+        "client) and from how soon the server reads the next senders' requests: the peers that keep up longer "
+        "do the sends in native code (socketify's pub/sub) or per callback (picows).",
     ),
 }
+
+#: Changes the profiles point at, with the file they are in (not made here: those files are being changed
+#: by other work; each is small and keeps the coalescing, the bounded queues and the lean upgrade path).
+PROPOSALS = (
+    "**One timer per reader greenlet for the linger** (`asok_green/server/inbound.py`, `Inbound._await_more`): "
+    "`with gevent.Timeout(seconds, False)` builds a Timeout and its timer for every wait of a reader between "
+    "two messages of a conversation; a timer kept by the reader greenlet (`hub.loop.timer`, started and "
+    "stopped around `hub.wait(watcher)`) does the same without the allocations. Echo profile: "
+    "`Timeout.__init__`, `__enter__`, `__exit__`, `close` together.",
+    "**The 101 through the kernel socket** (`asok_green/server/upgrade.py`, `UpgradeHandler._send_response`): "
+    "the answer is a few hundred bytes into a fresh socket's empty buffer; `self.socket._sock.send` (falling "
+    "back to `sendall` only for a short write) skips gevent's `sendall`, its `getsockopt(SO_SNDBUF)` and its "
+    "chunking.",
+    "**No pywsgi `WSGIHandler` for an upgrade** (`asok_green/server/handler.py`): the lean path already "
+    "parses the head itself; building the handler (`socket.makefile` for `rfile`, the request-line "
+    "`Timeout`, the `handle`/`handle_one_request` layers) only to leave it is 5 to 10% of the "
+    "handshake profile. Reading the head straight from the accepted socket and handing pywsgi only what is "
+    "not a well-formed upgrade closes most of the gap to aiohttp; the gap to picows, granian and socketify "
+    "(native parsers) stays.",
+    "**A lean supervisor for `--workers`** (`asok_green/process/cli.py`, `supervisor.py`): the parent is the "
+    "`asok` command itself, with Asok imported, about 44 MB of RSS to watch the workers. Exec'ing "
+    "`python -m asok_green.process.supervisor` measures 25 MB as its imports stand (gevent comes in with the "
+    "constants it takes from the server and cluster layers) and near 11 MB, a bare interpreter, with those "
+    "constants where importing them pulls in nothing: 20 to 30 MB off the total of the 100,000 row.",
+)
+
+
+def proposals() -> str:
+    """``## Proposed changes``: what the profiles point at, file by file."""
+    return "## Proposed changes (from the profiles)\n\n" + "\n".join(
+        f"{n}. {item}" for n, item in enumerate(PROPOSALS, 1)
+    )
 
 
 def _family(key: str) -> str:

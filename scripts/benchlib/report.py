@@ -66,6 +66,7 @@ def markdown(run: dict, chart_path: str) -> str:
         cluster_section(run.get("cluster")),
         metrics_cost_section(run.get("metrics_cost")),
         _proposals(run),
+        gaps.proposals(),
         _profiles(run),
         _method(run),
         _problems(run),
