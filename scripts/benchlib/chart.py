@@ -54,7 +54,7 @@ def _panels(run: dict) -> list[tuple[str, list[tuple[dict, float | None]], bool,
     wanted = [
         (f"idle-{run['plan']['sizes'][-1]}", "KB per idle connection at {n}"),
         (f"fanout-cpu-{max(run['plan']['fanout'])}", "Fan-out to {n}: us of server CPU per delivery"),
-        (f"fanout-ms-{max(run['plan']['fanout'])}", "Fan-out to {n}: ms until the last subscriber has it"),
+        (f"fanout-ms-{max(run['plan']['fanout'])}", "Fan-out to {n}: ms to the last subscriber"),
         ("latency", "Clients within a 250 ms p95 broadcast round trip"),
         ("handshakes", "Handshakes per second"),
         ("handshake-cpu", "us of server CPU per handshake"),

@@ -27,12 +27,14 @@ CAUSES = {
         "A broadcast is one `send` system call per subscriber: the frame is encoded once, and the messages of "
         "one loop turn are coalesced into one write per connection. Nearly every sample of the profile is on "
         "the line that makes that call (`Outbound._enqueue`), that is, in the kernel, which on loopback also "
-        "does the receiving side's TCP work in the sender's context. *The floor* below is the same `send` loop "
-        "in C: asok_green's CPU per delivery is within a small factor of it, and the rest is the Python loop "
-        "over the subscribers and the check of each connection's bounded send queue (a slow client queues "
-        "and is closed past 1 MiB instead of blocking the others). A peer whose loop is C++ (socketify's "
-        "pub/sub) pays the same system calls; the gap that remains is Python's per-iteration cost, which "
-        "cannot be removed without giving up the per-connection queue check.",
+        "does the receiving side's TCP work in the sender's context; the Python loop over the subscribers and "
+        "the check of each connection's bounded send queue are the few samples left. *The floor* below is "
+        "the same `send` loop in C. So what separates asok_green from picows here is not Python but the cost "
+        "of the sends themselves; one difference between the two sockets is that asok_green sets `SO_SNDBUF` "
+        "on every upgraded socket (`WS_SEND_BUFFER`) where picows leaves the kernel's autotuning (whether "
+        "that moves the cost of a `send` was not measured here). The time to the last subscriber also "
+        "includes the clients' reading of thousands of sockets, which differs with how the server's writes "
+        "reach them.",
     ),
     "echo": (
         "echo",
@@ -60,9 +62,16 @@ CAUSES = {
     ),
     "latency": (
         None,
-        "Clients within the p95 limit follow from the fan-out cost (every request is one send per connected "
-        "client) and from how soon the server reads the next senders' requests: the peers that keep up longer "
-        "do the sends in native code (socketify's pub/sub) or per callback (picows).",
+        "Clients within the p95 limit follow from the CPU each delivery costs while the broadcast requests "
+        "keep coming: in the steps near its limit asok_green spent 8 to 10 us of server CPU per delivered "
+        "message, socketify 4 to 5 us, picows 13 to 15 us (the step lines of the run; the latency section's "
+        "profile shows where asok_green's goes: the `send` calls of `Outbound._enqueue` and "
+        "`Outbound.uncork`, the Python around them a tenth of the samples). socketify's pub/sub queues what "
+        "is published to a topic during one loop iteration and writes it to each subscriber once; asok_green "
+        "sends the first broadcast of a loop turn at once and coalesces only those after it, so when several "
+        "requests arrive in one turn each client gets two writes where uWS makes one (*Proposed changes*). "
+        "The rest of the gap is uWS's C++ loop over the subscribers against a Python one: that part cannot "
+        "be closed in pure Python.",
     ),
 }
 
@@ -84,6 +93,11 @@ PROPOSALS = (
     "handshake profile. Reading the head straight from the accepted socket and handing pywsgi only what is "
     "not a well-formed upgrade closes most of the gap to aiohttp; the gap to picows, granian and socketify "
     "(native parsers) stays.",
+    "**Cork the first broadcast of a loop turn too when more reads are queued** (`asok_green/server/hub.py`, "
+    "`Hub.fan_out`): the first broadcast goes straight out so that a lone message waits for nothing; when "
+    "the read queue (`readers.READS`) already holds more connections to serve in this turn, holding it with "
+    "the others gives each subscriber one write per turn instead of two, as uWS's pub/sub does. Not "
+    "measured here: it is what the latency profile and socketify's CPU per delivery point at.",
     "**A lean supervisor for `--workers`** (`asok_green/process/cli.py`, `supervisor.py`): the parent is the "
     "`asok` command itself, with Asok imported, about 44 MB of RSS to watch the workers. Exec'ing "
     "`python -m asok_green.process.supervisor` measures 25 MB as its imports stand (gevent comes in with the "
