@@ -63,10 +63,9 @@ CAUSES = {
     "latency": (
         None,
         "Clients within the p95 limit follow from the CPU each delivery costs while the broadcast requests "
-        "keep coming: in the steps near its limit asok_green spent 8 to 10 us of server CPU per delivered "
-        "message, socketify 4 to 5 us, picows 13 to 15 us (the step lines of the run; the latency section's "
-        "profile shows where asok_green's goes: the `send` calls of `Outbound._enqueue` and "
-        "`Outbound.uncork`, the Python around them a tenth of the samples). socketify's pub/sub queues what "
+        "keep coming (the figures above; the latency section's profile shows where asok_green's goes: the "
+        "`send` calls of `Outbound._enqueue` and `Outbound.uncork`, the Python around them a tenth of the "
+        "samples or so). socketify's pub/sub queues what "
         "is published to a topic during one loop iteration and writes it to each subscriber once; asok_green "
         "sends the first broadcast of a loop turn at once and coalesces only those after it, so when several "
         "requests arrive in one turn each client gets two writes where uWS makes one (*Proposed changes*). "
@@ -146,9 +145,26 @@ def section(run: dict, profile_lines) -> str:
     out = ["## Where a peer beats asok_green"]
     for family, lines in behind.items():
         profile_key, cause = CAUSES.get(family, (None, ""))
+        if family == "latency":
+            lines.append(_latency_cpu(run))
         text = "\n".join(f"- {line}" for line in lines) + "\n\n" + cause
         if profile_key:
             profile = (green.get("profiles") or {}).get(profile_key)
             text += "\n\nThe profile of asok_green under that load:\n\n" + profile_lines(profile, 8)
         out.append(f"### {family}\n\n{text}")
     return "\n\n".join(out)
+
+
+def _latency_cpu(run: dict) -> str:
+    """Server CPU per delivered message in the latency test, median over each peer's steps."""
+    import statistics
+
+    figures = []
+    for result in (run.get("latency") or {}).get("peers", []):
+        cpu = [s["cpu_us_per_msg"] for p in result["passes"] for s in p["steps"] if s.get("cpu_us_per_msg")]
+        if cpu:
+            figures.append((statistics.median(cpu), result["label"]))
+    figures.sort()
+    return "server CPU per delivered message over the steps, median: " + ", ".join(
+        f"{label} {value:.1f} us" for value, label in figures
+    )
