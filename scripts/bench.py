@@ -50,6 +50,7 @@ from benchlib import (
     experiment,
     field,
     floor,
+    gaps,
     hundredk,
     latency_report,
     load,
@@ -62,9 +63,9 @@ from benchlib import (
 from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
-from benchlib.rates import rates_phase
+from benchlib.rates import interleaved, rates_phase
 from benchlib.scenario import PeerRun, progress
-from benchlib.servers import PEER_LIST, PEERS_BY_NAME, baseline_peer
+from benchlib.servers import PEER_LIST, PEERS_BY_NAME, baseline_peer, start_server, variant_argv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hundred = parser.add_argument_group("100,000 idle connections (several server processes)")
     hundred.add_argument("--hundred-k", action="store_true", help="add the 100,000 idle connections row")
     hundred.add_argument("--hundred-k-only", action="store_true", help="run only that row; update its section")
+    parser.add_argument(
+        "--tried-only",
+        metavar="PEER",
+        help="only try the proposed changes (variant runner) beside PEER in interleaved rounds; update that section",
+    )
+    parser.add_argument("--tried-rounds", type=int, default=7, help="rounds for --tried-only (7)")
     hundred.add_argument("--hundred-k-connections", type=int, default=100_000, help="connections (100000)")
     hundred.add_argument("--hundred-k-workers", type=int, default=6, help="server processes (6)")
     hundred.add_argument("--hundred-k-peer", help="the peer tried the same way (default: best idle memory)")
@@ -197,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return idle_only(args, argv)
     if args.hundred_k_only:
         return hundred_k_only(args, argv)
+    if args.tried_only:
+        return tried_only(args, argv)
     plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -333,6 +342,47 @@ def hundred_k_only(args: argparse.Namespace, argv: list[str] | None) -> int:
     output.write_text(report.replace_section(existing, section))
     print(field.hundred_k_markdown(run))
     progress(f"done in {elapsed:.0f}s: {output}")
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def tried_only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """asok_green with the proposed changes applied from outside, beside a peer, in interleaved rounds."""
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    load_before = machine.describe()["load_before"]
+    project = make_bench_project(work / "project")
+    plan = Plan.quick() if args.quick else Plan()
+    plan.rate_rounds = 1 if args.quick else args.tried_rounds
+    servers = {}
+    try:
+        for n, (name, options) in enumerate(gaps.TRIED):
+            green = PEERS_BY_NAME["asok_green"]
+            servers[name] = start_server(green, project, work, argv_for=variant_argv(options), tag=f"-tried{n}")
+        servers[args.tried_only] = start_server(PEERS_BY_NAME[args.tried_only], project, work, tag="-tried")
+        measured = interleaved(servers, plan, load.SourceAddresses(), label="tried: ")
+    finally:
+        for server in servers.values():
+            server.stop()
+    elapsed = time.monotonic() - started
+    result = {
+        "measured": measured,
+        "peer": PEERS_BY_NAME[args.tried_only].label,
+        "rounds": plan.rate_rounds,
+        "seconds": elapsed,
+        "load_before": load_before,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    output = pathlib.Path(args.output)
+    existing = output.read_text() if output.exists() else "# Benchmarks\n"
+    section = gaps.tried_section(result)
+    output.write_text(report.replace_section(existing, section))
+    print(section)
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

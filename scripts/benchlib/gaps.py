@@ -81,11 +81,12 @@ PROPOSALS = (
     "`with gevent.Timeout(seconds, False)` builds a Timeout and its timer for every wait of a reader between "
     "two messages of a conversation; a timer kept by the reader greenlet (`hub.loop.timer`, started and "
     "stopped around `hub.wait(watcher)`) does the same without the allocations. Echo profile: "
-    "`Timeout.__init__`, `__enter__`, `__exit__`, `close` together.",
+    "`Timeout.__init__`, `__enter__`, `__exit__`, `close` together. Tried from outside "
+    "(`asok_green_variant.py --timer-linger`): *Proposed changes, tried*.",
     "**The 101 through the kernel socket** (`asok_green/server/upgrade.py`, `UpgradeHandler._send_response`): "
     "the answer is a few hundred bytes into a fresh socket's empty buffer; `self.socket._sock.send` (falling "
     "back to `sendall` only for a short write) skips gevent's `sendall`, its `getsockopt(SO_SNDBUF)` and its "
-    "chunking.",
+    "chunking. Tried from outside (`--direct-101`): *Proposed changes, tried*.",
     "**No pywsgi `WSGIHandler` for an upgrade** (`asok_green/server/handler.py`): the lean path already "
     "parses the head itself; building the handler (`socket.makefile` for `rfile`, the request-line "
     "`Timeout`, the `handle`/`handle_one_request` layers) only to leave it is 5 to 10% of the "
@@ -167,4 +168,33 @@ def _latency_cpu(run: dict) -> str:
     figures.sort()
     return "server CPU per delivered message over the steps, median: " + ", ".join(
         f"{label} {value:.1f} us" for value, label in figures
+    )
+
+
+#: The proposals the variant runner can try from outside, and its options for them.
+TRIED = (
+    ("asok_green", []),
+    ("asok_green, reader timer", ["--timer-linger"]),
+    ("asok_green, one-send 101", ["--direct-101"]),
+    ("asok_green, both", ["--timer-linger", "--direct-101"]),
+)
+
+
+def tried_section(result: dict) -> str:
+    """``## Proposed changes, tried``: asok_green with the first two proposals applied from outside, beside a peer."""
+    rows = [
+        f"| {name} | {got['echo']['rate']:,.0f} | {got['echo']['cpu_us'] or 0:.1f} | "
+        f"{got['handshakes']['rate']:,.0f} | {got['handshakes']['cpu_us'] or 0:.0f} |"
+        for name, got in result["measured"].items()
+    ]
+    return (
+        "## Proposed changes, tried\n\n"
+        f"{result['date']}, `{result['command']}` ({result['seconds']:.0f} s; load average "
+        f"{result['load_before']:.2f} at the start, the machine shared). The first two proposals applied from "
+        "outside by `scripts/peers/asok_green_variant.py` (`--timer-linger`, `--direct-101`; the package is not "
+        "changed), beside asok_green through the same runner and "
+        f"{result['peer']}, in {result['rounds']} interleaved rounds of the main table's echo and handshake "
+        "measurements (medians; server CPU per unit is the steadier figure on a shared machine).\n\n"
+        "| server | echo msgs/s | echo: us CPU per message | handshakes/s | handshake: us CPU each |\n"
+        "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows)
     )

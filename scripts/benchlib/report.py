@@ -94,12 +94,16 @@ def keep_earlier(markdown_text: str, earlier: str) -> str:
 
 
 def replace_section(markdown_text: str, section: str) -> str:
-    """``markdown_text`` with the section titled as ``section``'s first line replaced by it (added at the end)."""
+    """``markdown_text`` with the section titled as ``section``'s first line replaced by it (added before the
+    method, or at the end)."""
     title = section.splitlines()[0]
     lines = markdown_text.splitlines()
     start = next((i for i, line in enumerate(lines) if line == title), None)
     if start is None:
-        return markdown_text.rstrip("\n") + "\n\n" + section.strip() + "\n"
+        method = next((i for i, line in enumerate(lines) if line == "## Method"), None)
+        if method is None:
+            return markdown_text.rstrip("\n") + "\n\n" + section.strip() + "\n"
+        return "\n".join(lines[:method] + section.strip().splitlines() + [""] + lines[method:]).rstrip("\n") + "\n"
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     return "\n".join(lines[:start] + section.strip().splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
 
