@@ -1,6 +1,6 @@
 """Benchmark asok_green against its peers, every one under the same load in one run.
 
-    python scripts/bench.py                      # the full run (about 20 minutes), writes BENCHMARKS.md
+    python scripts/bench.py                      # the full run (30 minutes or more), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
     python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
     python scripts/bench.py --idle-only --baseline /tmp/main-before   # idle memory, never spoke and steady
@@ -48,13 +48,11 @@ import metrics_cost
 from benchlib import (
     encode_check,
     experiment,
-    field,
     floor,
-    gaps,
-    hundredk,
     latency_report,
     load,
     machine,
+    modes,
     report,
     shootout,
     steady,
@@ -63,9 +61,9 @@ from benchlib import (
 from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
-from benchlib.rates import interleaved, rates_phase
+from benchlib.rates import rates_phase
 from benchlib.scenario import PeerRun, progress
-from benchlib.servers import PEER_LIST, PEERS_BY_NAME, baseline_peer, start_server, variant_argv
+from benchlib.servers import PEER_LIST, PEERS_BY_NAME, baseline_peer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -203,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.idle_only:
         return idle_only(args, argv)
     if args.hundred_k_only:
-        return hundred_k_only(args, argv)
+        return modes.hundred_k_only(args, argv)
     if args.tried_only:
-        return tried_only(args, argv)
+        return modes.tried_only(args, argv)
     plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -227,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_floor:
         progress("the floor: send system calls alone (benchlib/floor.c)")
         floor_result = floor.measure(work, plan.fanout, plan.handshakes)
-    hundred = hundred_k_phase(args, peers, results, project, work, sources) if args.hundred_k else None
+    hundred = modes.hundred_k_phase(args, peers, results, project, work, sources) if args.hundred_k else None
     idle_steady = None if args.no_steady else steady_phase(args, project, work, sources)
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
     cluster = metrics = None
@@ -306,100 +304,6 @@ def prepare_outputs(args: argparse.Namespace) -> None:
     for path in (args.output, args.chart, args.json):
         if path:
             pathlib.Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
-
-
-def hundred_k_phase(args: argparse.Namespace, peers: list, results: list[dict], project, work, sources) -> dict:
-    """100,000 idle connections: asok_green's workers on Redis, then the best peer of the idle-memory row."""
-    choice = args.hundred_k_peer or best_idle_peer(results)
-    peer = PEERS_BY_NAME.get(choice) if choice else None
-    count = 200 if args.quick else args.hundred_k_connections
-    workers = 2 if args.quick else args.hundred_k_workers
-    progress(f"{count:,} idle connections: asok_green with {workers} workers on Redis, then {choice or 'no peer'}")
-    return hundredk.run(peer, project, work, sources, count, workers)
-
-
-def hundred_k_only(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """Run only the 100,000 idle connections (asok_green, then ``--hundred-k-peer``); update its section."""
-    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    project = make_bench_project(work / "project")
-    result = hundred_k_phase(args, [], [], project, work, load.SourceAddresses())
-    elapsed = time.monotonic() - started
-    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    command = " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])])
-    run = {"machine": machine.describe(), "hundred_k": result, "seconds": round(elapsed, 1), "date": date}
-    run["command"] = command
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(run, indent=1, default=str))
-    m = run["machine"]
-    section = field.hundred_k_markdown(run) + (
-        f"\n\nMeasured on its own {date} by `{command}` in {elapsed:.0f} s, load average {m['load_before']:.2f} "
-        "at the start (the machine is shared)."
-    )
-    output = pathlib.Path(args.output)
-    existing = output.read_text() if output.exists() else "# Benchmarks\n"
-    output.write_text(report.replace_section(existing, section))
-    print(field.hundred_k_markdown(run))
-    progress(f"done in {elapsed:.0f}s: {output}")
-    if not args.keep and not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
-
-
-def tried_only(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """asok_green with the proposed changes applied from outside, beside a peer, in interleaved rounds."""
-    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    load_before = machine.describe()["load_before"]
-    project = make_bench_project(work / "project")
-    plan = Plan.quick() if args.quick else Plan()
-    plan.rate_rounds = 1 if args.quick else args.tried_rounds
-    servers = {}
-    try:
-        for n, (name, options) in enumerate(gaps.TRIED):
-            green = PEERS_BY_NAME["asok_green"]
-            servers[name] = start_server(green, project, work, argv_for=variant_argv(options), tag=f"-tried{n}")
-        servers[args.tried_only] = start_server(PEERS_BY_NAME[args.tried_only], project, work, tag="-tried")
-        measured = interleaved(servers, plan, load.SourceAddresses(), label="tried: ")
-    finally:
-        for server in servers.values():
-            server.stop()
-    elapsed = time.monotonic() - started
-    result = {
-        "measured": measured,
-        "peer": PEERS_BY_NAME[args.tried_only].label,
-        "rounds": plan.rate_rounds,
-        "seconds": elapsed,
-        "load_before": load_before,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]),
-    }
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-    output = pathlib.Path(args.output)
-    existing = output.read_text() if output.exists() else "# Benchmarks\n"
-    section = gaps.tried_section(result)
-    output.write_text(report.replace_section(existing, section))
-    print(section)
-    if not args.keep and not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
-
-
-def best_idle_peer(results: list[dict]) -> str | None:
-    """The peer (not asok_green) with the least memory per idle connection at the largest level it held."""
-    best, best_value = None, None
-    for result in results:
-        if result["name"].startswith("asok_green") or result.get("unavailable"):
-            continue
-        levels = [lv for lv in (result.get("idle") or {}).get("anonymous", []) if lv.get("per_conn")]
-        if not levels or levels[-1]["open"] < 0.98 * levels[-1]["target"]:
-            continue
-        if best_value is None or levels[-1]["per_conn"] < best_value:
-            best, best_value = result["name"], levels[-1]["per_conn"]
-    return best
 
 
 def steady_phase(args: argparse.Namespace, project: pathlib.Path, work: pathlib.Path, sources) -> dict:

@@ -443,9 +443,9 @@ def hundred_k_markdown(run: dict) -> str:
             f"average ({min(w['files'] for w in workers):,} to {max(w['files'] for w in workers):,} open files "
             f"each), the supervising parent {(r['rss'] - in_workers) / 1e6:,.0f} MB, {r['base_rss'] / 1e6:,.0f} MB "
             f"in all before the first connection ({r['base_rss'] / HUNDRED_K_MAX:.0%} of the 600 MB: one "
-            f"interpreter with Asok, gevent and redis-py per process, and no fewer than six processes can hold "
-            f"100,000 sockets at 20,000 files each), {(r['rss'] - r['base_rss']) / 1e6:,.0f} MB for the "
-            f"connections."
+            f"interpreter with Asok, gevent and redis-py per process, {len(workers)} processes for "
+            f"{r['target']:,} sockets at 20,000 open files each at most), {(r['rss'] - r['base_rss']) / 1e6:,.0f} MB "
+            f"for the connections."
             + (
                 f" {r['target'] - r['open']:,} connections were not held when counted: over the whole attempt "
                 f"the keep-alive closed {r['closed_silent']:,} whose pong it had not read within "
