@@ -1,16 +1,24 @@
 """Benchmark asok_green against its peers, every one under the same load in one run.
 
-    python scripts/bench.py                      # the full run (about 20 minutes), writes BENCHMARKS.md
+    python scripts/bench.py                      # the full run (30 minutes or more), writes BENCHMARKS.md
     python scripts/bench.py --quick --output /tmp/b.md --chart /tmp/b.png   # seconds, a few dozen sockets
     python scripts/bench.py --latency-only --max-clients 8000 --step 1000 --seconds 3   # a few minutes
     python scripts/bench.py --idle-only --baseline /tmp/main-before   # idle memory, never spoke and steady
+    python scripts/bench.py --hundred-k          # the full run plus 100,000 idle connections (several workers)
 
 Peers: asok_green (``asok serve --gevent`` on a generated Asok project), Asok's
-threaded ``WebSocketServer``, bare gevent-websocket and websockets (asyncio); the
-three others live in scripts/peers/. Each is started in turn, measured with load
-from separate scripts/loadgen.py processes on 127.0.0.x, and stopped. The
-results are printed as a table and written to BENCHMARKS.md (with a PNG chart)
-and as JSON next to it.
+threaded ``WebSocketServer``, bare gevent-websocket, websockets (asyncio),
+uvicorn (websockets and wsproto backends), aiohttp, picows, granian and
+socketify (uWebSockets); the others live in scripts/peers/ (their packages: the
+``bench`` extra of setup.cfg; a peer not installed is reported, not run). Each is
+started in turn, measured with load from separate scripts/loadgen.py processes
+on 127.0.0.x, and stopped. The results are printed as a table and written to
+BENCHMARKS.md (with a PNG chart) and as JSON next to it, with every row's ratios
+to the best peer of that row and the floor of this machine (benchlib/floor.c:
+the send system calls of a fan-out and of a handshake, alone).
+
+``--hundred-k`` adds 100,000 idle connections (benchlib/hundredk.py): asok_green's
+``--workers`` on Redis, then the best peer of the idle-memory row the same way.
 
 Latency at scale (benchlib/shootout.py) is the websocket-shootout's broadcast
 round-trip test on every peer; ``--latency-only`` runs just that and updates
@@ -37,7 +45,19 @@ import time
 
 import bench_cluster
 import metrics_cost
-from benchlib import encode_check, experiment, latency_report, load, machine, report, shootout, steady, steady_report
+from benchlib import (
+    encode_check,
+    experiment,
+    floor,
+    latency_report,
+    load,
+    machine,
+    modes,
+    report,
+    shootout,
+    steady,
+    steady_report,
+)
 from benchlib.chart import draw, draw_latency
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
@@ -60,6 +80,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-seconds", type=float)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles of asok_green")
     parser.add_argument("--no-experiment", action="store_true", help="skip the idle-memory experiment")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor (benchlib/floor.c)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the cross-node fan-out (bench_cluster.py)")
+    parser.add_argument("--no-metrics-cost", action="store_true", help="skip the metrics cost (metrics_cost.py)")
+    hundred = parser.add_argument_group("100,000 idle connections (several server processes)")
+    hundred.add_argument("--hundred-k", action="store_true", help="add the 100,000 idle connections row")
+    hundred.add_argument("--hundred-k-only", action="store_true", help="run only that row; update its section")
+    parser.add_argument(
+        "--tried-only",
+        metavar="PEER",
+        help="only try the proposed changes (variant runner) beside PEER in interleaved rounds; update that section",
+    )
+    parser.add_argument("--tried-rounds", type=int, default=7, help="rounds for --tried-only (7)")
+    hundred.add_argument("--hundred-k-connections", type=int, default=100_000, help="connections (100000)")
+    hundred.add_argument("--hundred-k-workers", type=int, default=6, help="server processes (6)")
+    hundred.add_argument("--hundred-k-peer", help="the peer tried the same way (default: best idle memory)")
     latency = parser.add_argument_group("latency at scale (broadcast round trips)")
     latency.add_argument("--latency-only", action="store_true", help="run only the latency-at-scale test")
     latency.add_argument("--no-latency", action="store_true", help="skip the latency-at-scale test")
@@ -151,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # SIGTERM unwinds like Ctrl-C, so every server and load process started so far is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    prepare_outputs(args)
     peers = [PEERS_BY_NAME[name] for name in args.peers.split(",")] if args.peers else list(PEER_LIST)
+    missing = {peer.name: peer.installed() for peer in peers if peer.installed()}
+    for name, why in missing.items():
+        progress(f"{PEERS_BY_NAME[name].label}: not run: {why}")
+    absent = [peer for peer in peers if peer.name in missing]
+    peers = [peer for peer in peers if peer.name not in missing]
     if args.baseline and not args.idle_only:
         peers.insert(1, baseline_peer(args.baseline))
     latency_plan = None if args.no_latency else make_latency_plan(args)
@@ -159,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         return latency_only(args, argv, peers, latency_plan)
     if args.idle_only:
         return idle_only(args, argv)
+    if args.hundred_k_only:
+        return modes.hundred_k_only(args, argv)
+    if args.tried_only:
+        return modes.tried_only(args, argv)
     plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -170,23 +215,34 @@ def main(argv: list[str] | None = None) -> int:
     runs = [PeerRun(peer, plan, project, work, sources) for peer in peers]
     rates_phase(runs, plan)
     results = [run.run() for run in runs]
+    results += [not_run(peer, missing[peer.name]) for peer in absent]
     latency = None
     if latency_plan is not None:
         latency = shootout.run(peers, latency_plan, project, work, sources)
         if plan.profile:
             shootout.profile_if_missed(latency, peers, latency_plan, project, work, sources)
+    floor_result = None
+    if not args.no_floor:
+        progress("the floor: send system calls alone (benchlib/floor.c)")
+        floor_result = floor.measure(work, plan.fanout, plan.handshakes)
+    hundred = modes.hundred_k_phase(args, peers, results, project, work, sources) if args.hundred_k else None
     idle_steady = None if args.no_steady else steady_phase(args, project, work, sources)
     memory = experiment.run(plan, project, work, sources) if plan.experiment else None
-    progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
-    cluster = bench_cluster.run(quick=args.quick)
-    progress("metrics cost: asok_green with Prometheus metrics off and on")
-    metrics = metrics_cost.run(quick=args.quick)
+    cluster = metrics = None
+    if not args.no_cluster:
+        progress("cross-node fan-out: asok_green with 1 worker, then 2 workers through Redis")
+        cluster = bench_cluster.run(quick=args.quick)
+    if not args.no_metrics_cost:
+        progress("metrics cost: asok_green with Prometheus metrics off and on")
+        metrics = metrics_cost.run(quick=args.quick)
     elapsed = time.monotonic() - started
     run = {
         "machine": machine.describe(),
         "plan": plan.__dict__,
         "peers": results,
         "latency": latency,
+        "floor": floor_result,
+        "hundred_k": hundred,
         "steady": idle_steady,
         "memory_experiment": memory,
         "cluster": cluster,
@@ -236,6 +292,18 @@ def latency_only(
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def not_run(peer, why: str) -> dict:
+    """The results of a peer that could not run: every row of its column says why."""
+    return {"name": peer.name, "label": peer.label, "notes": peer.notes, "problems": [why], "unavailable": why}
+
+
+def prepare_outputs(args: argparse.Namespace) -> None:
+    """Create the folders of ``--output``, ``--chart`` and ``--json`` before the run, so its end cannot fail there."""
+    for path in (args.output, args.chart, args.json):
+        if path:
+            pathlib.Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
 def steady_phase(args: argparse.Namespace, project: pathlib.Path, work: pathlib.Path, sources) -> dict:
@@ -342,7 +410,8 @@ def write_report(run: dict, output: pathlib.Path, chart: pathlib.Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     chart.parent.mkdir(parents=True, exist_ok=True)
     draw(run, chart)
-    output.write_text(report.markdown(run, chart_path=_relative(chart, output.parent)))
+    earlier = output.read_text() if output.exists() else ""
+    output.write_text(report.keep_earlier(report.markdown(run, chart_path=_relative(chart, output.parent)), earlier))
 
 
 def _relative(path: pathlib.Path, start: pathlib.Path) -> str:

@@ -34,7 +34,7 @@ def bench(tmp_path_factory):
             "--chart",
             str(out / "bench.png"),
             "--json",
-            str(out / "results.json"),
+            str(out / "json" / "results.json"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -60,7 +60,7 @@ def test_bench_shows_progress_while_it_runs(bench):
 
 def test_every_peer_held_its_idle_connections_and_got_the_broadcasts(bench):
     _, out = bench
-    run = json.loads((out / "results.json").read_text())
+    run = json.loads((out / "json" / "results.json").read_text())
     assert [p["name"] for p in run["peers"]] == ["asok_green", "gevent_websocket"]
     for peer in run["peers"]:
         levels = peer["idle"]["anonymous"]
@@ -156,3 +156,105 @@ def test_latency_section_goes_into_the_report_and_its_chart_is_drawn(latency):
     assert report.index("## Latency at scale") < report.index("## Method")
     assert "| asok_green |" in report and "latency.png" in report
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_json_folder_is_made_and_the_floor_measured(bench):
+    done, out = bench
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "json" / "results.json").read_text())
+    floor = run["floor"]
+    if "error" in floor:
+        pytest.skip(f"no floor on this machine: {floor['error']}")
+    assert set(floor["fanout"]) == {str(n) for n in run["plan"]["fanout"]}
+    assert all(entry["cpu_us_per_msg"] > 0 for entry in floor["fanout"].values())
+    assert floor["handshake"]["cpu_us_each"] > 0
+    assert "## The floor: the system calls alone" in (out / "BENCHMARKS.md").read_text()
+
+
+# -- the strongest peers' apps: the same routes as every peer (scripts/peers/__init__.py) -----------------
+
+sys.path.insert(0, str(REPO / "scripts"))
+from benchlib import field, gaps  # noqa: E402
+from benchlib.servers import PEERS_BY_NAME, Peer, start_server  # noqa: E402
+
+FIELD = ("uvicorn_websockets", "uvicorn_wsproto", "aiohttp", "picows", "granian", "socketify")
+
+
+@pytest.mark.parametrize("name", FIELD)
+def test_a_field_peer_echoes_broadcasts_to_the_room_and_answers_http(name, tmp_path):
+    import urllib.request
+
+    import websocket
+
+    peer = PEERS_BY_NAME[name]
+    if peer.installed():
+        pytest.skip(peer.installed())
+    server = start_server(peer, tmp_path, tmp_path)
+    clients = []
+    try:
+        assert urllib.request.urlopen(server.http_url + "/", timeout=10).status == 200
+        echo = websocket.create_connection(server.ws_url("/echo"), timeout=10)
+        clients.append(echo)
+        echo.send("hello")
+        assert echo.recv() == "hello"
+        room = [websocket.create_connection(server.ws_url("/room"), timeout=10) for _ in range(3)]
+        clients += room
+        room[0].send("!bcast 2 16")
+        assert room[0].recv() == "!done 2"
+        for subscriber in room[1:]:
+            got = [json.loads(subscriber.recv()) for _ in range(2)]
+            assert got == [{"seq": 0, "data": "x" * 16}, {"seq": 1, "data": "x" * 16}]
+        if server.peer.worker_child:
+            assert server.pid != server.proc.pid
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+@pytest.mark.quick
+def test_a_peer_that_is_not_installed_says_so_in_every_row_of_the_ranking():
+    missing = Peer("nowhere", "nowhere", auth=False, http_path="/", package="no_such_package_here")
+    why = missing.installed()
+    assert why and "no_such_package_here is not installed" in why
+    run = {
+        "plan": {"sizes": [1000], "fanout": [1000]},
+        "peers": [
+            {"name": "asok_green", "label": "asok_green", "problems": [], "echo": {"rate": 200.0, "cpu_us": 40.0}},
+            {"name": "picows", "label": "picows", "problems": [], "echo": {"rate": 400.0, "cpu_us": 20.0}},
+            {"name": "nowhere", "label": "nowhere", "problems": [why], "unavailable": why},
+        ],
+    }
+    echo = next(e for e in field.ranking(run) if e["row"].key == "echo")
+    assert echo["best"] == "picows" and echo["ratios"] == {"picows": 1.0, "asok_green": 2.0}
+    table = field.ranking_markdown(run)
+    assert table.count(f"*{why}*") == len(field.rows(run))
+    assert "| echo msgs/s | picows (400) | 2.00x | **best** |" in table
+
+
+def test_the_proposed_changes_are_tried_from_outside_beside_a_peer(tmp_path):
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# Benchmarks\n\n## Method\n\nhow\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--tried-only",
+            "gevent_websocket",
+            "--quick",
+            "--output",
+            str(report),
+            "--json",
+            str(tmp_path / "tried.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads((tmp_path / "tried.json").read_text())["measured"]
+    assert list(measured) == [name for name, _ in gaps.TRIED] + ["gevent_websocket"]
+    assert all(got["echo"]["rate"] > 0 and got["handshakes"]["rate"] > 0 for got in measured.values())
+    text = report.read_text()
+    assert "## Method\n\nhow" in text and "## Proposed changes, tried" in text

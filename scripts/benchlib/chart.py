@@ -4,40 +4,123 @@ from __future__ import annotations
 
 import pathlib
 
-from .targets import KB, fanout_at
-
 COLOURS = {
     "asok_green": "#2e7d32",
     "asok_threaded": "#c62828",
     "gevent_websocket": "#1565c0",
     "websockets_asyncio": "#ef6c00",
+    "uvicorn_websockets": "#6a1b9a",
+    "uvicorn_wsproto": "#ab47bc",
+    "aiohttp": "#00838f",
+    "picows": "#f9a825",
+    "granian": "#8d6e63",
+    "socketify": "#37474f",
 }
 
 
 def draw(run: dict, path: pathlib.Path) -> None:
-    """Six panels: memory per idle connection, fan-out CPU and latency, echo, handshakes, HTTP; a seventh,
-    wide, for the broadcast round trips against connected clients when the run measured them."""
+    """One panel per row of the table, the peers as bars sorted best first, asok_green in green; the floor
+    of this machine as a dashed line where it applies, and the 100,000 idle connections when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    latency = run.get("latency")
-    fig = plt.figure(figsize=(17, 14 if latency else 9))
-    grid = fig.add_gridspec(3 if latency else 2, 3)
-    axes = [[fig.add_subplot(grid[row, col]) for col in range(3)] for row in range(2)]
-    if latency:
-        latency_curves(fig.add_subplot(grid[2, :]), latency)
-    _memory(axes[0][0], run)
-    _fanout(axes[0][1], run)
-    _latency(axes[0][2], run)
-    _rate(axes[1][0], run, "echo", f"Echo messages/s, {run['plan']['echo_clients']} clients (higher is better)")
-    _rate(axes[1][1], run, "handshakes", "WebSocket handshakes/s (higher is better)")
-    _http(axes[1][2], run)
-    fig.suptitle(f"asok_green and peers, one run on {run['machine']['cores']} cores ({run['date']})")
+    panels = _panels(run)
+    columns = 3
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(18, 4.2 * rows), squeeze=False)
+    for ax, (title, values, lower, fmt, line) in zip([a for row in axes for a in row], panels):
+        _ranked_bars(ax, title, values, lower, fmt, line)
+    for ax in [a for row in axes for a in row][len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"asok_green (green) and its peers, one run on {run['machine']['cores']} cores ({run['date']}); "
+        "best first in each panel",
+        fontsize=13,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _panels(run: dict) -> list[tuple[str, list[tuple[dict, float | None]], bool, str, tuple | None]]:
+    """(title, [(peer result, value)], lower is better, number format, (floor value, its label) or None)."""
+    from .field import rows
+
+    floor = run.get("floor") or {}
+    by_key = {row.key: row for row in rows(run)}
+    peers = [p for p in run["peers"] if not p["name"].endswith("_before")]
+    wanted = [
+        (f"idle-{run['plan']['sizes'][-1]}", "KB per idle connection at {n}"),
+        (f"fanout-cpu-{max(run['plan']['fanout'])}", "Fan-out to {n}: us of server CPU per delivery"),
+        (f"fanout-ms-{max(run['plan']['fanout'])}", "Fan-out to {n}: ms to the last subscriber"),
+        ("latency", "Clients within a 250 ms p95 broadcast round trip"),
+        ("handshakes", "Handshakes per second"),
+        ("handshake-cpu", "us of server CPU per handshake"),
+        ("echo", "Echo messages per second"),
+        ("echo-cpu", "us of server CPU per echoed message"),
+    ]
+    panels = []
+    for key, title in wanted:
+        row = by_key.get(key)
+        if row is None:
+            continue
+        size = key.rsplit("-", 1)[-1]
+        line = None
+        fanout_floor = (floor.get("fanout") or {}).get(size) or {}
+        if key.startswith("fanout-cpu") and "cpu_us_per_msg" in fanout_floor:
+            line = (fanout_floor["cpu_us_per_msg"], "floor: send() alone")
+        elif key.startswith("fanout-ms") and "ms_per_round_best" in fanout_floor:
+            line = (fanout_floor["ms_per_round_best"], "floor: the send() loop")
+        elif key == "handshake-cpu" and "cpu_us_each" in (floor.get("handshake") or {}):
+            line = (floor["handshake"]["cpu_us_each"], "floor: the system calls")
+        label = f"{int(size):,}" if size.isdigit() else ""
+        better = "lower" if row.lower_is_better else "higher"
+        panels.append(
+            (
+                f"{title.format(n=label)} ({better} is better)",
+                [(p, row.value(p, run)) for p in peers],
+                row.lower_is_better,
+                row.fmt,
+                line,
+            )
+        )
+    hundred = run.get("hundred_k")
+    if hundred:
+        values = [
+            ({"name": r["name"], "label": f"{r['label']} ({r['kind']})"}, r["rss"] / 1e6 if r.get("rss") else None)
+            for r in hundred["results"]
+        ]
+        title = f"{hundred['connections']:,} idle connections: total server RSS, MB (lower is better)"
+        panels.append((title, values, True, "{:,.0f}", (600, "target 600 MB")))
+    return panels
+
+
+def _ranked_bars(ax, title: str, values: list, lower: bool, fmt: str, line: tuple | None) -> None:
+    """Horizontal bars, best at the top; a peer without a figure is listed at the bottom as not measured."""
+    present = [(r, v) for r, v in values if v]
+    present.sort(key=lambda item: item[1], reverse=not lower)
+    absent = [r for r, v in values if not v]
+    labels = [r["label"] for r, _ in present] + [f"{r['label']} (no figure)" for r in absent]
+    heights = [v for _, v in present] + [0] * len(absent)
+    ys = list(range(len(labels)))[::-1]
+    colours = [_colour(r) for r, _ in present] + ["#cccccc"] * len(absent)
+    ax.barh(ys, heights, color=colours)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=9)
+    for tick in ax.get_yticklabels():
+        if tick.get_text().startswith("asok_green"):
+            tick.set_fontweight("bold")
+    for y, (_, value) in zip(ys, present):
+        ax.annotate(f" {fmt.format(value)}", (value, y), va="center", fontsize=8)
+    if line:
+        ax.axvline(line[0], color="black", linestyle="--", linewidth=1)
+        ax.annotate(f" {line[1]} {fmt.format(line[0])}", (line[0], ys[-1] - 0.45 if ys else 0), fontsize=8)
+    ax.set_title(title, fontsize=10)
+    if present:
+        ax.set_xlim(0, max(max(heights), line[0] if line else 0) * 1.22)
+    ax.tick_params(axis="x", labelsize=8)
 
 
 def draw_latency(latency: dict, path: pathlib.Path, date: str = "") -> None:
@@ -100,84 +183,3 @@ def latency_curves(ax, latency: dict) -> None:
 
 def _colour(result: dict) -> str:
     return COLOURS.get(result["name"], "#555555")
-
-
-def _memory(ax, run: dict) -> None:
-    for result in run["peers"]:
-        for kind, style in (("anonymous", "-"), ("authenticated", "--")):
-            levels = [lv for lv in result.get("idle", {}).get(kind, []) if lv.get("per_conn")]
-            if not levels:
-                continue
-            ax.plot(
-                [lv["open"] for lv in levels],
-                [lv["per_conn"] / KB for lv in levels],
-                style,
-                marker="o",
-                color=_colour(result),
-                label=f"{result['label']} ({kind})",
-            )
-    ax.axhline(10, color="grey", linestyle=":", linewidth=1)
-    ax.text(0.01, 10, " target 10 KB", transform=ax.get_yaxis_transform(), va="bottom", color="grey", fontsize=8)
-    ax.set_title("Server RSS per idle connection (lower is better)", fontsize=10)
-    ax.set_xlabel("idle connections")
-    ax.set_ylabel("KB per connection")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-
-
-def _bars(ax, groups: list[str], series: list[tuple[dict, list[float | None]]], fmt: str) -> None:
-    width = 0.8 / max(1, len(series))
-    for i, (result, values) in enumerate(series):
-        xs = [g + i * width for g in range(len(groups))]
-        heights = [v or 0 for v in values]
-        bars = ax.bar(xs, heights, width, color=_colour(result), label=result["label"])
-        for bar, value in zip(bars, values):
-            if value:
-                ax.annotate(
-                    fmt.format(value),
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels(groups)
-    ax.legend(fontsize=7)
-
-
-def _fanout(ax, run: dict) -> None:
-    sizes = run["plan"]["fanout"]
-    series = [(r, [(fanout_at(r, n) or {}).get("cpu_us_per_msg") for n in sizes]) for r in run["peers"]]
-    _bars(ax, [f"{n:,} subscribers" for n in sizes], series, "{:.1f}")
-    ax.set_title("Broadcast: server CPU per delivered message (lower is better)", fontsize=10)
-    ax.set_ylabel("microseconds")
-
-
-def _latency(ax, run: dict) -> None:
-    sizes = run["plan"]["fanout"]
-    series = [(r, [(fanout_at(r, n) or {}).get("latency_ms") for n in sizes]) for r in run["peers"]]
-    _bars(ax, [f"{n:,} subscribers" for n in sizes], series, "{:.0f}")
-    ax.set_title("Broadcast: ms until the last subscriber has it (lower is better)", fontsize=10)
-    ax.set_ylabel("milliseconds")
-
-
-def _rate(ax, run: dict, key: str, title: str) -> None:
-    peers = run["peers"]
-    values = [r.get(key, {}).get("rate") or 0 for r in peers]
-    bars = ax.bar([r["label"] for r in peers], values, color=[_colour(r) for r in peers])
-    for bar, value in zip(bars, values):
-        ax.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", labelsize=8)
-
-
-def _http(ax, run: dict) -> None:
-    idle = run["plan"]["http_idle"]
-
-    def rate(result: dict, key: str) -> float | None:
-        entry = (result.get("http") or {}).get(key)
-        return entry["rate"] if entry else None
-
-    series = [(r, [rate(r, "plain"), rate(r, "with_idle")]) for r in run["peers"]]
-    _bars(ax, ["no WebSockets", f"{idle:,} idle WebSockets"], series, "{:,.0f}")
-    ax.set_title("HTTP requests/s on the peer's HTTP port (wrk)", fontsize=10)

@@ -47,6 +47,12 @@ VARIANTS = (
         ["--idle-watcher", "--park-after", "1"],
         "the same, but a greenlet that ran handlers waits up to 1 s for more data before it ends",
     ),
+    (
+        "timer linger, direct 101",
+        ["--timer-linger", "--direct-101"],
+        "a reader waits for its client's next message with a timer of its own instead of a Timeout per wait; "
+        "the 101 goes out in one send on the kernel socket",
+    ),
 )
 #: Variants whose echo and handshake rates are measured too, side by side.
 RATE_VARIANTS = ("as shipped", "idle watcher", "idle watcher, 1 s linger")
@@ -71,7 +77,7 @@ def run(plan: Plan, project: pathlib.Path, work: pathlib.Path, sources) -> dict:
                 f"asok_green as shipped already holds an idle connection in {shipped / 1000:.1f} KB: the variants "
                 f"that drop handler state or park idle connections run only above {TRIM_THRESHOLD / 1000:.0f} KB"
             )
-            rate_variants = ("as shipped", "idle watcher, 1 s linger")
+            rate_variants = ("as shipped", "timer linger, direct 101")
             progress("  " + result["skipped"])
             break
         try:

@@ -194,7 +194,7 @@ def _profile(latency: dict) -> str:
         f"{profile['clients']:,} clients ({_past(green['within'], profile['clients'])}; "
         f"p50 {_ms(profile.get('p50_ms'))} ms, p95 {_ms(profile.get('p95_ms'))} ms while sampled; server CPU "
         f"{profile.get('cpu_us_per_msg') or 0:.2f} us per delivered message, "
-        f"{profile.get('busy', 0):.0%} of its core busy).",
+        f"{profile.get('busy', 0):.0%} of its core busy)." + (f" {profile['note']}" if profile.get("note") else ""),
     ]
     summary = profile.get("summary") or {}
     if summary.get("samples"):

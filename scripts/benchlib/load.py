@@ -148,20 +148,30 @@ class Holders:
 
     def grow(self, count: int, open_timeout: float = 120) -> dict:
         """Open ``count`` more connections, shared out over the processes (at most PER_PROCESS each)."""
+        started = time.monotonic()
+        self.grow_start(count, open_timeout)
+        self.grow_finish(count, open_timeout)
+        return {"seconds": time.monotonic() - started}
+
+    def _shares(self, count: int) -> list[int]:
+        return [count // len(self.procs) + (1 if i < count % len(self.procs) else 0) for i in range(len(self.procs))]
+
+    def grow_start(self, count: int, open_timeout: float = 120) -> None:
+        """Ask the processes to open ``count`` more connections, without waiting (see :meth:`grow_finish`)."""
         if not self.procs:
             self.processes = max(self.processes, -(-count // PER_PROCESS))
             self._start(open_timeout)
-        started = time.monotonic()
-        shares = [count // len(self.procs) + (1 if i < count % len(self.procs) else 0) for i in range(len(self.procs))]
-        for gen, share in zip(self.procs, shares):
+        for gen, share in zip(self.procs, self._shares(count)):
             gen.command(cmd="open", count=share)
-        for gen, share in zip(self.procs, shares):
+
+    def grow_finish(self, count: int, open_timeout: float = 120) -> None:
+        """Wait until the processes have opened what :meth:`grow_start` asked for."""
+        for gen, share in zip(self.procs, self._shares(count)):
             opened = gen.wait("opened", open_timeout + 30) or {"ok": 0, "failed": share, "errors": {"loadgen": 1}}
             self.open += opened["ok"]
             self.failed += opened["failed"]
             for reason, n in opened.get("errors", {}).items():
                 self.errors[reason] = self.errors.get(reason, 0) + n
-        return {"seconds": time.monotonic() - started}
 
     def still_open(self) -> int:
         """Connections open now, as the loadgen processes count them."""

@@ -56,7 +56,11 @@ def describe() -> dict:
         "load_before": os.getloadavg()[0],
         "versions": {
             name: _version(name)
-            for name in ("asok_green", "asok", "gevent", "gevent-websocket", "greenlet", "websockets", "py-spy")
+            for name in (
+                *("asok_green", "asok", "gevent", "gevent-websocket", "greenlet", "websockets", "py-spy"),
+                *("uvicorn", "wsproto", "httptools", "uvloop", "aiohttp", "picows", "granian", "socketify"),
+                "redis",
+            )
         }
         | {"wrk": _wrk_version()},
     }

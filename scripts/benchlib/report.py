@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from . import latency_report, steady_report
+from . import field, gaps, latency_report, steady_report
 from . import table as results_table
+from .extras_report import cluster_section, metrics_cost_section
 from .targets import GREEN, KB, Verdict, idle_at, judge, peer
 
 PROFILE_TITLES = {
@@ -52,14 +53,20 @@ def markdown(run: dict, chart_path: str) -> str:
     parts = [
         _intro(run, chart_path),
         "## Results\n\n" + results_table.markdown(run) + "\n\n" + _legend(run),
+        field.ranking_markdown(run),
         _targets(verdicts),
+        field.targets_markdown(run),
         _misses(run, verdicts),
+        gaps.section(run, _profile_lines),
+        field.floor_markdown(run),
+        field.hundred_k_markdown(run),
         steady_report.section(run.get("steady")),
         latency_report.section(run.get("latency")),
         _memory_experiment(run.get("memory_experiment")),
-        _cluster(run.get("cluster")),
+        cluster_section(run.get("cluster")),
         metrics_cost_section(run.get("metrics_cost")),
         _proposals(run),
+        gaps.proposals(),
         _profiles(run),
         _method(run),
         _problems(run),
@@ -67,54 +74,38 @@ def markdown(run: dict, chart_path: str) -> str:
     return "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
 
 
-def _cluster(cluster: dict | None) -> str:
-    """Cross-node fan-out: messages delivered per second with 2 workers against 1."""
-    if not cluster:
-        return ""
-    head = "## Cross-node fan-out (Redis)\n\n"
-    rows = "\n".join(
-        f"| {r['workers']} | {r['delivered']:,} | {r['seconds']:.2f} | {r['per_second']:,.0f} |"
-        for r in cluster["results"]
-    )
-    text = (
-        f"{cluster['clients']} receivers split across the workers, {cluster['messages']} broadcasts of "
-        f"{cluster['size']} bytes each, published by one client; receivers run in a separate process, "
-        f"Redis on the same {cluster['cpus']} cores.\n\n"
-        "| workers | delivered | seconds | messages/s |\n| ---: | ---: | ---: | ---: |\n" + rows
-    )
-    if cluster.get("skipped"):
-        text += f"\n\nTwo workers not measured: {cluster['skipped']}."
-    elif cluster.get("speedup"):
-        text += f"\n\n2 workers deliver **{cluster['speedup']:.2f}x** the messages per second of 1."
-    return head + text
+def keep_earlier(markdown_text: str, earlier: str) -> str:
+    """``markdown_text`` followed by the sections of ``earlier`` (the file it replaces) that it has not got.
+
+    Sections measured on their own (``--idle-only``, ``--latency-only``, notes of other runs) outlive a run
+    that does not measure them.
+    """
+    titles = {line for line in markdown_text.splitlines() if line.startswith("## ")}
+    kept, keeping = [], False
+    for line in earlier.splitlines():
+        if line.startswith("## "):
+            keeping = line not in titles
+        if keeping:
+            kept.append(line)
+    if not kept:
+        return markdown_text.rstrip("\n") + "\n"
+    note = "*The sections below come from earlier runs (each says when and how it was measured), kept as they were.*"
+    return markdown_text.rstrip("\n") + "\n\n---\n\n" + note + "\n\n" + "\n".join(kept).strip() + "\n"
 
 
-def metrics_cost_section(cost: dict | None) -> str:
-    """What Prometheus metrics cost: fan-out CPU per delivered message and idle memory, off against on."""
-    if not cost:
-        return ""
-    variants = cost["variants"]
-    rows = "\n".join(
-        f"| {name} | {v['cpu_us_per_msg']:.2f} | {v['bytes_per_idle_conn']:,.0f} |"
-        for name, v in variants.items()
-        if v.get("cpu_us_per_msg") is not None and v.get("bytes_per_idle_conn") is not None
-    )
-    text = (
-        "## Metrics cost\n\n"
-        f"asok_green with Prometheus metrics off (`METRICS_ENABLED=false`) and on, side by side "
-        f"(`scripts/metrics_cost.py`): server CPU per delivered message in {cost['rounds']} alternating "
-        f"rounds of a broadcast to {cost['subscribers']:,} subscribers (median), and RSS per idle "
-        f"connection at {cost['idle']:,}.\n\n"
-        "| asok_green | us per delivered message | bytes per idle connection |\n| --- | ---: | ---: |\n" + rows
-    )
-    if cost.get("cpu_overhead_percent") is not None:
-        text += (
-            f"\n\nMetrics on: **{cost['cpu_overhead_percent']:+.1f}%** CPU per delivered message (budget 5%), "
-            f"**{cost.get('bytes_overhead_per_conn', 0):+.0f} B** per idle connection (budget 200 B)"
-        )
-        scrape = variants.get("metrics on", {}).get("scrape_cpu_ms")
-        text += f"; one scrape costs {scrape:.1f} ms of server CPU." if scrape else "."
-    return text
+def replace_section(markdown_text: str, section: str) -> str:
+    """``markdown_text`` with the section titled as ``section``'s first line replaced by it (added before the
+    method, or at the end)."""
+    title = section.splitlines()[0]
+    lines = markdown_text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line == title), None)
+    if start is None:
+        method = next((i for i, line in enumerate(lines) if line == "## Method"), None)
+        if method is None:
+            return markdown_text.rstrip("\n") + "\n\n" + section.strip() + "\n"
+        return "\n".join(lines[:method] + section.strip().splitlines() + [""] + lines[method:]).rstrip("\n") + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[:start] + section.strip().splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
 
 
 def _intro(run: dict, chart_path: str) -> str:

@@ -42,6 +42,13 @@ class Peer:
     notes: str = ""
     #: The source tree this peer's asok_green is imported from (``--baseline``), or None for this one.
     tree: str | None = None
+    #: The file in scripts/peers/ (without ``.py``) when it is not named after the peer, and its options.
+    script: str | None = None
+    options: tuple[str, ...] = ()
+    #: The server runs the app in one worker process it spawns: that child is the process measured.
+    worker_child: bool = False
+    #: The Python package whose version the report quotes.
+    package: str | None = None
 
     def argv(self, port: int, http_port: int, project: pathlib.Path) -> list[str]:
         """The command that starts this server."""
@@ -62,7 +69,17 @@ class Peer:
                 "--project",
                 str(project),
             ]
-        return [sys.executable, str(PEERS / f"{self.name}.py"), "--port", str(port)]
+        return [sys.executable, str(PEERS / f"{self.script or self.name}.py"), "--port", str(port), *self.options]
+
+    def installed(self) -> str | None:
+        """None when the peer's package imports here, else why it cannot run."""
+        if self.package is None:
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec(self.package) is None:
+            return f"{self.package} is not installed (pip install -e '.[bench]')"
+        return None
 
 
 PEER_LIST = (
@@ -95,6 +112,67 @@ PEER_LIST = (
         auth=False,
         http_path="/",
         notes="websockets (asyncio) `serve()` with its defaults (keepalive pings every 20 s)",
+        package="websockets",
+    ),
+    Peer(
+        "uvicorn_websockets",
+        "uvicorn+websockets",
+        auth=False,
+        http_path="/",
+        script="asgi_uvicorn",
+        options=("--ws", "websockets"),
+        package="uvicorn",
+        notes="a plain ASGI app on uvicorn with its `websockets` backend, uvloop and httptools "
+        "(as `uvicorn[standard]` deploys it), one process",
+    ),
+    Peer(
+        "uvicorn_wsproto",
+        "uvicorn+wsproto",
+        auth=False,
+        http_path="/",
+        script="asgi_uvicorn",
+        options=("--ws", "wsproto"),
+        package="wsproto",
+        notes="the same ASGI app on uvicorn with its `wsproto` backend, uvloop and httptools, one process",
+    ),
+    Peer(
+        "aiohttp",
+        "aiohttp",
+        auth=False,
+        http_path="/",
+        script="aiohttp_server",
+        package="aiohttp",
+        notes="aiohttp `web.Application` with `WebSocketResponse` handlers, on uvloop, access log off",
+    ),
+    Peer(
+        "picows",
+        "picows",
+        auth=False,
+        http_path="/",
+        script="picows_server",
+        package="picows",
+        notes="picows (Cython) `ws_create_server`, one `WSListener` per connection (callbacks, no "
+        "coroutines), on uvloop",
+    ),
+    Peer(
+        "granian",
+        "granian",
+        auth=False,
+        http_path="/",
+        script="granian_rsgi",
+        package="granian",
+        worker_child=True,
+        notes="granian (Rust) with a plain RSGI app (its native interface), one worker process on uvloop; the "
+        "worker is measured",
+    ),
+    Peer(
+        "socketify",
+        "socketify",
+        auth=False,
+        http_path="/",
+        script="socketify_server",
+        package="socketify",
+        notes="socketify (uWebSockets, C++): uWS pub/sub topics for the broadcasts, idle timeout off",
     ),
     Peer(
         "uvicorn_websockets",
@@ -132,8 +210,24 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """The server's process id (``asok serve --gevent`` execs into the server: same pid)."""
+        """The process that serves (``asok serve --gevent`` execs into the server: same pid; a peer
+        that runs its app in a worker process it spawns: that worker)."""
+        if self.peer.worker_child:
+            return self.worker_pid()
         return self.proc.pid
+
+    def worker_pid(self, timeout: float = 30.0) -> int:
+        """The only child process of the server (its worker), waited for up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                children = pathlib.Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            except OSError:
+                children = []
+            if children:
+                return int(children[0])
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.peer.label} started no worker process")
 
     def ws_url(self, path: str) -> str:
         """``ws://127.0.0.1:PORT/path``."""

@@ -458,11 +458,12 @@ def profile_green(
 def profile_if_missed(
     latency: dict, peers: list[Peer], plan: LatencyPlan, project: pathlib.Path, work: pathlib.Path, sources
 ) -> None:
-    """When asok_green misses the target, profile it at the first step past its figure (into ``latency``)."""
+    """When asok_green misses a target, profile it at the first step past its figure (into ``latency``)."""
+    from .field import latency_missed
     from .targets import GREEN, latency_verdict
 
     green = next((p for p in peers if p.name == GREEN), None)
-    if green is None or latency_verdict(latency).met is not False:
+    if green is None or (latency_verdict(latency).met is not False and not latency_missed(latency)):
         return
     mine = next(p for p in latency["peers"] if p["name"] == GREEN)
     clients = min(plan.max_clients, int(mine["within"]) + plan.step)
