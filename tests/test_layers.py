@@ -185,9 +185,9 @@ def _private_uses(tree: ast.AST, own: set[str]):
 #: Asok's own are not here: only ASOK_MODULE may use them, and its contract test names each.
 THIRD_PARTY_PRIVATE: dict[str, str] = {
     "sock._sock": (
-        "gevent.socket.socket's kernel socket (asok_green.server.inbound, .outbound): a recv or send that never"
-        " waits, in one system call with no greenlet switch, on the reader's and writer's hot paths; gevent has"
-        " no public way to reach it"
+        "gevent.socket.socket's kernel socket (asok_green.server.inbound, .outbound, .upgrade): a recv or send"
+        " that never waits, in one system call with no greenlet switch, on the reader's, writer's and 101's hot"
+        " paths; gevent has no public way to reach it"
     ),
     "sock._read_event": (
         "gevent.socket.socket's read watcher (asok_green.server.inbound): an idle connection is served from it"

@@ -283,13 +283,26 @@ class UpgradeHandler(WebSocketHandler):
         return sock, True
 
     def _send_response(self, status_line: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        """Write a whole response with one ``sendall``, noted as pywsgi notes its own for the log."""
+        """Write a whole response at once, noted as pywsgi notes its own for the log.
+
+        On a plain socket one ``send`` on the kernel socket (the client has just
+        spoken: its buffer has room), with gevent's ``sendall`` only for a rest;
+        a TLS socket always goes through its own ``sendall``, which encrypts.
+        """
         data = encode_response_head(status_line, headers) + body
         self.status = status_line.encode("latin-1")
         self._orig_status = status_line
         self.code = int(status_line[:3])
         self.headers_sent = True
-        self.socket.sendall(data)
+        sent = 0
+        sock = self.socket
+        if type(sock) is gevent.socket.socket:
+            try:
+                sent = sock._sock.send(data)  # gevent's kernel socket: never waits
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+        if sent < len(data):
+            sock.sendall(data[sent:] if sent else data)
         self.response_length = len(data)
 
     def _refuse(self, refusal: Refusal, path: str, env: Any) -> None:
