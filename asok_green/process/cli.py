@@ -202,11 +202,11 @@ def run_asok_serve(args: argparse.Namespace) -> None:
     if root:
         os.chdir(root)
     if args.workers > 1:
-        from .supervisor import supervise
+        from .supervisor import supervisor_argv
 
-        os.environ.pop("ASOK_CLI", None)  # the workers inherit this process' environment
-        sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
-    argv = serve_argv(args.host, args.port, args.app, args.log_level) + tls
+        argv = supervisor_argv(args.workers, args.host, args.port, args.app, args.log_level)
+    else:
+        argv = serve_argv(args.host, args.port, args.app, args.log_level) + tls
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
 

@@ -32,7 +32,7 @@ from .command_lines import serve_argv
 from .logs import announce
 from .restarter import StartFailed, start_ready
 
-__all__ = ["READY_FD_ENV", "Supervisor", "WorkerFailed", "supervise", "worker_argv"]
+__all__ = ["READY_FD_ENV", "Supervisor", "WorkerFailed", "main", "supervise", "supervisor_argv", "worker_argv"]
 
 _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 10.0
@@ -223,3 +223,45 @@ def supervise(workers: int, host: str, port: int, app: str, log_level: str = "in
         print("asok_green: --workers needs a fixed --port (every worker listens on the same one)", file=sys.stderr)
         return 2
     return Supervisor(workers, host, port, app, log_level).run()
+
+
+def supervisor_argv(workers: int, host: str, port: int, app: str, log_level: str) -> list[str]:
+    """The command of a parent that supervises ``workers`` workers and imports nothing else.
+
+    ``asok serve --gevent --workers N`` execs into it: the ``asok`` command's
+    process has the framework loaded (40 MB or so), a parent that only starts
+    and watches workers needs none of it.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "asok_green.process.supervisor",
+        "--workers",
+        str(workers),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--app",
+        app,
+        "--log-level",
+        log_level,
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m asok_green.process.supervisor``: see :func:`supervisor_argv`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="asok_green.process.supervisor")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    sys.exit(supervise(args.workers, args.host, args.port, args.app, args.log_level))
+
+
+if __name__ == "__main__":
+    main()
