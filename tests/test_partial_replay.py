@@ -67,8 +67,11 @@ def test_a_gap_past_the_history_is_continuity_lost_then_what_is_held_then_live(s
     sender.send("first")
     assert client.until_offset(1)[-1]["d"] == "first"
     client.close()
+    watcher = V1Client(server.ws_url, "/small/partial")
     for i in range(10):
         sender.send(f"m{i}")
+    watcher.until_offset(11)  # all ten are in the history before the client comes back
+    watcher.close()
     again = V1Client(server.ws_url, "/small/partial", since=f"{epoch}:1")
     lost = again.notice("continuity_lost")
     assert (lost["e"], lost["o"], lost["reason"], lost["replayed"]) == (epoch, 6, "history_exceeded", 5)
