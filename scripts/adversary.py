@@ -34,7 +34,7 @@ Attacks (one table row each):
     JSON; each beside a probe client, with the server's RSS before and after.
     The edge run of RELIABILITY.md::
 
-        python scripts/adversary.py --servers asok_green,uvicorn_websockets,gevent_websocket \
+        python scripts/adversary.py --servers asok_green,uvicorn_h11,gevent_websocket \
             --attacks smuggle,malformed,stalled,cut_short,name_storm,nested_json
 
 Every wait has a timeout: a server that stalls is reported ("timeout"), not

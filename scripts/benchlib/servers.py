@@ -175,11 +175,14 @@ PEER_LIST = (
         notes="socketify (uWebSockets, C++): uWS pub/sub topics for the broadcasts, idle timeout off",
     ),
     Peer(
-        "uvicorn_websockets",
-        "uvicorn",
+        "uvicorn_h11",
+        "uvicorn (h11)",
         auth=False,
         http_path="/",
-        notes="uvicorn (h11 HTTP, websockets WebSocket) with a bare ASGI app; `pip install uvicorn` first",
+        script="asgi_uvicorn",
+        options=("--ws", "websockets", "--http", "h11"),
+        package="uvicorn",
+        notes="the same ASGI app on uvicorn with its pure-Python h11 HTTP parser and `websockets` backend",
     ),
 )
 PEERS_BY_NAME = {peer.name: peer for peer in PEER_LIST}

@@ -1,9 +1,10 @@
 """uvicorn: a plain ASGI app (no framework) served by uvicorn with its ``websockets`` or ``wsproto`` backend.
 
-    python scripts/peers/asgi_uvicorn.py --port PORT --ws websockets|wsproto
+    python scripts/peers/asgi_uvicorn.py --port PORT --ws websockets|wsproto [--http httptools|h11]
 
-Routes and control protocol: see scripts/peers/__init__.py. HTTP on the same port.
-uvicorn as ``uvicorn[standard]`` deploys it: uvloop and httptools, one process,
+Routes and control protocol: see scripts/peers/__init__.py. HTTP on the same port: a
+request's body is read whole, as a web framework does, then a short 200.
+uvicorn as ``uvicorn[standard]`` deploys it: uvloop and httptools (or h11), one process,
 access log off. A broadcast is the obvious loop: ``await send(...)`` to every
 subscriber in turn.
 """
@@ -67,6 +68,12 @@ async def app(scope, receive, send) -> None:
     if scope["type"] == "websocket":
         await websocket(scope, receive, send)
     elif scope["type"] == "http":
+        more = True
+        while more:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                return
+            more = event.get("more_body", False)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok\n"})
 
@@ -77,17 +84,18 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ws", choices=("websockets", "wsproto"), default="websockets")
+    parser.add_argument("--http", choices=("httptools", "h11"), default="httptools")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"uvicorn ({args.ws}) on ws://{args.host}:{args.port}", flush=True)
+    print(f"uvicorn ({args.http}, {args.ws}) on ws://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         ws=args.ws,
         loop="uvloop",
-        http="httptools",
+        http=args.http,
         lifespan="off",
         access_log=False,
         log_level="warning",
