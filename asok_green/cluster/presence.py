@@ -27,6 +27,20 @@ from ..core import state
 
 logger = logging.getLogger("asok_green.cluster")
 
+#: Heartbeats (each also sweeps out the nodes whose entry expired) per ``WS_PRESENCE_TTL``.
+HEARTBEATS_PER_TTL = 6
+#: Share of ``WS_PRESENCE_TTL`` a node's entry lasts after each heartbeat. A dead node's
+#: users are offline everywhere within one TTL (its lease, then at most one sweep by
+#: another node), and a live node may miss four heartbeats in a row before it is taken
+#: for dead (two thirds of a TTL, as with a lease of a whole TTL and three heartbeats).
+LEASE_SHARE = 5 / 6
+
+
+def heartbeat_interval(ttl: float) -> float:
+    """Seconds between two heartbeats of a node whose presence TTL is ``ttl``."""
+    return max(0.1, ttl / HEARTBEATS_PER_TTL)
+
+
 # Every script reads the time from Redis, so nodes on machines with different clocks agree.
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
@@ -144,6 +158,8 @@ class Presence:
         self.hub = hub
         self.node_id = node_id
         self.ttl = ttl
+        #: How long this node's entry and sets last after each write, in ms (see :data:`LEASE_SHARE`).
+        self.lease_ms = int(ttl * LEASE_SHARE * 1000)
         self._wake = wake
         #: The channel every node announces its presence changes on.
         self.channel = f"{prefix}:presence"
@@ -209,7 +225,7 @@ class Presence:
         )
         args = [
             self.node_id,
-            int(self.ttl * 1000),
+            self.lease_ms,
             self.channel,
             event,
             len(users),
@@ -222,7 +238,7 @@ class Presence:
         """Add the commands that write and announce the pending changes to ``pipe``; they are then taken."""
         users, self._users = self._users, {}
         rooms, self._rooms = self._rooms, {}
-        ttl_ms = int(self.ttl * 1000)
+        ttl_ms = self.lease_ms
         added = [user for user, held in users.items() if held]
         removed = [user for user, held in users.items() if not held]
         joined = [list(pair) for pair, held in rooms.items() if held]
@@ -252,7 +268,7 @@ class Presence:
     def heartbeat(self) -> None:
         """Refresh this node's TTL and remove the nodes whose heartbeat stopped (the heartbeat greenlet)."""
         keys = [self._nodes_key]
-        args = [self.node_id, int(self.ttl * 1000), self._node_prefix, self.channel, self._rooms_prefix]
+        args = [self.node_id, self.lease_ms, self._node_prefix, self.channel, self._rooms_prefix]
         if self._heartbeat_script(keys=keys, args=args) == -1:
             logger.warning("node %s was dropped from the cluster: registering again", self.node_id)
             self.ask_to_register()

@@ -58,7 +58,7 @@ from gevent.event import Event
 
 from ..core.node import ClusterConfigError
 from .outbox import Outbox
-from .presence import Presence
+from .presence import Presence, heartbeat_interval
 from .redis_url import close_client, redact, redis_client, sentinel_primary
 from .settings import (
     DEFAULT_PREFIX,
@@ -419,7 +419,7 @@ class RedisCluster:
                 self.hub.metrics.publish_time.observe(perf_counter() - started)
 
     def _run_heartbeat(self) -> None:
-        interval = max(0.1, self.ttl / 3)
+        interval = heartbeat_interval(self.ttl)
         while not self._stopped:
             gevent.sleep(interval)
             if not self.connected:
