@@ -174,7 +174,7 @@ def test_the_json_folder_is_made_and_the_floor_measured(bench):
 # -- the strongest peers' apps: the same routes as every peer (scripts/peers/__init__.py) -----------------
 
 sys.path.insert(0, str(REPO / "scripts"))
-from benchlib import field, gaps  # noqa: E402
+from benchlib import field  # noqa: E402
 from benchlib.servers import PEERS_BY_NAME, Peer, start_server  # noqa: E402
 
 FIELD = ("uvicorn_websockets", "uvicorn_wsproto", "aiohttp", "picows", "granian", "socketify")
@@ -230,31 +230,3 @@ def test_a_peer_that_is_not_installed_says_so_in_every_row_of_the_ranking():
     table = field.ranking_markdown(run)
     assert table.count(f"*{why}*") == len(field.rows(run))
     assert "| echo msgs/s | picows (400) | 2.00x | **best** |" in table
-
-
-def test_the_proposed_changes_are_tried_from_outside_beside_a_peer(tmp_path):
-    report = tmp_path / "BENCHMARKS.md"
-    report.write_text("# Benchmarks\n\n## Method\n\nhow\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench.py"),
-            "--tried-only",
-            "gevent_websocket",
-            "--quick",
-            "--output",
-            str(report),
-            "--json",
-            str(tmp_path / "tried.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=200,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    measured = json.loads((tmp_path / "tried.json").read_text())["measured"]
-    assert list(measured) == [name for name, _ in gaps.TRIED] + ["gevent_websocket"]
-    assert all(got["echo"]["rate"] > 0 and got["handshakes"]["rate"] > 0 for got in measured.values())
-    text = report.read_text()
-    assert "## Method\n\nhow" in text and "## Proposed changes, tried" in text
