@@ -86,12 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     hundred = parser.add_argument_group("100,000 idle connections (several server processes)")
     hundred.add_argument("--hundred-k", action="store_true", help="add the 100,000 idle connections row")
     hundred.add_argument("--hundred-k-only", action="store_true", help="run only that row; update its section")
-    parser.add_argument(
-        "--tried-only",
-        metavar="PEER",
-        help="only try the proposed changes (variant runner) beside PEER in interleaved rounds; update that section",
-    )
-    parser.add_argument("--tried-rounds", type=int, default=7, help="rounds for --tried-only (7)")
     hundred.add_argument("--hundred-k-connections", type=int, default=100_000, help="connections (100000)")
     hundred.add_argument("--hundred-k-workers", type=int, default=6, help="server processes (6)")
     hundred.add_argument("--hundred-k-peer", help="the peer tried the same way (default: best idle memory)")
@@ -202,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
         return idle_only(args, argv)
     if args.hundred_k_only:
         return modes.hundred_k_only(args, argv)
-    if args.tried_only:
-        return modes.tried_only(args, argv)
     plan = make_plan(args)
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -47,12 +47,6 @@ VARIANTS = (
         ["--idle-watcher", "--park-after", "1"],
         "the same, but a greenlet that ran handlers waits up to 1 s for more data before it ends",
     ),
-    (
-        "timer linger, direct 101",
-        ["--timer-linger", "--direct-101"],
-        "a reader waits for its client's next message with a timer of its own instead of a Timeout per wait; "
-        "the 101 goes out in one send on the kernel socket",
-    ),
 )
 #: Variants whose echo and handshake rates are measured too, side by side.
 RATE_VARIANTS = ("as shipped", "idle watcher", "idle watcher, 1 s linger")

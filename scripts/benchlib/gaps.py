@@ -40,19 +40,17 @@ CAUSES = {
         "echo",
         "Each echoed message costs asok_green a wake-up of the read watcher, a switch to a reader greenlet "
         "(its C stack copied in and out), a `recv`, the frame parser and unmasking in Python, the handler "
-        "call, a `send`, and then the reader's wait for the client's next message with a `gevent.Timeout` "
-        "made for that wait (`Inbound._await_more`: `Timeout.__init__`, `__enter__` and `__exit__` show in the "
-        "profile). picows parses frames in Cython and calls its listener from the event loop with no "
-        "coroutine or greenlet switch; aiohttp parses in C (its `_websocket` reader). Part of the gap can be "
-        "closed (*Proposed changes*: one timer per reader greenlet instead of a `Timeout` per wait); the "
-        "switches and the Python parser cannot, in pure Python on gevent.",
+        "call, a `send`, and then the reader's wait for the client's next message (one timer per reader "
+        "greenlet, restarted for each wait). picows parses frames in Cython and calls its listener from the "
+        "event loop with no coroutine or greenlet switch; aiohttp parses in C (its `_websocket` reader). The "
+        "switches and the Python parser cannot be closed in pure Python on gevent.",
     ),
     "handshakes": (
         "handshakes",
         "Each handshake costs asok_green an accept, a new greenlet, gevent-pywsgi's `WSGIHandler` (its "
         "`__init__` makes an `rfile` with `socket.makefile`, its `handle` and `handle_one_request` layers, "
-        "a read `Timeout`), the request head parsed once in Python, the SHA-1 accept key, the 101 through "
-        "gevent's `sendall` (which asks the kernel for `SO_SNDBUF` with a `getsockopt` each time), the "
+        "a read `Timeout`), the request head parsed once in Python, the SHA-1 accept key, the 101 in one "
+        "`send` on the kernel socket, the "
         "`Connection` and its registration, and at the close the echoed close frame and the teardown. "
         "socketify and granian do all of it in C++ or Rust and call Python once per connection; picows in "
         "Cython; aiohttp parses the request in C (`_http_parser`). The samples on `SocketMixin.send` are the "
@@ -74,19 +72,10 @@ CAUSES = {
     ),
 }
 
-#: Changes the profiles point at, with the file they are in (not made here: those files are being changed
-#: by other work; each is small and keeps the coalescing, the bounded queues and the lean upgrade path).
+#: Changes the profiles point at and not made yet, with the file they are in (each small, and each keeps the
+#: coalescing, the bounded queues and the lean upgrade path). The reader's one timer and the one-send 101
+#: that were proposed here are in the server now.
 PROPOSALS = (
-    "**One timer per reader greenlet for the linger** (`asok_green/server/inbound.py`, `Inbound._await_more`): "
-    "`with gevent.Timeout(seconds, False)` builds a Timeout and its timer for every wait of a reader between "
-    "two messages of a conversation; a timer kept by the reader greenlet (`hub.loop.timer`, started and "
-    "stopped around `hub.wait(watcher)`) does the same without the allocations. Echo profile: "
-    "`Timeout.__init__`, `__enter__`, `__exit__`, `close` together. Tried from outside "
-    "(`asok_green_variant.py --timer-linger`): *Proposed changes, tried*.",
-    "**The 101 through the kernel socket** (`asok_green/server/upgrade.py`, `UpgradeHandler._send_response`): "
-    "the answer is a few hundred bytes into a fresh socket's empty buffer; `self.socket._sock.send` (falling "
-    "back to `sendall` only for a short write) skips gevent's `sendall`, its `getsockopt(SO_SNDBUF)` and its "
-    "chunking. Tried from outside (`--direct-101`): *Proposed changes, tried*.",
     "**No pywsgi `WSGIHandler` for an upgrade** (`asok_green/server/handler.py`): the lean path already "
     "parses the head itself; building the handler (`socket.makefile` for `rfile`, the request-line "
     "`Timeout`, the `handle`/`handle_one_request` layers) only to leave it is 5 to 10% of the "
@@ -168,33 +157,4 @@ def _latency_cpu(run: dict) -> str:
     figures.sort()
     return "server CPU per delivered message over the steps, median: " + ", ".join(
         f"{label} {value:.1f} us" for value, label in figures
-    )
-
-
-#: The proposals the variant runner can try from outside, and its options for them.
-TRIED = (
-    ("asok_green", []),
-    ("asok_green, reader timer", ["--timer-linger"]),
-    ("asok_green, one-send 101", ["--direct-101"]),
-    ("asok_green, both", ["--timer-linger", "--direct-101"]),
-)
-
-
-def tried_section(result: dict) -> str:
-    """``## Proposed changes, tried``: asok_green with the first two proposals applied from outside, beside a peer."""
-    rows = [
-        f"| {name} | {got['echo']['rate']:,.0f} | {got['echo']['cpu_us'] or 0:.1f} | "
-        f"{got['handshakes']['rate']:,.0f} | {got['handshakes']['cpu_us'] or 0:.0f} |"
-        for name, got in result["measured"].items()
-    ]
-    return (
-        "## Proposed changes, tried\n\n"
-        f"{result['date']}, `{result['command']}` ({result['seconds']:.0f} s; load average "
-        f"{result['load_before']:.2f} at the start, the machine shared). The first two proposals applied from "
-        "outside by `scripts/peers/asok_green_variant.py` (`--timer-linger`, `--direct-101`; the package is not "
-        "changed), beside asok_green through the same runner and "
-        f"{result['peer']}, in {result['rounds']} interleaved rounds of the main table's echo and handshake "
-        "measurements (medians; server CPU per unit is the steadier figure on a shared machine).\n\n"
-        "| server | echo msgs/s | echo: us CPU per message | handshakes/s | handshake: us CPU each |\n"
-        "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows)
     )

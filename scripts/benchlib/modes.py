@@ -1,7 +1,7 @@
-"""The bench's runs of one part alone: 100,000 idle connections, and the proposed changes tried beside a peer.
+"""The bench's run of one part alone: 100,000 idle connections.
 
-Each updates its own section of BENCHMARKS.md (scripts/bench.py ``--hundred-k-only``,
-``--tried-only PEER``); ``hundred_k_phase`` is also the ``--hundred-k`` part of a full run.
+It updates its own section of BENCHMARKS.md (scripts/bench.py ``--hundred-k-only``);
+``hundred_k_phase`` is also the ``--hundred-k`` part of a full run.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import sys
 import tempfile
 import time
 
-from . import field, gaps, hundredk, load, machine, report
-from .plan import Plan
+from . import field, hundredk, load, machine, report
 from .project import make_bench_project
-from .rates import interleaved
 from .scenario import progress
-from .servers import PEERS_BY_NAME, start_server, variant_argv
+from .servers import PEERS_BY_NAME
 
 
 def hundred_k_phase(args: argparse.Namespace, peers: list, results: list[dict], project, work, sources) -> dict:
@@ -56,47 +54,6 @@ def hundred_k_only(args: argparse.Namespace, argv: list[str] | None) -> int:
     output.write_text(report.replace_section(existing, section))
     print(field.hundred_k_markdown(run))
     progress(f"done in {elapsed:.0f}s: {output}")
-    if not args.keep and not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
-
-
-def tried_only(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """asok_green with the proposed changes applied from outside, beside a peer, in interleaved rounds."""
-    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="asok-bench-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    load_before = machine.describe()["load_before"]
-    project = make_bench_project(work / "project")
-    plan = Plan.quick() if args.quick else Plan()
-    plan.rate_rounds = 1 if args.quick else args.tried_rounds
-    servers = {}
-    try:
-        for n, (name, options) in enumerate(gaps.TRIED):
-            green = PEERS_BY_NAME["asok_green"]
-            servers[name] = start_server(green, project, work, argv_for=variant_argv(options), tag=f"-tried{n}")
-        servers[args.tried_only] = start_server(PEERS_BY_NAME[args.tried_only], project, work, tag="-tried")
-        measured = interleaved(servers, plan, load.SourceAddresses(), label="tried: ")
-    finally:
-        for server in servers.values():
-            server.stop()
-    elapsed = time.monotonic() - started
-    result = {
-        "measured": measured,
-        "peer": PEERS_BY_NAME[args.tried_only].label,
-        "rounds": plan.rate_rounds,
-        "seconds": elapsed,
-        "load_before": load_before,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]),
-    }
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-    output = pathlib.Path(args.output)
-    existing = output.read_text() if output.exists() else "# Benchmarks\n"
-    section = gaps.tried_section(result)
-    output.write_text(report.replace_section(existing, section))
-    print(section)
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0

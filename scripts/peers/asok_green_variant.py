@@ -23,12 +23,6 @@ does, with these experiments switched on:
     socket's read watcher spawns a greenlet to read and run the handlers when
     data arrives, and takes over again once that greenlet has seen no data for
     SECONDS (default 0: at once).
-``--timer-linger``
-    a reader greenlet waits for its client's next message with one timer of its
-    own, started again for each wait, instead of a ``gevent.Timeout`` per wait.
-``--direct-101``
-    the handshake's answer goes out in one ``send`` on the kernel socket, with
-    gevent's ``sendall`` only for a rest the kernel did not take.
 ``--tracemalloc DIR``
     trace allocations (one frame); each SIGUSR1 writes ``DIR/snapshot-N.pickle``.
 ``--malloc-stats FILE [--trim]``
@@ -255,61 +249,6 @@ def install_nodelay() -> None:
     GreenServer.handle = handle
 
 
-def install_timer_linger() -> None:
-    """A reader's wait for a client's next message with one timer kept by the reader greenlet.
-
-    ``Inbound._await_more`` as shipped builds a ``gevent.Timeout`` (and its timer)
-    for every wait; here each reader greenlet keeps one timer and starts it again.
-    """
-    from gevent._waiter import Waiter
-
-    from asok_green.server import inbound
-
-    def _await_more(self, seconds: float) -> bool:
-        if inbound.READS.waiting or not inbound.LINGERING.take():
-            return False
-        hub = gevent.get_hub()
-        reader = gevent.getcurrent()
-        timer = getattr(reader, "linger_timer", None)
-        if timer is None:
-            timer = reader.linger_timer = hub.loop.timer(seconds)
-        waiter = Waiter(hub)
-        try:
-            self._watcher.start(waiter.switch, True)
-            timer.start(waiter.switch, False)
-            return waiter.get()
-        except OSError:
-            return True  # the socket was closed meanwhile: the next read says so
-        finally:
-            timer.stop()
-            self._watcher.stop()
-            inbound.LINGERING.give()
-
-    inbound.Inbound._await_more = _await_more
-
-
-def install_direct_101() -> None:
-    """The handshake's answer written with one ``send`` on the kernel socket (``sendall`` for any rest)."""
-    from asok_green.server.upgrade import UpgradeHandler, encode_response_head
-
-    def _send_response(self, status_line, headers, body=b""):
-        data = encode_response_head(status_line, headers) + body
-        self.status = status_line.encode("latin-1")
-        self._orig_status = status_line
-        self.code = int(status_line[:3])
-        self.headers_sent = True
-        raw = getattr(self.socket, "_sock", None)
-        try:
-            sent = raw.send(data) if raw is not None else 0
-        except BlockingIOError:
-            sent = 0
-        if sent < len(data):
-            self.socket.sendall(data[sent:])
-        self.response_length = len(data)
-
-    UpgradeHandler._send_response = _send_response
-
-
 def install_snapshots(folder: str) -> None:
     """SIGUSR1 writes a tracemalloc snapshot to ``folder/snapshot-N.pickle``."""
     os.makedirs(folder, exist_ok=True)
@@ -405,8 +344,6 @@ def main() -> None:
     parser.add_argument("--nodelay", action="store_true")
     parser.add_argument("--idle-watcher", action="store_true")
     parser.add_argument("--park-after", type=float, default=0.0, help="with --idle-watcher: seconds of linger")
-    parser.add_argument("--timer-linger", action="store_true", help="one timer per reader for the linger")
-    parser.add_argument("--direct-101", action="store_true", help="the 101 in one send on the kernel socket")
     parser.add_argument("--tracemalloc", metavar="DIR")
     parser.add_argument("--malloc-stats", metavar="FILE")
     parser.add_argument("--trim", action="store_true", help="with --malloc-stats: malloc_trim(0) after each")
@@ -436,10 +373,6 @@ def main() -> None:
         install_nodelay()
     if args.idle_watcher:
         install_idle_watcher(args.park_after)
-    if args.timer_linger:
-        install_timer_linger()
-    if args.direct_101:
-        install_direct_101()
     serve(app, host=args.host, port=args.port)
 
 
