@@ -9,8 +9,10 @@ broadcasts ``m<i>`` through a page at ``--rate`` a second for ``--seconds``; one
 :class:`asok_green.client.ResumingClient` reads the stream through a TCP proxy
 that cuts every link every ``--cut-every`` seconds. With ``--restarts N`` the
 server is also sent SIGHUP N times, evenly spread. Printed: sent, received, in
-order, duplicates delivered, continuity lost, links, cuts, replayed, and
-duplicates the client dropped.
+order, duplicates delivered, continuity lost, links, cuts, replayed,
+duplicates the client dropped, the links the server closed with 1012 (a
+restart; a cut may take a link first) and whether another process serves at
+the end.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if str(REPO) not in sys.path:
 from tests.asok_project import make_project, project_env  # noqa: E402
 from tests.conftest import asok_serve  # noqa: E402
 from tests.test_python_client import PUBLISH_PAGE, ROUTES, run_through_cuts  # noqa: E402
-from tests.test_restarts import add_pages  # noqa: E402
+from tests.test_restarts import add_pages, http_pid  # noqa: E402
 
 
 def main() -> int:
@@ -47,6 +49,7 @@ def main() -> int:
         (root / "src/pages/publish/page.py").write_text(PUBLISH_PAGE)
         server = asok_serve(root, pathlib.Path(tmp), env=project_env(WS_DRAIN_SECONDS="2"))
         stop = threading.Event()
+        pids = [http_pid(server.port)]
         try:
             if args.restarts:
                 interval = args.seconds / (args.restarts + 1)
@@ -59,10 +62,12 @@ def main() -> int:
 
                 threading.Thread(target=restarter, daemon=True).start()
             figures = run_through_cuts(server.port, "/feed/soak", args.seconds, args.rate, args.cut_every)
+            pids.append(http_pid(server.port))
         finally:
             stop.set()
             server.stop()
     figures.update(seconds=args.seconds, rate=args.rate, cut_every=args.cut_every, restarts=args.restarts)
+    figures["serving_pid_changed"] = pids[0] != pids[-1]
     print(json.dumps(figures, indent=2))
     whole = figures["in_order"] and figures["received"] == figures["sent"] and not figures["duplicates_delivered"]
     return 0 if whole else 1

@@ -9,6 +9,7 @@ publisher is a page (``/publish``) that broadcasts what it is given.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -25,6 +26,7 @@ import urllib.request
 import pytest
 
 from asok_green.client import (
+    AsyncResumingClient,
     Backoff,
     ClientClosed,
     ContinuityLost,
@@ -254,6 +256,27 @@ def test_the_positions_go_on_in_a_later_client():
     server.close()
 
 
+def test_under_asyncio_continuity_lost_is_raised_and_a_final_close_ends_the_loop():
+    server = ScriptedServer([([_msg(1), _msg(7, epoch="F"), _msg(8, epoch="F")], 4001)])
+    events = []
+
+    async def main() -> tuple[list, list, str]:
+        async with AsyncResumingClient(server.url + "/s", backoff=QUICK, on_event=lambda k, d: events.append(k)) as c:
+            first = await c.recv(10)
+            with pytest.raises(ContinuityLost) as lost:
+                await c.recv(10)
+            rest = [m async for m in c]  # until the server's final 4001
+            with pytest.raises(ClientClosed):
+                await c.recv(1)
+        return [first.offset, *(m.offset for m in rest)], [lost.value.epoch, lost.value.reason], c.stats["links"]
+
+    try:
+        assert asyncio.run(main()) == ([1, 7, 8], ["F", "epoch_changed"], 1)
+        assert events == ["open"]
+    finally:
+        server.close()
+
+
 # -- a real server ---------------------------------------------------------------------------
 
 ROUTES = """
@@ -372,6 +395,39 @@ def test_a_dropped_link_loses_nothing(server):
         proxy.close()
 
 
+def test_under_asyncio_a_cancelled_recv_loses_nothing_and_cut_links_are_resumed(server):
+    proxy = LinkProxy(server.port)
+
+    async def publish_async(message: str) -> None:
+        await asyncio.to_thread(publish, server.port, message, "/feed/aio")
+
+    async def main() -> tuple[list[str], str, int]:
+        url = f"ws://127.0.0.1:{proxy.port}/feed/aio"
+        async with AsyncResumingClient(url, backoff=QUICK) as client:
+            await client.wait_ready(10)
+            for i in range(30):
+                if i % 10 == 9:
+                    proxy.cut()
+                await publish_async(f"m{i}")
+            got = [(await client.recv(30)).data for _ in range(30)]
+            pending = asyncio.ensure_future(client.recv())
+            await asyncio.sleep(0)  # one turn of the loop, no time: the recv is now waiting
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            await publish_async("after the cancelled recv")
+            after = (await client.recv(30)).data
+            return got, after, client.stats["reconnects"]
+
+    try:
+        got, after, reconnects = asyncio.run(main())
+    finally:
+        proxy.close()
+    assert got == [f"m{i}" for i in range(30)]
+    assert after == "after the cancelled recv"
+    assert reconnects >= 1
+
+
 def test_history_exceeded_is_continuity_lost_then_what_is_held_then_live(server):
     proxy = LinkProxy(server.port)
     try:
@@ -420,19 +476,25 @@ def run_through_cuts(port: int, stream: str, seconds: float, rate: float, cut_ev
     """Publish ``rate`` messages a second for ``seconds`` while a proxy cuts every link every ``cut_every`` s.
 
     Returns the figures: sent, received, in order, duplicates delivered, the
-    client's counters and the cuts made.
+    client's counters, the cuts made and the links the server closed with 1012 (a restart).
     """
     proxy = LinkProxy(port)
     total = int(seconds * rate)
     stop = threading.Event()
     cuts = []
+    codes = []
+
+    def on_event(kind: str, detail: dict) -> None:
+        if kind == "reconnecting":
+            codes.append(detail.get("code"))
 
     def cutter() -> None:
         while not stop.wait(cut_every):
             cuts.append(proxy.cut())
 
     try:
-        client = ResumingClient(f"ws://127.0.0.1:{proxy.port}{stream}", backoff=Backoff(base=0.2, cap=2.0)).connect()
+        url = f"ws://127.0.0.1:{proxy.port}{stream}"
+        client = ResumingClient(url, backoff=Backoff(base=0.2, cap=2.0), on_event=on_event).connect()
         reader = Reader(client, total)
         threading.Thread(target=cutter, daemon=True).start()
         started = time.monotonic()
@@ -456,6 +518,7 @@ def run_through_cuts(port: int, stream: str, seconds: float, rate: float, cut_ev
         "duplicates_dropped": client.stats["duplicates"],
         "gaps": client.stats["gaps"],
         "continuity_lost": client.stats["continuity_lost"],
+        "restart_closes": codes.count(1012),
     }
 
 

@@ -11,6 +11,7 @@ sleeps: every wait in them is the kit's, for an event.
 from __future__ import annotations
 
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.asok_project import DEMO, SHARED, asok_create, make_project, project_env
+from tests.readme import code_blocks
 from tests.test_one_port import DOC_HANDLER
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,7 +51,7 @@ def run_pytest(project: pathlib.Path, *args: str) -> tuple[dict[str, Outcome], s
     )
     output = done.stdout + done.stderr
     assert report.exists(), f"pytest wrote no report (exit {done.returncode}):\n{output}"
-    outcomes = {}
+    outcomes = {}  # by name, and by "module.name" where two files have a test of one name
     for case in ET.parse(report).getroot().iter("testcase"):
         outcome, message = "passed", ""
         for kind in ("failure", "error", "skipped"):
@@ -57,7 +59,8 @@ def run_pytest(project: pathlib.Path, *args: str) -> tuple[dict[str, Outcome], s
             if found is not None:
                 outcome = "failed" if kind == "failure" else kind
                 message = (found.get("message") or "") + "\n" + (found.text or "")
-        outcomes[case.get("name")] = Outcome(outcome, message, float(case.get("time") or 0))
+        result = Outcome(outcome, message, float(case.get("time") or 0))
+        outcomes[case.get("name")] = outcomes[f"{case.get('classname')}.{case.get('name')}"] = result
     return outcomes, output
 
 
@@ -109,9 +112,13 @@ def test_the_server_can_be_driven_from_the_test(ws_client, asok_green_server):
 '''
 
 
+#: The README's examples of "Testing your handlers": a test file, and the plain API without pytest.
+README_TESTS, README_PLAIN_API = code_blocks("Testing your handlers")
+
+
 @pytest.fixture(scope="module")
 def created_run(tmp_path_factory) -> tuple[dict[str, Outcome], str, pathlib.Path]:
-    """``asok create demo``, the doc's chat handler pasted in wsgi.py, a user table, and a test file: run."""
+    """``asok create demo``, the doc's chat handler in wsgi.py, a user table, our test file and the README's: run."""
     project = asok_create(tmp_path_factory.mktemp("created-kit"), "demo", wsgi_tail=DOC_HANDLER)
     for rel in SHARED[:3]:  # the user model, its migration and the seed users, as the demo has them
         source, target = DEMO / rel, project / rel
@@ -130,24 +137,51 @@ def created_run(tmp_path_factory) -> tuple[dict[str, Outcome], str, pathlib.Path
     )
     (project / "tests").mkdir()
     (project / "tests" / "test_chat.py").write_text(CREATED_TESTS)
+    (project / "tests" / "test_readme.py").write_text(README_TESTS)
     results, output = run_pytest(project, "tests", "--durations=0")
     return results, output, project
 
 
+def inner_tests(source: str, module: str) -> list[str]:
+    """``module.test_name`` of each test function defined in ``source``."""
+    return [f"{module}.{name}" for name in re.findall(r"^def (test_\w+)\(", source, flags=re.M)]
+
+
 def test_a_created_project_tests_its_handler_with_the_plugin(created_run):
     results, output, project = created_run
-    names = [
-        "test_guests_chat_in_their_room",
-        "test_a_logged_in_user_speaks_by_name",
-        "test_who_is_online",
-        "test_the_server_can_be_driven_from_the_test",
-    ]
+    names = inner_tests(CREATED_TESTS, "tests.test_chat")
+    assert len(names) == 4
     for name in names:
         passed(results, name, output)
     assert "sleep" not in (project / "tests" / "test_chat.py").read_text()
     # The figures, for the record (no assertion on time: the machine is shared).
     print("\n".join(f"{name}: {results[name].seconds:.3f}s (setup, call and teardown)" for name in names))
     print(output[-1500:])
+
+
+def test_the_readmes_test_file_passes_in_a_created_project(created_run):
+    results, output, project = created_run
+    names = inner_tests(README_TESTS, "tests.test_readme")
+    assert len(names) == 3
+    for name in names:
+        passed(results, name, output)
+    assert "sleep" not in README_TESTS
+    print("\n".join(f"{name}: {results[name].seconds:.3f}s (setup, call and teardown)" for name in names))
+
+
+def test_the_readmes_plain_api_example_runs_in_a_created_project(created_run):
+    _, _, project = created_run
+    done = subprocess.run(
+        [sys.executable, "-c", README_PLAIN_API],
+        cwd=project,
+        env=project_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Guest: hi"
 
 
 # -- every feature of the kit, on the test project -----------------------------------------------

@@ -8,11 +8,13 @@
 
 ``python -m asok_green.client URL`` tails a stream from a shell. Built on
 websocket-client (``pip install 'asok_green[client]'``); works in plain threads
-and in gevent's greenlets. See :mod:`asok_green.client.resuming`.
+and in gevent's greenlets (see :mod:`asok_green.client.resuming`), and under
+asyncio as :class:`AsyncResumingClient` (see :mod:`asok_green.client.aio`).
 """
 
 from __future__ import annotations
 
+from .aio import AsyncResumingClient
 from .backoff import Backoff, full_jitter
 from .errors import ClientClosed, ContinuityLost, HandshakeFailed
 from .positions import Position, StreamPositions, Verdict
@@ -21,6 +23,7 @@ from .wire import Message, Notice
 
 __all__ = [
     "ResumingClient",
+    "AsyncResumingClient",
     "Message",
     "Notice",
     "ContinuityLost",
