@@ -267,7 +267,8 @@ def test_the_chat_loses_nothing_over_a_dropped_link_and_says_when_it_must(browse
 
     Lines are sent by a plain client of the room, which gets each one back once the
     server has broadcast it (and kept it in the path's history). Past the history's
-    200 lines the page says continuity was lost.
+    200 lines the page says continuity was lost. A reload shows the room's recent
+    lines again, each once.
     """
     room = "resume-demo"
     proxy = LinkProxy(server.port)
@@ -301,6 +302,13 @@ def test_the_chat_loses_nothing_over_a_dropped_link_and_says_when_it_must(browse
         texts = page.eval_on_selector_all("#messages .message .text", "(items) => items.map((i) => i.textContent)")
         assert texts == ["before the drop", "while away 1", "while away 2", "while away 3"]
         assert page.locator(".continuity-lost").count() == 0
+
+        page.reload()  # a reload shows the room's recent lines again, each once
+        page.wait_for_selector("#status.ok")
+        say("after the reload")
+        page.wait_for_selector(".message:has-text('after the reload')")
+        texts = page.eval_on_selector_all("#messages .message .text", "(items) => items.map((i) => i.textContent)")
+        assert texts == ["before the drop", "while away 1", "while away 2", "while away 3", "after the reload"]
 
         away(*(f"flood {n}" for n in range(1, 211)))  # more than the 200 lines the path keeps
         page.wait_for_selector(".continuity-lost:has-text('Continuity lost')")
