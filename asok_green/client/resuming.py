@@ -133,13 +133,7 @@ class ResumingClient:
         while True:
             if self._inbox:
                 return self._inbox.pop()
-            if self._closed is not None:
-                raise self._closed
-            if self._ws is None:
-                self._wait_to_retry(deadline)
-                self._open_link(raise_errors=False)
-                continue
-            self._read(deadline)
+            self._advance(deadline)
 
     def wait_ready(self, timeout: float | None = None) -> ResumingClient:
         """Wait until the server has told where the path's stream stands (a path that keeps history).
@@ -149,14 +143,18 @@ class ResumingClient:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._inbox.told:
-            if self._closed is not None:
-                raise self._closed
-            if self._ws is None:
-                self._wait_to_retry(deadline)
-                self._open_link(raise_errors=False)
-                continue
-            self._read(deadline)
+            self._advance(deadline)
         return self
+
+    def _advance(self, deadline: float | None) -> None:
+        """One step toward what the caller waits for: raise if closed for good, else reconnect or read."""
+        if self._closed is not None:
+            raise self._closed
+        if self._ws is None:
+            self._wait_to_retry(deadline)
+            self._open_link(raise_errors=False)
+            return
+        self._read(deadline)
 
     def __iter__(self) -> Iterator[Message]:
         """Messages as they come, until the client is closed."""
