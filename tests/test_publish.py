@@ -218,13 +218,19 @@ def test_an_asok_worker_task_reaches_a_resume_client_that_was_away_sqlite(
         proxy.close()
 
 
+def start_redis_nodes(project: pathlib.Path, redis_server, tmp_path: pathlib.Path) -> list:
+    """Two nodes of a Redis cluster serving ``project`` (history in Redis Streams), the task queue on the same Redis."""
+    env = node_env(redis_server, ASOK_QUEUE_BACKEND="redis", ASOK_REDIS_URL=redis_server.url)
+    nodes = [asok_serve(project, tmp_path, env=env) for _ in range(2)]
+    for node in nodes:
+        node.wait_for_log("joined the cluster")
+    return nodes
+
+
 @pytest.fixture
 def redis_nodes(progress_project, redis_server, tmp_path):
     """Two nodes of a Redis cluster (history in Redis Streams); the task queue on the same Redis."""
-    env = node_env(redis_server, ASOK_QUEUE_BACKEND="redis", ASOK_REDIS_URL=redis_server.url)
-    nodes = [asok_serve(progress_project, tmp_path, env=env) for _ in range(2)]
-    for node in nodes:
-        node.wait_for_log("joined the cluster")
+    nodes = start_redis_nodes(progress_project, redis_server, tmp_path)
     yield nodes
     for node in nodes:
         node.stop()

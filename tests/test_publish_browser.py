@@ -17,11 +17,10 @@ from __future__ import annotations
 import pytest
 
 from tests.asok_project import make_project, project_env
-from tests.cluster_support import node_env
 from tests.conftest import asok_serve
 from tests.link_proxy import LinkProxy
 from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
-from tests.test_publish import REPORT_PAGE, ROUTES, SCRIPT, TASKS, Worker, queue_report, run_script
+from tests.test_publish import REPORT_PAGE, ROUTES, SCRIPT, TASKS, Worker, queue_report, run_script, start_redis_nodes
 from tests.test_resume_browser import (
     RESUME_HTML,
     RESUME_PY,
@@ -95,10 +94,7 @@ def test_a_script_publish_while_the_page_is_away_is_replayed_in_chromium(browser
 @pytest.fixture
 def redis_nodes(project, redis_server, tmp_path):
     """Two nodes of a Redis cluster (history in Redis Streams); Asok's task queue on the same Redis."""
-    env = node_env(redis_server, ASOK_QUEUE_BACKEND="redis", ASOK_REDIS_URL=redis_server.url)
-    nodes = [asok_serve(project, tmp_path, env=env) for _ in range(2)]
-    for node in nodes:
-        node.wait_for_log("joined the cluster")
+    nodes = start_redis_nodes(project, redis_server, tmp_path)
     yield nodes
     for node in nodes:
         node.stop()

@@ -169,11 +169,11 @@ def test_the_readmes_test_file_passes_in_a_created_project(created_run):
     print("\n".join(f"{name}: {results[name].seconds:.3f}s (setup, call and teardown)" for name in names))
 
 
-def test_the_readmes_plain_api_example_runs_in_a_created_project(created_run):
-    _, _, project = created_run
+def run_python(code: str, cwd: pathlib.Path) -> str:
+    """Run ``code`` in a fresh ``python -c`` in ``cwd`` (no pytest); what it printed, once it exited 0."""
     done = subprocess.run(
-        [sys.executable, "-c", README_PLAIN_API],
-        cwd=project,
+        [sys.executable, "-c", code],
+        cwd=cwd,
         env=project_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -181,7 +181,12 @@ def test_the_readmes_plain_api_example_runs_in_a_created_project(created_run):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "Guest: hi"
+    return done.stdout.strip()
+
+
+def test_the_readmes_plain_api_example_runs_in_a_created_project(created_run):
+    _, _, project = created_run
+    assert run_python(README_PLAIN_API, project) == "Guest: hi"
 
 
 # -- every feature of the kit, on the test project -----------------------------------------------
@@ -446,17 +451,7 @@ with TestServer("wsgi:app", root={root!r}) as server:
 
 def test_the_plain_api_outside_pytest(kit_run, tmp_path):
     _, _, project = kit_run
-    done = subprocess.run(
-        [sys.executable, "-c", PLAIN_API.format(root=str(project))],
-        cwd=tmp_path,
-        env=project_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "plain"
+    assert run_python(PLAIN_API.format(root=str(project)), tmp_path) == "plain"
 
 
 def test_the_plugin_leaves_other_projects_alone(tmp_path):
