@@ -14,6 +14,9 @@ already showed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import pytest
 
 from tests.asok_project import make_project, project_env
@@ -24,6 +27,7 @@ from tests.test_publish import REPORT_PAGE, ROUTES, SCRIPT, TASKS, Worker, queue
 from tests.test_resume_browser import (
     RESUME_HTML,
     RESUME_PY,
+    SHOWN,
     WAIT_MS,
     open_chat,
     resume_log,
@@ -33,6 +37,8 @@ from tests.test_resume_browser import (
 )
 
 pytestmark = pytest.mark.timeout(180)
+
+T = TypeVar("T")
 
 STREAM = "/progress/browser"
 
@@ -67,26 +73,39 @@ def proxy(server):
     link.close()
 
 
+def published_while_away(page, link: LinkProxy, stream: str, publish: Callable[[], T], shown: list[str]) -> T:
+    """Hold the page's link down, ``publish``, let it back: the page shows ``shown``, the new ones replayed.
+
+    What was published while away is replayed on the reconnect, once and in
+    order, with no continuity lost; returns what ``publish`` returned.
+    """
+    before = len(page.evaluate(SHOWN))
+    opens = resume_log(page)["opens"]
+    link.hold()
+    page.wait_for_selector("#chat[data-state=reconnecting]", state="attached", timeout=WAIT_MS)
+    published = publish()
+    assert page.evaluate("window.resumeLog.opens") == opens, "the page came back while the proxy held"
+
+    link.release()
+    wait_reopened(page, opens)
+    assert settle(page, shown) == shown
+    log = resume_log(page)
+    replays = [resumed["replayed"] for resumed in log["resumed"] if resumed["stream"] == stream]
+    assert replays and replays[-1] == len(shown) - before, log
+    assert log["lost"] == [] and page.text_content("#notice") == "", log
+    return published
+
+
 def test_a_script_publish_while_the_page_is_away_is_replayed_in_chromium(browser, project, server, proxy):  # noqa: F811 - the fixture
     page = open_chat(browser, f"http://127.0.0.1:{proxy.port}", STREAM)
     try:
         first = run_script(project, STREAM, "s1", "s2")
         assert wait_shown(page, 2) == ["s1", "s2"]  # live: the server follows the file
 
-        opens = resume_log(page)["opens"]
-        proxy.hold()
-        page.wait_for_selector("#chat[data-state=reconnecting]", state="attached", timeout=WAIT_MS)
-        away = run_script(project, STREAM, "s3", "s4", "s5")
+        away = published_while_away(
+            page, proxy, STREAM, lambda: run_script(project, STREAM, "s3", "s4", "s5"), ["s1", "s2", "s3", "s4", "s5"]
+        )
         assert [offset for _, offset in away] == [first[-1][1] + 1, first[-1][1] + 2, first[-1][1] + 3]
-        assert page.evaluate("window.resumeLog.opens") == opens, "the page came back while the proxy held"
-
-        proxy.release()
-        wait_reopened(page, opens)
-        assert settle(page, ["s1", "s2", "s3", "s4", "s5"]) == ["s1", "s2", "s3", "s4", "s5"]
-        log = resume_log(page)
-        replays = [resumed["replayed"] for resumed in log["resumed"] if resumed["stream"] == STREAM]
-        assert replays and replays[-1] == 3, log
-        assert log["lost"] == [] and page.text_content("#notice") == "", log
     finally:
         page.context.close()
 
@@ -117,21 +136,11 @@ def test_an_asok_worker_task_while_the_page_is_away_is_replayed_in_chromium_redi
         worker.wait_for("completed")
         assert wait_shown(page, 2) == ["1/2", "2/2"]  # live, published on the other node's Redis
 
-        opens = resume_log(page)["opens"]
-        link.hold()
-        page.wait_for_selector("#chat[data-state=reconnecting]", state="attached", timeout=WAIT_MS)
-        queue_report(second.port, "11", 3)
-        worker.wait_for("completed", count=2)
-        assert page.evaluate("window.resumeLog.opens") == opens, "the page came back while the proxy held"
+        def run_the_task() -> None:
+            queue_report(second.port, "11", 3)
+            worker.wait_for("completed", count=2)
 
-        link.release()
-        wait_reopened(page, opens)
-        expected = ["1/2", "2/2", "1/3", "2/3", "3/3"]
-        assert settle(page, expected) == expected
-        log = resume_log(page)
-        replays = [resumed["replayed"] for resumed in log["resumed"] if resumed["stream"] == stream]
-        assert replays and replays[-1] == 3, log
-        assert log["lost"] == [] and page.text_content("#notice") == "", log
+        published_while_away(page, link, stream, run_the_task, ["1/2", "2/2", "1/3", "2/3", "3/3"])
     finally:
         page.context.close()
         worker.stop()
