@@ -159,9 +159,9 @@ def test_broadcast_to_room_and_cleanup_on_unregister(server, connect):
     assert server.broadcast_to("r1", "x", exclude=a) == 1
     assert b_peer.texts() == ["x"]
     server.unregister(b)
-    assert server.room_members("r1") == [a]
+    assert server.state.room_members("r1") == [a]
     a.leave("r1")
-    assert server.room_members("r1") == []
+    assert server.state.room_members("r1") == []
 
 
 def test_on_disconnect_reads_the_rooms_the_connection_left_by_closing(server, connect):
@@ -172,7 +172,7 @@ def test_on_disconnect_reads_the_rooms_the_connection_left_by_closing(server, co
 
     @server.on_disconnect("/chat")
     def gone(conn):
-        seen.append((conn.rooms, server.room_members("r1"), server.room_members("r2")))
+        seen.append((conn.rooms, server.state.room_members("r1"), server.state.room_members("r2")))
 
     conn, _ = connect()
     conn.join("r1")

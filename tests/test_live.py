@@ -615,7 +615,7 @@ def test_authorizer_that_yields_while_the_connection_goes_leaves_no_trace(hub, a
     gevent.sleep(0)
     hub.unregister(conn)
     assert joining.get(timeout=1) is False
-    assert hub.room_members("r") == [] and hub.get_room_users("r") == []
+    assert hub.state.room_members("r") == [] and hub.get_room_users("r") == []
 
 
 def test_leave_after_disconnect_does_not_count_twice(hub, attach):
@@ -628,4 +628,4 @@ def test_leave_after_disconnect_does_not_count_twice(hub, attach):
     first.leave("r")
     assert hub.get_room_users("r") == [5]
     second.leave("r")
-    assert hub.get_room_users("r") == [] and hub.room_members("r") == []
+    assert hub.get_room_users("r") == [] and hub.state.room_members("r") == []

@@ -23,6 +23,7 @@ from asok_green.cluster.local_node import LocalNode
 from asok_green.history.sqlite_store import SqliteStore
 from asok_green.protocol import envelopes
 from asok_green.protocol.frames import OP_BINARY, OP_TEXT
+from asok_green.protocol.outgoing import Outgoing
 from asok_green.server import hub as hub_module
 from asok_green.server.connection import Connection, V1Connection
 from tests.test_hub import Peer
@@ -130,10 +131,11 @@ def test_presence_is_shared_while_linked_and_goes_with_the_link(linked, hubs, co
     assert (7, "offline") not in statuses
 
 
-def test_a_stream_message_keeps_its_offset_across_a_shared_store(linked, hubs, connect, tmp_path):
+def share_a_store(hubs, tmp_path, stream: str) -> None:
+    """Both hubs keep ``stream``'s history in one SQLite file, and are linked again knowing it."""
     old, new = hubs
     for hub in hubs:
-        hub.keep_history("/feed", size=50)
+        hub.keep_history(stream, size=50)
         hub.history.store = SqliteStore(str(tmp_path / "history.sqlite3"))
     # The hellos were read before either kept history: link again, as processes that keep it from the start.
     old.node.stop()
@@ -142,6 +144,11 @@ def test_a_stream_message_keeps_its_offset_across_a_shared_store(linked, hubs, c
     old.node.start()
     assert new.node.connect(str(tmp_path / "again.sock"))
     wait_for(lambda: all(link.shares_store for hub in hubs for link in hub.node.links), "the store is shared")
+
+
+def test_a_stream_message_keeps_its_offset_across_a_shared_store(linked, hubs, connect, tmp_path):
+    old, new = hubs
+    share_a_store(hubs, tmp_path, "/feed")
     _, v1_peer = connect(new, "/feed", v1=True)
     position = json.loads(texts_until(v1_peer, 1)[0])
     assert position["asok"] == "position"
@@ -154,6 +161,25 @@ def test_a_stream_message_keeps_its_offset_across_a_shared_store(linked, hubs, c
     assert texts_until(plain_peer, 3) == ["one", "two", "three"]
     new.broadcast("/feed", "four")
     assert [json.loads(text)["o"] for text in texts_until(v1_peer, 1)] == [first + 3]
+
+
+def test_a_signal_from_the_peer_takes_no_place_in_a_shared_history(linked, hubs, connect, tmp_path):
+    old, new = hubs
+    share_a_store(hubs, tmp_path, "room:sig-*")
+    for hub in hubs:
+        hub.room_authorizer(lambda conn, room: True)
+    member, peer = connect(new, "/asok/live", v1=True)
+    assert new.join_room(member, "sig-1")
+    old_member, _ = connect(old, "/asok/live")
+    assert old.join_room(old_member, "sig-1")
+    wait_for(lambda: any(m.get("asok") == "position" for m in map(json.loads, peer.texts())), "the room's position")
+    position = new.history.room_stream("sig-1").last
+    old.signal_room("sig-1", Outgoing.json({"type": "typing", "room": "sig-1"}), old_member)
+    old.broadcast_to("sig-1", "a message")
+    frames = [json.loads(text) for text in texts_until(peer, 2)]
+    assert frames[0] == {"d": json.dumps({"type": "typing", "room": "sig-1"})}  # the signal, live: no offset
+    assert (frames[1]["d"], frames[1]["o"]) == ("a message", position + 1)  # it took none in the shared file
+    assert new.history.room_stream("sig-1").last == old.history.room_stream("sig-1").last == position + 1
 
 
 def test_a_peer_that_stops_reading_never_blocks_the_server(hubs, connect, tmp_path, monkeypatch):

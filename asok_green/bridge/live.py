@@ -158,11 +158,7 @@ def _receipt(server: Hub, conn: Connection, data: dict) -> None:
 def _relay_to_room(server: Hub, conn: Connection, room: Any, kind: str, fields: dict) -> None:
     """Signal ``kind`` to the other members of ``room``, if the sender is one of them (live only: no history)."""
     if _is_member(conn, room):
-        # Typing and receipts say what happens now: they take no place in the room's history, where
-        # they would push messages out. Delivered here, and handed to the node for the others.
-        message = Outgoing.json({"op": "broadcast", "type": kind, "room": room, **fields})
-        server.fan_out(server.room_members(room), message, conn)
-        server.node.publish("room", room, message)
+        server.signal_room(room, Outgoing.json({"op": "broadcast", "type": kind, "room": room, **fields}), conn)
 
 
 def _is_member(conn: Connection, room: Any) -> bool:

@@ -38,6 +38,7 @@ from gevent.monkey import get_original
 from ..core import framework
 from ..core.outage import Outage
 from ..protocol.frames import OP_TEXT
+from .outbox import channel_target
 
 if TYPE_CHECKING:
     from ..protocol.outgoing import Outgoing
@@ -154,7 +155,8 @@ class AdapterNode:
         if self._stopped or len(self._outbox) >= MAX_OUTBOX:
             self.hub.stats["adapter_dropped"] += 1
             return
-        self._outbox.append((f"{target}:{name}", message))
+        # Asok's adapters know paths and rooms: a signal goes as a room broadcast.
+        self._outbox.append((f"{channel_target(target)}:{name}", message))
         self._wake.set()
 
     def local_changes(self, changes: list[Any]) -> None:

@@ -40,10 +40,10 @@ from gevent.event import Event
 
 from ..core import state
 from ..protocol.frames import OP_BINARY, OP_TEXT
+from ..protocol.outgoing import Outgoing
 from . import local_wire as wire
 
 if TYPE_CHECKING:
-    from ..protocol.outgoing import Outgoing
     from ..server.hub import Hub
 
 logger = logging.getLogger("asok_green.cluster")
@@ -329,7 +329,7 @@ class LocalNode:
     # -- what the hub calls (never yields) -----------------------------------------
 
     def publish(self, target: str, name: str, message: Outgoing) -> None:
-        """Queue a broadcast, already delivered here, for the peer (``target``: ``"path"`` or ``"room"``)."""
+        """Queue a broadcast, already delivered here, for the peer (``target``: as :meth:`Node.publish`)."""
         for link in self.links:
             link.queue((target, name, message), len(message.payload) + _ITEM_COST)
 
@@ -400,10 +400,13 @@ class LocalNode:
 
     def _deliver(self, link: Link, header: dict, payload: bytes) -> None:
         target, name, opcode = header.get("t"), header.get("n"), header.get("op")
-        if not isinstance(name, str) or target not in ("path", "room") or opcode not in (OP_TEXT, OP_BINARY):
+        if not isinstance(name, str) or target not in ("path", "room", "signal") or opcode not in (OP_TEXT, OP_BINARY):
             return
         hub = self.hub
         hub.stats["cluster_received"] += 1
+        if target == "signal":
+            hub.signal_room(name, Outgoing(opcode, payload), from_node=True)
+            return
         stream, epoch, offset = header.get("s"), header.get("e"), header.get("o")
         if link.shares_store and isinstance(stream, str) and isinstance(epoch, str) and type(offset) is int:
             # The same file gave the offset: delivered with it, after any message of the stream missing here.

@@ -4,7 +4,9 @@ The hub delivers a broadcast to its own clients first, then hands it to its node
 which only queues it here (never yields). The node's publisher greenlet takes
 batches from the queue into a Redis pipeline, as Asok's ``RedisWebSocketAdapter``
 envelopes them: ``{"target", "name", "msg", "node_id"}`` on
-``<prefix>:path:<path>`` and ``<prefix>:room:<room>``.
+``<prefix>:path:<path>`` and ``<prefix>:room:<room>``. A signal to a room (typing,
+a receipt) travels as a room broadcast with ``"signal": true`` added: Asok's nodes
+deliver it as one, and asok_green's deliver it live only, never into a history.
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ MAX_OUTBOX = 10_000
 BATCH = 500
 
 
+def channel_target(target: str) -> str:
+    """The envelope's and the channel's target of a broadcast: a signal goes as a room broadcast."""
+    return "room" if target == "signal" else target
+
+
 def message_envelope(target: str, name: str, message: Outgoing, node_id: str) -> str:
     """The JSON envelope of a broadcast: text as it is, a binary message as base64, flagged as such."""
+    envelope: dict = {"target": channel_target(target), "name": name, "node_id": node_id}
     if message.opcode == OP_TEXT:
-        msg = message.payload.decode("utf-8")
-        return json.dumps({"target": target, "name": name, "msg": msg, "node_id": node_id}, default=str)
-    # Asok's envelope carries text: a binary message travels as base64, flagged as such.
-    msg = base64.b64encode(message.payload).decode("ascii")
-    return json.dumps({"target": target, "name": name, "msg": msg, "node_id": node_id, "binary": True})
+        envelope["msg"] = message.payload.decode("utf-8")
+    else:
+        # Asok's envelope carries text: a binary message travels as base64, flagged as such.
+        envelope["msg"] = base64.b64encode(message.payload).decode("ascii")
+        envelope["binary"] = True
+    if target == "signal":
+        envelope["signal"] = True
+    return json.dumps(envelope, default=str)
 
 
 class Outbox:
@@ -49,7 +60,7 @@ class Outbox:
         return len(self._queue)
 
     def add(self, target: str, name: str, message: Outgoing) -> bool:
-        """Queue a broadcast (``target``: ``"path"`` or ``"room"``); False, and nothing queued, when full."""
+        """Queue a broadcast (``target``: as :meth:`Node.publish`); False, and nothing queued, when full."""
         if len(self._queue) >= self.limit:
             return False
         self._queue.append((target, name, message))
@@ -61,5 +72,6 @@ class Outbox:
         count = min(len(queue), most)
         for _ in range(count):
             target, name, message = queue.popleft()
-            pipe.publish(f"{self.prefix}:{target}:{name}", message_envelope(target, name, message, self.node_id))
+            channel = f"{self.prefix}:{channel_target(target)}:{name}"
+            pipe.publish(channel, message_envelope(target, name, message, self.node_id))
         return count

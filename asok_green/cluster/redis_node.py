@@ -57,6 +57,7 @@ import gevent
 from gevent.event import Event
 
 from ..core.node import ClusterConfigError
+from ..protocol.outgoing import Outgoing
 from .outbox import Outbox
 from .presence import Presence, heartbeat_interval
 from .redis_url import close_client, redact, redis_client, sentinel_primary
@@ -71,7 +72,6 @@ from .settings import (
 )
 
 if TYPE_CHECKING:
-    from ..protocol.outgoing import Outgoing
     from ..server.hub import Hub
 
 __all__ = [
@@ -224,7 +224,7 @@ class RedisCluster:
     # -- what the hub calls (never yields) -----------------------------------------
 
     def publish(self, target: str, name: str, message: Outgoing) -> None:
-        """Queue a broadcast, already delivered here, for the other nodes (``target``: ``"path"`` or ``"room"``)."""
+        """Queue a broadcast, already delivered here, for the other nodes (``target``: as :meth:`Node.publish`)."""
         if not self.connected or not self._outbox.add(target, name, message):
             self.hub.stats["cluster_dropped"] += 1
             return
@@ -383,6 +383,8 @@ class RedisCluster:
         self.hub.stats["cluster_received"] += 1
         if target == "path":
             self.hub.broadcast(name, msg, from_adapter=True)
+        elif target == "room" and envelope.get("signal") is True:
+            self.hub.signal_room(name, Outgoing.of(msg), from_node=True)
         elif target == "room":
             self.hub.broadcast_to(name, msg, from_adapter=True)
 

@@ -36,7 +36,11 @@ class Node(Protocol):
     backlog: int
 
     def publish(self, target: str, name: str, message: Outgoing) -> None:
-        """Pass on a broadcast already delivered here (``target``: ``"path"`` or ``"room"``); never yields."""
+        """Pass on a broadcast already delivered here; never yields.
+
+        ``target``: ``"path"``, ``"room"``, or ``"signal"`` (to a room's members, live
+        only: the other nodes deliver it without keeping it in any history).
+        """
 
     def local_changes(self, changes: list[Any]) -> None:
         """Pass on what a state transition returned (the ``Local*`` changes matter); never yields."""

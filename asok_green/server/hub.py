@@ -298,10 +298,6 @@ class Hub:
             logger.exception("room authorizer failed for room %r (path %s): denied", room, conn.path)
             return False
 
-    def room_members(self, room: str) -> list[Connection]:
-        """The connections of this process that have joined ``room``."""
-        return self.state.room_members(room)
-
     def rooms_of(self, conn: Connection) -> frozenset[str]:
         """The rooms ``conn`` has joined (for a closed connection: those it was in when it closed)."""
         return self.state.rooms_of(conn)
@@ -331,6 +327,13 @@ class Hub:
     def broadcast_to_json(self, room: str, obj: Any, exclude: Connection | None = None) -> int:
         """Send ``obj`` as JSON to every connection that has joined ``room``."""
         return self._send("room", room, Outgoing.json(obj), exclude)
+
+    def signal_room(self, room: str, message: Outgoing, exclude: Connection | None = None, from_node=False) -> int:
+        """Send a signal (typing, a receipt) to ``room``'s members, never into a history; ``from_node``: here only."""
+        delivered = self.fan_out(self.state.rooms.get(room, ()), message, exclude)
+        if not from_node:
+            self.node.publish("signal", room, message)
+        return delivered
 
     def _send(
         self, target: str, name: str, message: Outgoing, exclude: Connection | None, from_adapter: bool = False
