@@ -22,8 +22,6 @@ support costs connections that do not use it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import shutil
 import sys
@@ -32,7 +30,7 @@ import tempfile
 from benchlib import load
 from benchlib.plan import Plan
 from benchlib.project import make_bench_project
-from metrics_cost import side_by_side, start
+from metrics_cost import run_from_command_line, side_by_side, start
 
 #: Appended to the bench project's wsgi.py: ``BENCH_HISTORY=N`` makes ``/room`` keep N messages.
 HISTORY_SWITCH = """
@@ -51,19 +49,8 @@ VARIANTS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print it (and write JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--idle", type=int, default=5000)
-    parser.add_argument("--json")
-    parser.add_argument("--baseline", help="a source tree whose asok_green runs as another server (history off)")
-    args = parser.parse_args(argv)
-    result = run(args.quick, args.subscribers, args.rounds, args.idle, args.baseline)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0
+    baseline_help = "a source tree whose asok_green runs as another server (history off)"
+    return run_from_command_line(run, __doc__, baseline_help, argv)
 
 
 def run(

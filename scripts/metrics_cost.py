@@ -139,13 +139,18 @@ def side_by_side(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print it (and write JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    return run_from_command_line(run, __doc__, "a source tree whose asok_green runs as a third server", argv)
+
+
+def run_from_command_line(run: Callable[..., dict], doc: str, baseline_help: str, argv: list[str] | None) -> int:
+    """The command line of a side-by-side cost script: ``run`` with its options, the result printed as JSON."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--json")
-    parser.add_argument("--baseline", help="a source tree whose asok_green runs as a third server")
+    parser.add_argument("--baseline", help=baseline_help)
     args = parser.parse_args(argv)
     result = run(args.quick, args.subscribers, args.rounds, args.idle, args.baseline)
     print(json.dumps(result, indent=1))

@@ -34,3 +34,19 @@ def test_a_storm_still_under_way_does_not_trim():
 
 def test_trim_runs_on_glibc():
     assert malloc_trim()  # glibc, as on every machine this runs on
+
+
+def test_loading_the_trim_starts_no_child_process(monkeypatch):
+    """A worker that imports the module spawns nothing (ctypes' find_library would run ldconfig)."""
+    import importlib
+    import subprocess
+
+    from asok_green.server import trim
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a child process was started: {args!r}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+    reloaded = importlib.reload(trim)
+    assert reloaded.malloc_trim() is True

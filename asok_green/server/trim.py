@@ -16,7 +16,6 @@ megabytes, once per storm.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 from collections.abc import Callable
@@ -54,15 +53,14 @@ class StormWatch:
 
 
 def _libc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+    # The symbols the process already has (glibc's among them), not ctypes.util.find_library:
+    # that runs ldconfig in a child process, in every worker as it starts.
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None  # not glibc: nothing to hand back this way
-    if trim is not None:
-        trim.argtypes = [ctypes.c_size_t]
-        trim.restype = ctypes.c_int
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
     return trim
 
 

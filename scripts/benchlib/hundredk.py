@@ -55,6 +55,15 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _settle(pids: list[int], timeout: float) -> None:
+    """Wait until each of ``pids`` is idle; a short-lived child that has ended meanwhile is passed over."""
+    for pid in pids:
+        try:
+            procstat.wait_idle(pid, timeout=timeout)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
 def _rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -183,8 +192,7 @@ def run_green(
         base_url = f"http://127.0.0.1:{port}"
         cookie = auth_cookie(base_url) if logged_in else None
         pids = _tree(proc.pid)
-        for pid in pids:
-            procstat.wait_idle(pid, timeout=20)
+        _settle(pids, timeout=20)
         base = _rss(pids)
         holders = load.Holders(f"ws://127.0.0.1:{port}/room", base_url, sources, cookie, most=connections)
         groups.append(holders)
@@ -193,8 +201,7 @@ def run_green(
         held = _hold([(holders, connections)], open_timeout)
         result["open_seconds"] = round(time.monotonic() - started, 1)
         pids = _tree(proc.pid)
-        for pid in pids:
-            procstat.wait_idle(pid, timeout=60)
+        _settle(pids, timeout=60)
         result.update(_figures(pids, base, held, connections, holders))
         result["per_worker"] = [
             {"pid": pid, "rss": procstat.rss_bytes(pid), "files": procstat.open_files(pid)}
@@ -253,8 +260,7 @@ def run_peer(
         for port, proc in zip(ports, procs):
             _wait_port(port, proc)
         pids = [pid for proc in procs for pid in _tree(proc.pid)]
-        for pid in pids:
-            procstat.wait_idle(pid, timeout=20)
+        _settle(pids, timeout=20)
         base = _rss(pids)
         shares = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]
         for port, share in zip(ports, shares):
@@ -265,8 +271,7 @@ def run_peer(
         held = _hold(list(zip(groups, shares)), open_timeout)
         result["open_seconds"] = round(time.monotonic() - started, 1)
         pids = [pid for proc in procs for pid in _tree(proc.pid)]
-        for pid in pids:
-            procstat.wait_idle(pid, timeout=60)
+        _settle(pids, timeout=60)
         result.update(_figures(pids, base, held, connections, *groups))
         result["broadcast"] = _broadcast(groups, ports, lambda p: f"http://127.0.0.1:{p}", 128)
         _say(result)

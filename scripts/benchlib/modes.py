@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from . import field, hundredk, load, machine, report
+from . import field, hundredk, load, machine, sections
 from .project import make_bench_project
 from .scenario import progress
 from .servers import PEERS_BY_NAME
@@ -51,7 +51,7 @@ def hundred_k_only(args: argparse.Namespace, argv: list[str] | None) -> int:
     )
     output = pathlib.Path(args.output)
     existing = output.read_text() if output.exists() else "# Benchmarks\n"
-    output.write_text(report.replace_section(existing, section))
+    output.write_text(sections.replace_section(existing, section))
     print(field.hundred_k_markdown(run))
     progress(f"done in {elapsed:.0f}s: {output}")
     if not args.keep and not args.workdir:

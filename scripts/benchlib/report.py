@@ -93,21 +93,6 @@ def keep_earlier(markdown_text: str, earlier: str) -> str:
     return markdown_text.rstrip("\n") + "\n\n---\n\n" + note + "\n\n" + "\n".join(kept).strip() + "\n"
 
 
-def replace_section(markdown_text: str, section: str) -> str:
-    """``markdown_text`` with the section titled as ``section``'s first line replaced by it (added before the
-    method, or at the end)."""
-    title = section.splitlines()[0]
-    lines = markdown_text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line == title), None)
-    if start is None:
-        method = next((i for i, line in enumerate(lines) if line == "## Method"), None)
-        if method is None:
-            return markdown_text.rstrip("\n") + "\n\n" + section.strip() + "\n"
-        return "\n".join(lines[:method] + section.strip().splitlines() + [""] + lines[method:]).rstrip("\n") + "\n"
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return "\n".join(lines[:start] + section.strip().splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
-
-
 def _intro(run: dict, chart_path: str) -> str:
     m = run["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())

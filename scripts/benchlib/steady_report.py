@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import sections
 from .targets import GREEN, KB, steady_verdicts
 
 TITLE = "## Idle memory: never spoke and steady"
@@ -160,13 +161,4 @@ def section(steady: dict | None, note: str = "") -> str:
 
 def replace_section(markdown: str, new_section: str) -> str:
     """``markdown`` with this section replaced by ``new_section`` (inserted if it had none)."""
-    lines = markdown.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith(TITLE)), None)
-    if start is not None:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    else:
-        start = end = next(
-            (i for i, line in enumerate(lines) if any(line.startswith(h) for h in INSERT_BEFORE)), len(lines)
-        )
-    block = new_section.strip().splitlines() + [""]
-    return "\n".join(lines[:start] + block + lines[end:]).rstrip("\n") + "\n"
+    return sections.replace_section(markdown, new_section, INSERT_BEFORE)
