@@ -147,6 +147,9 @@ class HubState:
         self.by_path: dict[str, dict[Any, None]] = {}
         #: room -> the connections of this node that joined it.
         self.rooms: dict[str, dict[Any, None]] = {}
+        #: None, or the paths (``("path", path)``) and rooms (``("room", room)``) that got their
+        #: first connection here or lost their last since a watcher last took the set.
+        self.came_or_went: set[tuple[str, str]] | None = None
         #: connection -> the rooms it is in, in the order it joined them (a dict used as an
         #: ordered set). Only a connection in at least one room has an entry.
         self.joined: dict[Any, dict[str, None]] = {}
@@ -169,6 +172,10 @@ class HubState:
         self.reservations: dict[Any, None] = {}
 
     # -- capacity ------------------------------------------------------------------
+
+    def _noted(self, kind: str, key: str) -> None:
+        if self.came_or_went is not None:
+            self.came_or_went.add((kind, key))
 
     def taken(self) -> int:
         """Slots in use: open connections plus handshakes holding a reservation."""
@@ -212,7 +219,11 @@ class HubState:
             del self.reservations[reservation]
         elif self.taken() >= capacity:
             raise AtCapacity(f"{self.taken()} of {capacity} connection slots taken")
-        self.by_path.setdefault(path, {})[conn] = None
+        members = self.by_path.get(path)
+        if members is None:
+            members = self.by_path[path] = {}
+            self._noted("path", path)
+        members[conn] = None
         self.count += 1
         if self._departed and self._rooms_at_close(conn) is not None:
             del self._departed[conn]  # opened again: the rooms it left at its last close are past
@@ -236,6 +247,7 @@ class HubState:
         del members[conn]
         if not members:
             del self.by_path[path]
+            self._noted("path", path)
         self.count -= 1
         out: Announcements = []
         rooms = self.joined.pop(conn, None)
@@ -259,8 +271,11 @@ class HubState:
         """
         if not self.is_open(conn, path):
             return None
-        members = self.rooms.setdefault(room, {})
-        if conn in members:
+        members = self.rooms.get(room)
+        if members is None:
+            members = self.rooms[room] = {}
+            self._noted("room", room)
+        elif conn in members:
             return []
         members[conn] = None
         rooms = self.joined.get(conn)
@@ -307,6 +322,7 @@ class HubState:
         del members[conn]
         if not members:
             del self.rooms[room]
+            self._noted("room", room)
         counts = self.local_room_users.get(room)
         if user_id is None or counts is None or not _count_down(counts, user_id):
             return

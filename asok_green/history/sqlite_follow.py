@@ -10,6 +10,11 @@ nothing changed). When something did, it reads the last offset of each stream
 that has clients here, and hands every message this process has not delivered
 yet to ``hub.deliver_stream``, in offset order: plain and ``asok-green.v1``
 clients get it, each once (the hub drops an offset it delivered already).
+
+Which streams have clients here is kept up to date from what the hub's state
+notes as paths and rooms come and go, never by going over every path held: a
+look costs the same with one path held or 100,000, and nothing at all while no
+stream with history has a client here.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class Follower:
         self._version: int | None = None
         #: The (epoch, last offset) of each followed stream when last looked at.
         self._seen: dict[str, tuple[str, int]] = {}
+        #: Each path and each room held here -> the name of its stream with history, or None.
+        self._paths: dict[str, str | None] = {}
+        self._rooms: dict[str, str | None] = {}
+        #: The streams followed: those with history that have clients here.
+        self._names: set[str] = set()
 
     def run(self) -> None:
         """Look at the file every :data:`POLL_SECONDS`, for ever (the greenlet is killed at stop)."""
@@ -60,20 +70,21 @@ class Follower:
 
     def look(self) -> int:
         """One look: deliver what others appended since the last one; how many messages were delivered."""
-        names = self._followed()
+        new, gone = self._refresh()
+        for name in gone:
+            self._seen.pop(name, None)
+            # Unfollowed, what this process knows of the stream goes stale as others append:
+            # a client that resumes it later must be answered from the file, not from memory.
+            stream = self.hub.history.loaded(name)
+            if stream is not None:
+                stream.unload()
+        if not self._names:
+            return 0  # nothing to deliver to: the next stream followed is first seen then
         db = self._connection()
         version = db.execute("PRAGMA data_version").fetchone()[0]
         changed, self._version = version != self._version, version
-        new = [name for name in names if name not in self._seen]
-        for gone in set(self._seen) - set(names):
-            del self._seen[gone]
-            # Unfollowed, what this process knows of the stream goes stale as others append:
-            # a client that resumes it later must be answered from the file, not from memory.
-            stream = self.hub.history.loaded(gone)
-            if stream is not None:
-                stream.unload()
         delivered = 0
-        asked = names if changed else new
+        asked = list(self._names) if changed else new
         rows = self._positions(db, asked)
         for name in set(asked) - {row[0] for row in rows}:
             self._seen.setdefault(name, ("", 0))  # no message yet: the first one will be new
@@ -85,22 +96,42 @@ class Follower:
             delivered += self._deliver(db, name, epoch, last, before)
         return delivered
 
-    def _followed(self) -> list[str]:
-        """The streams with history that have clients in this process."""
+    def _refresh(self) -> tuple[list[str], list[str]]:
+        """Follow the streams of the paths and rooms that got clients here, no longer those that lost them.
+
+        The hub's state notes which paths and rooms came or went (``came_or_went``);
+        only those are looked up, so a look costs the same with one path held or
+        100,000. Returns the names followed since the last look, and those let go.
+        """
         history = getattr(self.hub, "history", None)
         if history is None:
-            return []
+            return [], []
         state = self.hub.state
-        names = []
-        for path in list(state.by_path):
-            stream = history.path_stream(path)
-            if stream is not None:
-                names.append(stream.name)
-        for room in list(state.rooms):
-            stream = history.room_stream(room)
-            if stream is not None:
-                names.append(stream.name)
-        return names
+        if state.came_or_went is None:  # the first look: everything held now
+            pending = {("path", path) for path in state.by_path} | {("room", room) for room in state.rooms}
+        else:
+            pending = state.came_or_went
+        state.came_or_went = set()
+        new: list[str] = []
+        gone: list[str] = []
+        for kind, key in pending:
+            held, current, lookup = (
+                (self._paths, state.by_path, history.path_stream)
+                if kind == "path"
+                else (self._rooms, state.rooms, history.room_stream)
+            )
+            if key in current and key not in held:
+                stream = lookup(key)
+                name = held[key] = stream.name if stream is not None else None
+                if name is not None:
+                    new.append(name)
+            elif key not in current and key in held:
+                name = held.pop(key)
+                if name is not None:
+                    gone.append(name)
+        self._names.difference_update(gone)
+        self._names.update(new)
+        return new, gone
 
     @staticmethod
     def _positions(db: sqlite3.Connection, names: list[str]) -> list[tuple[str, str, int]]:
@@ -147,8 +178,9 @@ class Follower:
         self._db = None
 
     def close(self) -> None:
-        """Close the follower's connection."""
+        """Close the follower's connection; the hub's state stops noting paths and rooms for it."""
         self._close()
+        self.hub.state.came_or_went = None
 
 
 def _identity(path: str) -> tuple[int, int] | None:
