@@ -180,6 +180,9 @@ class Loop:
         if self.source:
             require_loopback(self.source)
         self.request = handshake_request(self.host, self.port, self.path, args.origin, args.cookie)
+        self.origin, self.cookie = args.origin, args.cookie
+        #: With ``--paths-from N``, connection k opens ``<PATH>/<N + k>``, a path of its own.
+        self.next_path = getattr(args, "paths_from", None)
         self.deadline = time.monotonic() + args.max_seconds
         self.open_timeout = args.open_timeout
         self.stall_timeout = args.stall_timeout
@@ -299,7 +302,11 @@ class Loop:
             return
         client.state = UPGRADING
         self.epoll.modify(client.fd, _EPOLLIN)
-        self.send(client, self.request)
+        if self.next_path is None:
+            self.send(client, self.request)
+        else:
+            path, self.next_path = f"{self.path}/{self.next_path}", self.next_path + 1
+            self.send(client, handshake_request(self.host, self.port, path, self.origin, self.cookie))
 
     def read_upgrade(self, client: Client) -> None:
         try:
@@ -903,6 +910,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         mode.add_argument("--max-seconds", type=float, default=600.0, help="exit after this long, whatever happens")
     hold = modes.choices["hold"]
     hold.add_argument("--count", type=int, required=True)
+    hold.add_argument("--paths-from", type=int, help="connection k opens PATH/<N + k>: a path of its own each")
     hold.add_argument("--concurrency", type=int, default=32, help="handshakes in flight")
     shootout = modes.choices["shootout"]
     shootout.add_argument("--count", type=int, required=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -230,3 +231,16 @@ def test_a_peer_that_is_not_installed_says_so_in_every_row_of_the_ranking():
     table = field.ranking_markdown(run)
     assert table.count(f"*{why}*") == len(field.rows(run))
     assert "| echo msgs/s | picows (400) | 2.00x | **best** |" in table
+
+
+def test_the_follow_cost_script_holds_a_path_per_client_on_each_tree(tmp_path):
+    baseline = tmp_path / "tree"
+    shutil.copytree(REPO / "asok_green", baseline / "asok_green")  # stands for another tree
+    out = tmp_path / "follow.json"
+    script = str(REPO / "scripts" / "follow_cost.py")
+    argv = [sys.executable, script, "--quick", "--baseline", str(baseline), "--json", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    servers = json.loads(out.read_text())["servers"]
+    assert {name: entry["held"] for name, entry in servers.items()} == {"asok_green": 300, "baseline": 300}
+    assert all(entry["cpu_percent"] >= 0 and entry["rss"] > 0 for entry in servers.values())
