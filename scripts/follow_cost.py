@@ -1,6 +1,7 @@
 """What a server with the SQLite history store spends holding idle clients that each have a path of their own.
 
     python scripts/follow_cost.py --baseline /tmp/before    # 20,000 clients on 20,000 paths, two trees
+    python scripts/follow_cost.py --publish-rate 20         # while a script appends 20 messages/s
     python scripts/follow_cost.py --quick                   # a few hundred, for a smoke run
 
 The bench project gets ``/p/[id]``, a route that keeps 10 messages of history,
@@ -10,8 +11,12 @@ default store on one machine). Each server in turn (this tree, and with
 idle connections, connection k on ``/p/<k>``, opened by loadgen processes of
 at most 10,000 connections each on their own 127.0.0.x addresses. Once all are
 open and the server has had a moment, its CPU time is read over ``--seconds``:
-what it costs to keep that many clients, none of them speaking. Printed per
-server: connections held, CPU in percent of a core, RSS; then the ratio.
+what it costs to keep that many clients, none of them speaking. With
+``--publish-rate R`` another thread of this script appends R messages a second
+to ``/p/0`` through ``asok_green.publishing`` meanwhile, as a worker would: the
+server then reads the file for every stream with clients after each append.
+Printed per server: connections held, CPU in percent of a core, RSS; then the
+ratio.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 from benchlib import load, procstat
@@ -59,14 +65,33 @@ def hold(port: int, clients: int, sources: load.SourceAddresses, timeout: float)
     return gens, opened
 
 
-def measure(project: pathlib.Path, work: pathlib.Path, name: str, env: dict, clients: int, seconds: float) -> dict:
+def publishing(project: pathlib.Path, rate: float, stop: threading.Event) -> None:
+    """Append to ``/p/0``'s history ``rate`` times a second until ``stop``, as another process would."""
+    from asok_green.history.sqlite_store import DEFAULT_FILE_NAME
+    from asok_green.publishing import Publisher
+
+    with Publisher("sqlite", path=str(project / DEFAULT_FILE_NAME)) as publisher:
+        sent = 0
+        started = time.monotonic()
+        while not stop.is_set():
+            publisher.publish("/p/0", f"step {sent}")
+            sent += 1
+            stop.wait(max(0.0, started + sent / rate - time.monotonic()))
+
+
+def measure(
+    project: pathlib.Path, work: pathlib.Path, name: str, env: dict, clients: int, seconds: float, rate: float = 0
+) -> dict:
     """One server: hold ``clients`` on paths of their own, then its CPU over ``seconds`` of idleness."""
     server = start_build(project, work, name, env)
     gens: list[load.Loadgen] = []
+    stop = threading.Event()
     try:
         progress(f"{name}: opening {clients:,} connections, each on a path of its own")
         gens, opened = hold(server.port, clients, load.SourceAddresses(), timeout=600)
         procstat.wait_idle(server.pid, timeout=10)  # a server that never settles is what is measured
+        if rate:
+            threading.Thread(target=publishing, args=(project, rate, stop), daemon=True).start()
         before, started = procstat.cpu_seconds(server.pid), time.monotonic()
         time.sleep(seconds)
         cpu = procstat.cpu_seconds(server.pid) - before
@@ -75,6 +100,7 @@ def measure(project: pathlib.Path, work: pathlib.Path, name: str, env: dict, cli
         progress(f"{name}: {opened:,} held, {entry['cpu_percent']}% of a core, RSS {entry['rss'] / 1e6:.0f} MB")
         return entry
     finally:
+        stop.set()
         for gen in gens:
             gen.close()
         server.stop()
@@ -86,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=20.0, help="idle time over which CPU is read")
     parser.add_argument("--baseline", help="a source tree whose asok_green runs as the other server")
+    parser.add_argument("--publish-rate", type=float, default=0, help="messages a second appended meanwhile")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -98,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         builds = {"asok_green": {}}
         if args.baseline:
             builds["baseline"] = {"PYTHONPATH": str(pathlib.Path(args.baseline).resolve())}
-        result: dict = {"clients": clients, "seconds": seconds, "servers": {}}
+        result: dict = {"clients": clients, "seconds": seconds, "publish_rate": args.publish_rate, "servers": {}}
         for name, env in builds.items():
-            result["servers"][name] = measure(project, work, name, env, clients, seconds)
+            result["servers"][name] = measure(project, work, name, env, clients, seconds, args.publish_rate)
         base, ours = result["servers"].get("baseline"), result["servers"]["asok_green"]
         if base and ours["cpu_percent"] > 0:
             result["baseline_cpu_over_ours"] = round(base["cpu_percent"] / ours["cpu_percent"], 1)

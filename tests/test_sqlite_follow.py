@@ -15,7 +15,7 @@ import gevent.socket
 import pytest
 
 from asok_green.api.websocket_server import WebSocketServer
-from asok_green.history.sqlite_follow import Follower
+from asok_green.history.sqlite_follow import MAX_SHARE, POLL_SECONDS, Follower, next_pause
 from asok_green.history.sqlite_store import SqliteStore
 from asok_green.publishing import publish
 from asok_green.server import hub as hub_module
@@ -84,3 +84,10 @@ def test_a_look_only_looks_up_the_paths_that_came_or_went(served):
     publish("/p/0", "to nobody here", path=served.file)
     assert served.follower.look() == 1
     assert late.texts() == ["to the late one"]
+
+
+def test_a_long_look_spaces_the_next_so_the_follower_takes_at_most_its_share_of_a_core():
+    assert next_pause(0.0) == next_pause(0.001) == POLL_SECONDS
+    spent = 0.05  # a pass over thousands of streams while others append
+    pause = next_pause(spent)
+    assert spent / (spent + pause) == pytest.approx(MAX_SHARE)

@@ -22,20 +22,29 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from time import perf_counter
 from typing import Any
 
 import gevent
 
 from .sqlite_store import SqliteStore
 
-__all__ = ["FollowedSqliteStore", "Follower", "POLL_SECONDS"]
+__all__ = ["MAX_SHARE", "POLL_SECONDS", "FollowedSqliteStore", "Follower", "next_pause"]
 
 logger = logging.getLogger("asok_green.history")
 
 #: Seconds between two looks at the file.
 POLL_SECONDS = 0.05
+#: The most of a core the follower takes: after a look that took t seconds, the next one waits
+#: at least t * (1 / MAX_SHARE - 1) (a look over thousands of streams, while others append).
+MAX_SHARE = 0.1
 #: Streams named in one query.
 _CHUNK = 500
+
+
+def next_pause(spent: float) -> float:
+    """Seconds to wait before the next look, after one that took ``spent``: at most :data:`MAX_SHARE` of a core."""
+    return max(POLL_SECONDS, spent * (1 / MAX_SHARE - 1))
 
 
 class Follower:
@@ -57,9 +66,11 @@ class Follower:
         self._names: set[str] = set()
 
     def run(self) -> None:
-        """Look at the file every :data:`POLL_SECONDS`, for ever (the greenlet is killed at stop)."""
+        """Look at the file every :data:`POLL_SECONDS` (less often after a long look), for ever (killed at stop)."""
+        pause = POLL_SECONDS
         while True:
-            gevent.sleep(POLL_SECONDS)
+            gevent.sleep(pause)
+            started = perf_counter()
             try:
                 self.look()
             except sqlite3.Error as error:
@@ -67,6 +78,7 @@ class Follower:
                 self._close()
             except Exception:
                 logger.exception("following the history file %s failed", self.path)
+            pause = next_pause(perf_counter() - started)
 
     def look(self) -> int:
         """One look: deliver what others appended since the last one; how many messages were delivered."""
@@ -137,6 +149,8 @@ class Follower:
     def _positions(db: sqlite3.Connection, names: list[str]) -> list[tuple[str, str, int]]:
         rows: list[tuple[str, str, int]] = []
         for start in range(0, len(names), _CHUNK):
+            if start:
+                gevent.sleep(0)  # a pass over thousands of streams lets everyone else run between chunks
             chunk = names[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             rows += db.execute(f"SELECT name, epoch, last FROM streams WHERE name IN ({marks})", chunk).fetchall()
