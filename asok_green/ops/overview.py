@@ -12,10 +12,10 @@ totals of the previous snapshot, which the caller passes back in.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 from ..core.refusals import REFUSALS, RefusalLog
+from .samples import connections_by_route
 
 #: How many room rows and online user ids a snapshot carries at most.
 MAX_ROOMS = 100
@@ -55,15 +55,6 @@ def _handler_totals(hub: Any, hidden: str | None) -> dict[str, dict[str, float]]
                 entry["messages"] += calls
         totals[route.pattern] = entry
     return totals
-
-
-def _connections_by_pattern(hub: Any) -> Counter:
-    """Open connections by the route pattern their path matched."""
-    counts: Counter = Counter()
-    for path, members in hub.state.by_path.items():
-        route, _ = hub.routes.match(path)
-        counts[route.pattern if route is not None else "(no route)"] += len(members)
-    return counts
 
 
 def _rooms(state: Any, limit: int) -> tuple[int, list[dict]]:
@@ -157,7 +148,7 @@ def build_snapshot(
         "slow_consumers": _rate(totals["slow_consumers"], before["slow_consumers"], interval),
         "handler_ms": (totals["handler_seconds"] - before["handler_seconds"]) * 1000 / calls_now if calls_now else 0.0,
     }
-    by_pattern = _connections_by_pattern(hub)
+    by_pattern = connections_by_route(hub)
     watching = by_pattern.pop(watchers, 0) if watchers is not None else 0
     handler_rows = []
     for pattern, entry in handlers.items():

@@ -76,7 +76,7 @@ def _route_pattern(hub: Any, path: str) -> str:
 _PATTERNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _connections_by_route(hub: Any) -> Counter:
+def connections_by_route(hub: Any) -> Counter:
     """How many connections each route pattern holds; a path is matched once while it is held, not at every pass.
 
     With a path of its own per client, matching every path against the routes
@@ -84,16 +84,20 @@ def _connections_by_route(hub: Any) -> Counter:
     20,000 connections; now a pass looks each path up in a table of the paths
     held at the last one.
     """
-    known = _PATTERNS.get(hub, {})
+    try:
+        known = _PATTERNS.get(hub, {})
+    except TypeError:  # a hub that cannot be weakly referenced (a stand-in): matched at every pass
+        known = None
     patterns: dict[str, str] = {}
     by_route: Counter = Counter()
     for path, members in hub.state.by_path.items():
-        pattern = known.get(path)
+        pattern = known.get(path) if known is not None else None
         if pattern is None:
             pattern = _route_pattern(hub, path)
         patterns[path] = pattern
         by_route[pattern] += len(members)
-    _PATTERNS[hub] = patterns
+    if known is not None:
+        _PATTERNS[hub] = patterns
     return by_route
 
 
@@ -116,7 +120,7 @@ def _timing_samples(family: str, timing: Timing, labels: dict[str, str]) -> Iter
 def hub_samples(hub: Any) -> Iterator[Sample]:
     """Every sample one hub contributes, read from its state, stats and timings."""
     state, stats = hub.state, hub.stats
-    by_route = _connections_by_route(hub)
+    by_route = connections_by_route(hub)
     for route in hub.routes:
         by_route.setdefault(route.pattern, 0)
     for pattern, count in by_route.items():
