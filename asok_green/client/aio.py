@@ -50,11 +50,9 @@ class AsyncResumingClient:
         **options: Any,
     ) -> None:
         """Describe the connection (the options of :class:`ResumingClient`); :meth:`connect` opens it."""
-        self._on_lost = on_continuity_lost
-        self._on_event = on_event
         self._loop: asyncio.AbstractEventLoop | None = None
-        lost = self._in_loop(self._lost_in_loop) if on_continuity_lost is not None else None
-        event = self._in_loop(self._event_in_loop) if on_event is not None else None
+        lost = self._in_loop(on_continuity_lost) if on_continuity_lost is not None else None
+        event = self._in_loop(on_event) if on_event is not None else None
         #: The blocking client underneath (its ``stats`` and ``positions`` may be read from any thread).
         self.client = ResumingClient(url, on_continuity_lost=lost, on_event=event, **options)
         self._queue: asyncio.Queue | None = None
@@ -188,9 +186,3 @@ class AsyncResumingClient:
                 loop.call_soon_threadsafe(fn, *args)
 
         return call
-
-    def _lost_in_loop(self, lost: ContinuityLost) -> None:
-        self._on_lost(lost)
-
-    def _event_in_loop(self, kind: str, detail: dict) -> None:
-        self._on_event(kind, detail)
