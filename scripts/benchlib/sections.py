@@ -19,4 +19,6 @@ def replace_section(markdown_text: str, section: str, insert_before: tuple[str, 
             (i for i, line in enumerate(lines) if any(line.startswith(h) for h in insert_before)), len(lines)
         )
     block = section.strip().splitlines() + [""]
+    if start and lines[start - 1].strip():
+        block.insert(0, "")  # appended after text: a blank line before its heading
     return "\n".join(lines[:start] + block + lines[end:]).rstrip("\n") + "\n"
