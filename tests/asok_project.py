@@ -244,6 +244,19 @@ def project_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_python(args: list[str], cwd: pathlib.Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python ARGS`` in ``cwd`` with the project's environment, no stdin, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=project_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _copy_shared(root: pathlib.Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "chat.js")
     for rel in SHARED:
@@ -261,15 +274,7 @@ def _write(path: pathlib.Path, text: str) -> None:
 
 
 def _seed(root: pathlib.Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(DEMO / "seed_db.py"), str(root)],
-        cwd=root,
-        env=project_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python([str(DEMO / "seed_db.py"), str(root)], root)
     names = _user_names(root / "db.sqlite3")
     if done.returncode != 0 or names != set(USERS):
         raise RuntimeError(

@@ -17,13 +17,11 @@ import os
 import pathlib
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.asok_project import DEMO, project_env
+from tests.asok_project import DEMO, run_python
 from tests.conftest import asok_serve, ws_connect
 from tests.link_proxy import LinkProxy
 
@@ -76,15 +74,8 @@ def demo(tmp_path_factory) -> pathlib.Path:
     """A copy of the demo app with a fresh database, made by its own seed_db.py."""
     root = tmp_path_factory.mktemp("demo") / "demo"
     shutil.copytree(DEMO, root, ignore=shutil.ignore_patterns("db.sqlite3*", ".asok", "__pycache__"))
-    subprocess.run(
-        [sys.executable, "seed_db.py"],
-        cwd=root,
-        env=project_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
+    done = run_python(["seed_db.py"], root)
+    assert done.returncode == 0, done.stderr
     return root
 
 

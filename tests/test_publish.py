@@ -11,12 +11,14 @@ client that was cut off while the task ran gets the steps replayed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -218,22 +220,25 @@ def test_an_asok_worker_task_reaches_a_resume_client_that_was_away_sqlite(
         proxy.close()
 
 
-def start_redis_nodes(project: pathlib.Path, redis_server, tmp_path: pathlib.Path) -> list:
+@contextlib.contextmanager
+def serving_redis_nodes(project: pathlib.Path, redis_server, tmp_path: pathlib.Path) -> Iterator[list]:
     """Two nodes of a Redis cluster serving ``project`` (history in Redis Streams), the task queue on the same Redis."""
     env = node_env(redis_server, ASOK_QUEUE_BACKEND="redis", ASOK_REDIS_URL=redis_server.url)
     nodes = [asok_serve(project, tmp_path, env=env) for _ in range(2)]
-    for node in nodes:
-        node.wait_for_log("joined the cluster")
-    return nodes
+    try:
+        for node in nodes:
+            node.wait_for_log("joined the cluster")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 @pytest.fixture
 def redis_nodes(progress_project, redis_server, tmp_path):
     """Two nodes of a Redis cluster (history in Redis Streams); the task queue on the same Redis."""
-    nodes = start_redis_nodes(progress_project, redis_server, tmp_path)
-    yield nodes
-    for node in nodes:
-        node.stop()
+    with serving_redis_nodes(progress_project, redis_server, tmp_path) as nodes:
+        yield nodes
 
 
 def test_an_asok_worker_task_reaches_clients_of_both_nodes_and_one_that_was_away_redis(

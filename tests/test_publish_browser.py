@@ -23,7 +23,7 @@ from tests.asok_project import make_project, project_env
 from tests.conftest import asok_serve
 from tests.link_proxy import LinkProxy
 from tests.test_browser import browser  # noqa: F401 - Debian's headless Chromium, as a fixture
-from tests.test_publish import REPORT_PAGE, ROUTES, SCRIPT, TASKS, Worker, queue_report, run_script, start_redis_nodes
+from tests.test_publish import REPORT_PAGE, ROUTES, SCRIPT, TASKS, Worker, queue_report, run_script, serving_redis_nodes
 from tests.test_resume_browser import (
     RESUME_HTML,
     RESUME_PY,
@@ -113,10 +113,8 @@ def test_a_script_publish_while_the_page_is_away_is_replayed_in_chromium(browser
 @pytest.fixture
 def redis_nodes(project, redis_server, tmp_path):
     """Two nodes of a Redis cluster (history in Redis Streams); Asok's task queue on the same Redis."""
-    nodes = start_redis_nodes(project, redis_server, tmp_path)
-    yield nodes
-    for node in nodes:
-        node.stop()
+    with serving_redis_nodes(project, redis_server, tmp_path) as nodes:
+        yield nodes
 
 
 def test_an_asok_worker_task_while_the_page_is_away_is_replayed_in_chromium_redis(

@@ -13,15 +13,13 @@ from __future__ import annotations
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import pytest
 
-from tests.asok_project import DEMO, SHARED, asok_create, make_project, project_env
+from tests.asok_project import DEMO, SHARED, asok_create, make_project, run_python
 from tests.readme import code_blocks
 from tests.test_one_port import DOC_HANDLER
 
@@ -40,15 +38,7 @@ class Outcome:
 def run_pytest(project: pathlib.Path, *args: str) -> tuple[dict[str, Outcome], str]:
     """``python -m pytest`` in ``project``: each test's outcome by name, and the output."""
     report = project / "report.xml"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={report}", *args],
-        cwd=project,
-        env=project_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = run_python(["-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={report}", *args], project, 240)
     output = done.stdout + done.stderr
     assert report.exists(), f"pytest wrote no report (exit {done.returncode}):\n{output}"
     outcomes = {}  # by name, and by "module.name" where two files have a test of one name
@@ -126,15 +116,8 @@ def created_run(tmp_path_factory) -> tuple[dict[str, Outcome], str, pathlib.Path
             shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    subprocess.run(
-        [sys.executable, str(DEMO / "seed_db.py"), str(project)],
-        cwd=project,
-        env=project_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
+    seeded = run_python([str(DEMO / "seed_db.py"), str(project)], project)
+    assert seeded.returncode == 0, seeded.stderr
     (project / "tests").mkdir()
     (project / "tests" / "test_chat.py").write_text(CREATED_TESTS)
     (project / "tests" / "test_readme.py").write_text(README_TESTS)
@@ -147,46 +130,39 @@ def inner_tests(source: str, module: str) -> list[str]:
     return [f"{module}.{name}" for name in re.findall(r"^def (test_\w+)\(", source, flags=re.M)]
 
 
-def test_a_created_project_tests_its_handler_with_the_plugin(created_run):
-    results, output, project = created_run
-    names = inner_tests(CREATED_TESTS, "tests.test_chat")
-    assert len(names) == 4
+def all_passed(created_run, source: str, module: str, count: int) -> None:
+    """The ``count`` tests ``source`` defines, run as ``module`` in the created project, each passed."""
+    results, output, _ = created_run
+    names = inner_tests(source, module)
+    assert len(names) == count
     for name in names:
         passed(results, name, output)
-    assert "sleep" not in (project / "tests" / "test_chat.py").read_text()
     # The figures, for the record (no assertion on time: the machine is shared).
     print("\n".join(f"{name}: {results[name].seconds:.3f}s (setup, call and teardown)" for name in names))
+
+
+def test_a_created_project_tests_its_handler_with_the_plugin(created_run):
+    all_passed(created_run, CREATED_TESTS, "tests.test_chat", 4)
+    _, output, project = created_run
+    assert "sleep" not in (project / "tests" / "test_chat.py").read_text()
     print(output[-1500:])
 
 
 def test_the_readmes_test_file_passes_in_a_created_project(created_run):
-    results, output, project = created_run
-    names = inner_tests(README_TESTS, "tests.test_readme")
-    assert len(names) == 3
-    for name in names:
-        passed(results, name, output)
+    all_passed(created_run, README_TESTS, "tests.test_readme", 3)
     assert "sleep" not in README_TESTS
-    print("\n".join(f"{name}: {results[name].seconds:.3f}s (setup, call and teardown)" for name in names))
 
 
-def run_python(code: str, cwd: pathlib.Path) -> str:
+def run_code(code: str, cwd: pathlib.Path) -> str:
     """Run ``code`` in a fresh ``python -c`` in ``cwd`` (no pytest); what it printed, once it exited 0."""
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        env=project_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(["-c", code], cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
 def test_the_readmes_plain_api_example_runs_in_a_created_project(created_run):
     _, _, project = created_run
-    assert run_python(README_PLAIN_API, project) == "Guest: hi"
+    assert run_code(README_PLAIN_API, project) == "Guest: hi"
 
 
 # -- every feature of the kit, on the test project -----------------------------------------------
@@ -451,7 +427,7 @@ with TestServer("wsgi:app", root={root!r}) as server:
 
 def test_the_plain_api_outside_pytest(kit_run, tmp_path):
     _, _, project = kit_run
-    assert run_python(PLAIN_API.format(root=str(project)), tmp_path) == "plain"
+    assert run_code(PLAIN_API.format(root=str(project)), tmp_path) == "plain"
 
 
 def test_the_plugin_leaves_other_projects_alone(tmp_path):
