@@ -72,7 +72,7 @@ def _route_pattern(hub: Any, path: str) -> str:
     return route.pattern if route is not None else "(none)"
 
 
-#: Each hub's held paths -> their route patterns, as of the last pass (only paths held then).
+#: Each hub state's held paths -> their route patterns, as of the last pass (only paths held then).
 _PATTERNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -84,20 +84,17 @@ def connections_by_route(hub: Any) -> Counter:
     20,000 connections; now a pass looks each path up in a table of the paths
     held at the last one.
     """
-    try:
-        known = _PATTERNS.get(hub, {})
-    except TypeError:  # a hub that cannot be weakly referenced (a stand-in): matched at every pass
-        known = None
+    state = hub.state
+    known = _PATTERNS.get(state, {})
     patterns: dict[str, str] = {}
     by_route: Counter = Counter()
-    for path, members in hub.state.by_path.items():
-        pattern = known.get(path) if known is not None else None
+    for path, members in state.by_path.items():
+        pattern = known.get(path)
         if pattern is None:
             pattern = _route_pattern(hub, path)
         patterns[path] = pattern
         by_route[pattern] += len(members)
-    if known is not None:
-        _PATTERNS[hub] = patterns
+    _PATTERNS[state] = patterns
     return by_route
 
 
